@@ -1,0 +1,21 @@
+"""flatbook: loss flatness implies compressed representations, measured.
+
+Companion package of the flatbook Jupyter Book (Chen, Recanatesi & Shea-Brown,
+arXiv 2310.01770). One concept per module:
+
+- :mod:`flatbook.losses`     — squared loss (the bounds' loss) and cross-entropy
+- :mod:`flatbook.curvature`  — Hessian-vector products, λ_max (Lanczos), tr H (exact GN, Hutch++)
+- :mod:`flatbook.geometry`   — input Jacobians, log LVR, MLS, LD, participation ratio
+- :mod:`flatbook.bounds`     — both sides of every inequality of the derivation chain
+- :mod:`flatbook.models`     — MLP, LeNet-5, VGG, small ViT (all ``nn.Sequential``)
+- :mod:`flatbook.data`       — digits (offline default), MNIST / Fashion-MNIST / CIFAR-10 readers
+- :mod:`flatbook.train`      — SGD / GD training with a measurement schedule
+- :mod:`flatbook.experiment` — run configs, sweeps, the result store, the CLI
+- :mod:`flatbook.plots`      — the book's figures
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,50 @@
+"""Functional view of a ``torch.nn.Module``: parameters as a dict or a flat vector θ ∈ R^P.
+
+Shared by :mod:`flatbook.curvature` and :mod:`flatbook.geometry`; everything here is a thin
+wrapper around :func:`torch.func.functional_call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+def named_params(model: nn.Module) -> dict[str, Tensor]:
+    """Trainable parameters of ``model`` as ``{name: tensor}`` (detached views)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def flatten(params: Mapping[str, Tensor]) -> Tensor:
+    """Concatenate a parameter dict into a flat vector θ, shape [P]."""
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflatten(theta: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`flatten`: split θ (shape [P]) into tensors shaped like ``like``."""
+    out: dict[str, Tensor] = {}
+    i = 0
+    for name, p in like.items():
+        out[name] = theta[i : i + p.numel()].view_as(p)
+        i += p.numel()
+    if i != theta.numel():
+        raise ValueError(f"theta has {theta.numel()} entries, parameters need {i}")
+    return out
+
+
+def n_params(model: nn.Module) -> int:
+    """Number P of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def forward_fn(model: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
+    """Return ``f(params, x) = model(x)`` evaluated with the given parameters (buffers kept)."""
+    buffers = {n: b for n, b in model.named_buffers()}
+
+    def f(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, ({**params}, buffers), (x,))
+
+    return f

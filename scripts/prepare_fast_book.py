@@ -1,0 +1,109 @@
+"""Mirror the book into a build folder with every chapter as an .ipynb at its fast parameters.
+
+Each chapter listed in ``_toc.yml`` that is a Jupytext notebook (``jupytext`` + ``kernelspec``
+front matter) is converted with jupytext; if its front matter declares
+``flatbook: {test_parameters: {...}}`` those values are injected exactly as papermill injects
+them (a cell tagged ``injected-parameters`` right after the cell tagged ``parameters``).
+Plain markdown pages, ``_config.yml`` (with ``**.ipynb`` no longer excluded), ``_toc.yml``,
+``references.bib`` and ``_ext`` are copied, so that ``jupyter-book build OUT`` builds the same
+book at test scale and ``pytest --nbval-lax OUT/book`` runs every chapter.
+
+Usage: python scripts/prepare_fast_book.py --out _build/fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+from papermill.parameterize import parameterize_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toc_files(toc: dict) -> list[str]:
+    """All ``file:`` entries of a Jupyter Book ``_toc.yml`` (root included), in order."""
+    out = [toc["root"]]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                out.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return out
+
+
+def is_notebook(md: Path) -> bool:
+    head = md.read_text(encoding="utf-8")[:2000]
+    return head.startswith("---") and "jupytext:" in head and "kernelspec:" in head
+
+
+def convert(md: Path, dest: Path) -> None:
+    nb = jupytext.read(md)
+    for cell in nb.cells:  # papermill expects a tags list on every cell
+        cell.metadata.setdefault("tags", [])
+    nb.metadata.setdefault("papermill", {})
+    params = (nb.metadata.get("flatbook") or {}).get("test_parameters") or {}
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) > 1:
+        sys.exit(f"error: {md} has {len(tagged)} cells tagged 'parameters' (want at most 1)")
+    if params:
+        if not tagged:
+            sys.exit(f"error: {md} declares test_parameters but has no cell tagged 'parameters'")
+        nb = parameterize_notebook(nb, params, report_mode=False, comment="fast test parameters")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="_build/fast", help="output folder (default: _build/fast)")
+    out = (ROOT / ap.parse_args().out).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    cfg["exclude_patterns"] = [p for p in cfg.get("exclude_patterns", []) if "ipynb" not in p]
+    (out / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for name in ["_toc.yml", "references.bib"]:
+        shutil.copy2(ROOT / name, out / name)
+    shutil.copytree(ROOT / "_ext", out / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    # static assets referenced by pages (images, data shipped with the book)
+    for extra in (ROOT / "book").rglob("*"):
+        if extra.is_file() and extra.suffix not in {".md", ".ipynb"}:
+            if "__pycache__" in extra.parts or ".ipynb_checkpoints" in extra.parts:
+                continue
+            d = out / extra.relative_to(ROOT)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(extra, d)
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    n_nb = 0
+    for f in toc_files(toc):
+        src = ROOT / (f if f.endswith(".md") else f + ".md")
+        if not src.is_file():
+            sys.exit(f"error: _toc.yml lists {f!r} but {src} does not exist")
+        rel = src.relative_to(ROOT)
+        if is_notebook(src):
+            convert(src, (out / rel).with_suffix(".ipynb"))
+            n_nb += 1
+        else:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, out / rel)
+    print(f"[prepare] {n_nb} notebooks -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every test: lint, a strict build of the book at fast parameters (structure, references,
+# citations, directives, glue), then pytest on the package and nbval on every chapter.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+export PYDEVD_DISABLE_FILE_VALIDATION=1
+PY=.venv/bin/python
+
+echo "[test] ruff"
+.venv/bin/ruff check flatbook tests scripts bench _ext
+
+echo "[test] preparing chapters with their fast test parameters in _build/fast"
+$PY scripts/prepare_fast_book.py --out _build/fast
+
+echo "[test] strict book build (-W -n) of the fast book"
+.venv/bin/jupyter-book build _build/fast -W -n --keep-going --quiet
+
+echo "[test] pytest (package) + nbval (chapters)"
+set +e
+FLATBOOK_FAST_HTML="$ROOT/_build/fast/_build/html" \
+  $PY -m pytest tests _build/fast/book --nbval-lax --nbval-current-env -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "[test] error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
