@@ -1,0 +1,85 @@
+"""Figures shared by the book's chapters (matplotlib; each function draws on a given Axes).
+
+Conventions: log axes for positive quantities spanning decades, the identity line dashed black,
+symbols in axis labels as in the paper (λ_max, tr H, LVR, MLS, LD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from numpy.typing import ArrayLike
+
+
+def lhs_rhs_scatter(
+    ax: Axes,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    label: str | None = None,
+    xlabel: str = "right-hand side (bound)",
+    ylabel: str = "left-hand side",
+    **kw: object,
+) -> Axes:
+    """Scatter lhs against rhs on log–log axes with the identity line y = x.
+
+    An inequality lhs ≤ rhs holds for every point on or below the dashed line.
+    """
+    lhs_a, rhs_a = np.asarray(lhs, dtype=float), np.asarray(rhs, dtype=float)
+    ax.scatter(rhs_a, lhs_a, s=kw.pop("s", 16), alpha=kw.pop("alpha", 0.8), label=label, **kw)
+    pos = np.concatenate([lhs_a[lhs_a > 0], rhs_a[rhs_a > 0]])
+    if pos.size:
+        lo, hi = pos.min() / 2, pos.max() * 2
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="lhs = rhs")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+def slack_hist(
+    ax: Axes, slack: ArrayLike, label: str | None = None, bins: int = 30, **kw: object
+) -> Axes:
+    """Histogram of log10(rhs / lhs): 0 means tight, every value ≥ 0 means the bound holds."""
+    s = np.log10(np.asarray(slack, dtype=float))
+    ax.hist(s[np.isfinite(s)], bins=bins, alpha=0.7, label=label, **kw)
+    ax.axvline(0.0, color="k", ls="--", lw=1)
+    ax.set_xlabel(r"slack $\log_{10}(\mathrm{rhs}/\mathrm{lhs})$")
+    ax.set_ylabel("count")
+    return ax
+
+
+def trajectory(
+    ax: Axes,
+    steps: ArrayLike,
+    values: ArrayLike,
+    ceiling: float | None = None,
+    label: str | None = None,
+    ceiling_label: str | None = None,
+    logy: bool = False,
+    **kw: object,
+) -> Axes:
+    """A quantity along training (x: step), with an optional horizontal ceiling (e.g. 2/η)."""
+    (line,) = ax.plot(np.asarray(steps), np.asarray(values), label=label, **kw)
+    if ceiling is not None:
+        ax.axhline(ceiling, color=line.get_color(), ls=":", lw=1.2, label=ceiling_label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    return ax
+
+
+def grid(n: int, ncols: int = 3, size: float = 3.2) -> tuple[plt.Figure, Sequence[Axes]]:
+    """A figure with n panels on a grid of ``ncols`` columns; returns (fig, flat list of axes)."""
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(size * min(n, ncols), size * nrows),
+                             squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
