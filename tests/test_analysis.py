@@ -1,0 +1,154 @@
+"""flatbook.analysis: rank correlations, bootstrap intervals, trajectories, verdict logic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from flatbook import analysis as A
+
+
+def test_known_small_data_kendall_spearman() -> None:
+    # x = 1..4, y = (1, 3, 2, 4): 5 concordant, 1 discordant pair -> tau = 4/6;
+    # rank differences (0, 1, -1, 0) -> rho = 1 - 6*2 / (4*15) = 0.8
+    x, y = [1, 2, 3, 4], [1, 3, 2, 4]
+    assert A.rank_correlation(x, y, "kendall")[0] == pytest.approx(4 / 6, abs=1e-12)
+    assert A.rank_correlation(x, y, "spearman")[0] == pytest.approx(0.8, abs=1e-12)
+    # a strictly decreasing transform reverses the sign exactly
+    assert A.rank_correlation(x, -np.exp(y), "kendall")[0] == pytest.approx(-4 / 6)
+
+
+def test_vectorised_rows_match_scipy_with_ties() -> None:
+    rng = np.random.default_rng(1)
+    xr = rng.integers(0, 5, size=(20, 15)).astype(float)   # many ties
+    yr = xr + rng.integers(0, 3, size=(20, 15))
+    tau = A._kendall_rows(xr, yr)
+    rho = A._spearman_rows(xr, yr)
+    for b in range(20):
+        assert tau[b] == pytest.approx(stats.kendalltau(xr[b], yr[b]).statistic, abs=1e-12)
+        assert rho[b] == pytest.approx(stats.spearmanr(xr[b], yr[b]).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_bootstrap_ci_covers_population_correlation(method: str) -> None:
+    # bivariate normal with Pearson r: tau = (2/pi) asin r, Spearman = (6/pi) asin(r/2)
+    r, n, reps = 0.6, 50, 40
+    truth = 2 / np.pi * np.arcsin(r) if method == "kendall" else 6 / np.pi * np.arcsin(r / 2)
+    cov = np.array([[1, r], [r, 1]])
+    rng = np.random.default_rng(0)
+    hits, widths = 0, []
+    for rep in range(reps):
+        xy = rng.multivariate_normal([0, 0], cov, size=n)
+        c = A.correlation(xy[:, 0], xy[:, 1], method, n_boot=400, seed=rep)
+        assert -1 <= c.lo <= c.hi <= 1 and c.n == n
+        hits += c.lo <= truth <= c.hi
+        widths.append(c.hi - c.lo)
+    assert hits / reps >= 0.8, hits          # nominal 95%; percentile bootstrap a bit under
+    assert hits / reps < 1.0 or np.mean(widths) < 0.6   # not trivially wide
+    # and a null relationship is not declared significant most of the time
+    z = rng.standard_normal((2, 200))
+    assert A.correlation(z[0], z[1], method, n_boot=400).sign == 0
+
+
+def test_perfect_monotone_and_constant_and_nonfinite() -> None:
+    x = np.arange(10.0)
+    c = A.correlation(x, x ** 3, "kendall", n_boot=200)
+    assert (c.estimate, c.lo, c.hi) == pytest.approx((1.0, 1.0, 1.0)) and c.sign == 1
+    assert c.contains_estimate
+    # a constant variable: undefined, NaN, never a verdict other than not reproduced
+    c0 = A.correlation(x, np.ones(10), "spearman", n_boot=50)
+    assert math.isnan(c0.estimate) and math.isnan(c0.lo) and c0.sign == 0
+    assert A.correlation_verdict(c0, +1) == A.NOT_REPRODUCED
+    # -inf (rank-deficient log LVR) and NaN are dropped pairwise
+    y = x.copy()
+    y[[2, 5]] = [-np.inf, np.nan]
+    c1 = A.correlation(x, y, "kendall", n_boot=50)
+    assert c1.n == 8 and c1.estimate == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="method"):
+        A.correlation(x, x, "pearson")
+    with pytest.raises(ValueError, match="same length"):
+        A.correlation(x, x[:3])
+
+
+def test_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((2, 30))
+    a = A.bootstrap_statistics(x, y, "kendall", 100, seed=7)
+    b = A.bootstrap_statistics(x, y, "kendall", 100, seed=7)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, A.bootstrap_statistics(x, y, "kendall", 100, seed=8))
+
+
+def test_correlation_table_and_matrix() -> None:
+    recs = [{"a": float(i), "b": float(i) ** 2, "c": float(-i)} for i in range(8)]
+    rows = A.correlation_table(recs, ["a"], ["b", "c", "missing"], n_boot=100)
+    assert len(rows) == 3 * 2
+    m = A.correlation_matrix(rows, ["a"], ["b", "c", "missing"], "kendall")
+    assert m[0, 0] == pytest.approx(1.0) and m[0, 1] == pytest.approx(-1.0)
+    assert math.isnan(m[0, 2])
+    table = A.markdown_table(rows, ["x", "y", "method", "n"])
+    assert table.count("\n") == 1 + len(rows) and "| a | b | kendall | 8 |" in table
+
+
+def test_trajectory_helpers() -> None:
+    loss = [1.0, 0.5, 1e-4, 2e-3, 1e-4, 1e-5, 1e-6]
+    assert A.interpolation_start(loss, 1e-3) == 4          # stays below from index 4
+    assert A.interpolation_start([1.0, 1e-5, 1.0], 1e-3) is None
+    assert A.interpolation_start([1e-5, 1e-6], 1e-3) == 0
+    traj = {"step": np.arange(7), "loss": np.array(loss)}
+    late = A.late_phase(traj, 4)
+    assert list(late["step"]) == [4, 5, 6]
+    assert A.late_phase(traj, None)["step"].size == 0
+    assert A.trend([0, 1, 2, 3], [4.0, 3.0, 2.5, 1.0]) == -1.0
+    assert math.isnan(A.trend([0, 1], [1.0, 2.0]))
+    assert A.relative_change([2.0, 3.0, 1.0]) == -0.5
+    v = [10.0, 5.0, 2.15, 1.95, 2.05, 2.0]
+    assert A.plateau_start(v, 0.1) == 2
+    assert A.plateau_start([1.0, 2.0, 4.0], 0.1) == 2
+    assert A.trajectory_correlations([traj, {"step": [0, 1, 2]}], "step", "loss")[1] != 0
+    with pytest.raises(ValueError, match="threshold"):
+        A.interpolation_start(loss, 0.0)
+
+
+def test_mean_ci() -> None:
+    m, lo, hi = A.mean_ci([0.2, 0.4, 0.6, np.nan], n_boot=500)
+    assert m == pytest.approx(0.4) and 0.2 <= lo <= m <= hi <= 0.6
+    assert all(math.isnan(v) for v in A.mean_ci([np.nan]))
+
+
+def test_verdict_logic() -> None:
+    assert A.sign_verdict(0.5, 0.1, 0.8, +1) == A.REPRODUCED
+    assert A.sign_verdict(0.5, -0.1, 0.8, +1) == A.PARTLY
+    assert A.sign_verdict(-0.2, -0.5, 0.1, +1) == A.NOT_REPRODUCED
+    assert A.sign_verdict(-0.5, -0.8, -0.1, -1) == A.REPRODUCED
+    assert A.sign_verdict(0.3, 0.1, 0.5, -1) == A.NOT_REPRODUCED
+    assert A.sign_verdict(math.nan, 0.1, 0.5, 1) == A.NOT_REPRODUCED
+    with pytest.raises(ValueError, match="expected"):
+        A.sign_verdict(0.1, 0.0, 0.2, 0)
+    assert A.fraction_verdict(9, 10) == A.REPRODUCED
+    assert A.fraction_verdict(5, 10) == A.PARTLY
+    assert A.fraction_verdict(4, 10) == A.NOT_REPRODUCED
+    assert A.fraction_verdict(0, 0) == A.NOT_TESTED
+    with pytest.raises(ValueError):
+        A.fraction_verdict(11, 10)
+    R, P, N, T = A.REPRODUCED, A.PARTLY, A.NOT_REPRODUCED, A.NOT_TESTED
+    assert A.combine([R, R, T]) == R
+    assert A.combine([R, N]) == P
+    assert A.combine([N, N]) == N
+    assert A.combine([P, N]) == P
+    assert A.combine([T]) == T
+    with pytest.raises(ValueError, match="unknown verdict"):
+        A.combine(["maybe"])
+
+
+def test_claims_and_grid() -> None:
+    keys = [c.key for c in A.CLAIMS]
+    assert len(keys) == len(set(keys)) >= 8
+    assert all(c.version.startswith("v") and c.criterion for c in A.CLAIMS)
+    g = A.run_grid(lr=[0.1, 0.2], batch_size=[8, 32, 64])
+    assert len(g) == 6 and g[1] == {"lr": 0.1, "batch_size": 32}
+    with pytest.raises(ValueError, match="lr"):
+        A.run_grid(lr=[])
