@@ -1,20 +1,331 @@
-"""Curvature of the training loss: Hessian, sharpness λ_max(H) and tr H (paper.md §2 L1, §4).
+"""Curvature of the training loss: Hessian, sharpness λ_max(H) and tr H (paper.md §2 L1, T7; §4).
 
-Notation: L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i), H = ∇²L ∈ R^{P×P}, J_i = ∂f(x_i)/∂θ ∈ R^{k×P}.
+Notation (paper.md §0): L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i) over a fixed data set (the full
+training set or a fixed subset — never a fresh minibatch per product), θ ∈ R^P the trainable
+parameters flattened in ``named_parameters`` order, H = ∇²_θ L ∈ R^{P×P},
+J_i = ∂f(x_i)/∂θ ∈ R^{k×P}, Λ_i = ∇²_f ℓ(f(x_i), y_i) ∈ R^{k×k} (= I for the squared loss).
+The Gauss–Newton / generalised Gauss–Newton matrix is G = (1/n) Σ_i J_iᵀ Λ_i J_i; at an
+interpolating point of the squared loss G = H (paper.md L1).
+
+Everything here measures the model **in eval mode** (restored afterwards) and, by default,
+first runs a determinism probe: two identical passes must give the same loss and gradient,
+otherwise curvature is not defined and a :class:`NondeterminismError` names the likely cause.
+
+Public API
+----------
+- :func:`dense_hessian` — exact H (small models; the reference every estimator is checked against)
+- :func:`hvp_operator` — θ-space operator v ↦ Hv (forward-over-reverse, chunked over the data)
+- :func:`sharpness` — top-k eigenvalues of H by Lanczos, with residuals and HVP count
+- :func:`trace` — tr H (exact Gauss–Newton, Hutch++, Hutchinson) with a standard error
+- :func:`jacobian_sqnorms`, :func:`gn_trace`, :func:`gauss_newton_matrix` — Gauss–Newton helpers
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import hessian, jacrev, vmap
+from torch.func import functional_call, grad, grad_and_value, hessian, jacrev, jvp, vmap
 
 from flatbook import losses
 from flatbook._functional import flatten, forward_fn, named_params, unflatten
 
 LossLike = str | Callable[[Tensor, Tensor], Tensor]
+
+TRACE_METHODS = ("gn", "hutchpp", "hutchinson")
+SOLVERS = ("lanczos", "eigsh")
+
+__all__ = [
+    "HVPOperator",
+    "NondeterminismError",
+    "SharpnessResult",
+    "TraceResult",
+    "dense_hessian",
+    "gauss_newton_matrix",
+    "gn_trace",
+    "hvp_operator",
+    "jacobian_sqnorms",
+    "sharpness",
+    "trace",
+]
+
+
+class NondeterminismError(RuntimeError):
+    """Two identical evaluations of the loss or its gradient differed (curvature undefined)."""
+
+
+# --------------------------------------------------------------------------------------------
+# input checks and eval mode
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (every submodule) in eval mode; restore each submodule's flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
+    if not isinstance(X, Tensor):
+        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}")
+    if X.ndim == 0:
+        raise ValueError("X must have shape [n, ...] (a leading sample axis); got a scalar")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("X is empty (n = 0 samples): curvature needs at least one sample")
+    if Y is not None:
+        if not isinstance(Y, Tensor):
+            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}")
+        if Y.ndim == 0 or Y.shape[0] != n:
+            raise ValueError(
+                f"X and Y must have the same number of samples; got X {tuple(X.shape)}, "
+                f"Y {tuple(Y.shape)}"
+            )
+    return int(n)
+
+
+def _check_params(params: Mapping[str, Tensor]) -> None:
+    if not params:
+        raise ValueError("model has no trainable parameters (P = 0)")
+    bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"model has non-finite (nan/inf) parameters in {bad}")
+
+
+def _check_chunk(chunk: int | None, n: int) -> int:
+    if chunk is None:
+        return n
+    if int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer (samples per pass) or None; "
+                         f"got {chunk!r}")
+    return min(int(chunk), n)
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return int(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# the loss as a function of the flat parameter vector, chunked over the data
+# --------------------------------------------------------------------------------------------
+
+
+class _FlatLoss:
+    """L(θ) = Σ_c (n_c/n) L_c(θ) over fixed chunks c of the data; θ a flat vector [P].
+
+    Valid for any loss that averages over samples (``losses.squared``, ``losses.cross_entropy``
+    and any callable with mean reduction): the chunk-size weights then reproduce the full-data
+    mean exactly (up to rounding).
+    """
+
+    def __init__(self, model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
+                 chunk: int | None) -> None:
+        self.n = _check_data(X, Y)
+        self.loss_fn = losses.get(loss)
+        self.model = model
+        self.params = named_params(model)
+        _check_params(self.params)
+        self.theta = flatten(self.params)
+        self.P = self.theta.numel()
+        self.buffers = dict(model.named_buffers())
+        c = _check_chunk(chunk, self.n)
+        self.chunks = [(X[s : s + c], Y[s : s + c]) for s in range(0, self.n, c)]
+        self.weights = [xc.shape[0] / self.n for xc, _ in self.chunks]
+
+    def chunk_loss(self, Xc: Tensor, Yc: Tensor) -> Callable[[Tensor], Tensor]:
+        model, params, buffers, loss_fn = self.model, self.params, self.buffers, self.loss_fn
+
+        def L(theta: Tensor) -> Tensor:
+            out = functional_call(model, (unflatten(theta, params), buffers), (Xc,))
+            return loss_fn(out, Yc)
+
+        return L
+
+    def value_and_grad(self) -> tuple[Tensor, Tensor]:
+        """(L(θ), ∇L(θ)) over the whole data, shapes [] and [P]."""
+        value = torch.zeros((), dtype=self.theta.dtype, device=self.theta.device)
+        g = torch.zeros_like(self.theta)
+        with eval_mode(self.model), torch.no_grad():
+            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
+                gc, lc = grad_and_value(self.chunk_loss(Xc, Yc))(self.theta)
+                value = value + w * lc.detach()
+                g = g + w * gc.detach()
+        return value, g
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """Hv (forward-over-reverse, ``jvp(grad(L))``), v shape [P] → [P]."""
+        out = torch.zeros_like(self.theta)
+        with eval_mode(self.model), torch.no_grad():
+            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
+                _, hv = jvp(grad(self.chunk_loss(Xc, Yc)), (self.theta,), (v,))
+                out = out + w * hv.detach()
+        return out
+
+    def hvp_batch(self, V: Tensor) -> Tensor:
+        """H V for a block of vectors, V shape [m, P] → [m, P] (``vmap`` over the tangents)."""
+        out = torch.zeros_like(V)
+        theta = self.theta
+        with eval_mode(self.model), torch.no_grad():
+            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
+                g = grad(self.chunk_loss(Xc, Yc))
+
+                def one(v: Tensor, g: Callable[[Tensor], Tensor] = g) -> Tensor:
+                    return jvp(g, (theta,), (v,))[1]
+
+                out = out + w * vmap(one)(V).detach()
+        return out
+
+
+def _probe_determinism(fl: _FlatLoss) -> tuple[Tensor, Tensor]:
+    """Two passes over the same data must give the same loss and gradient (else raise)."""
+    l1, g1 = fl.value_and_grad()
+    l2, g2 = fl.value_and_grad()
+    if not torch.isfinite(l1):
+        raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
+    if not torch.isfinite(g1).all():
+        raise ValueError("gradient of the loss is not finite at the current parameters")
+    eps = torch.finfo(l1.dtype).eps
+    dl = (l1 - l2).abs().item()
+    dg = (g1 - g2).norm().item()
+    if dl > 64 * eps * max(abs(l1.item()), 1e-30) or dg > 64 * eps * max(g1.norm().item(), 1e-30):
+        raise NondeterminismError(
+            "the loss is not a deterministic function of the parameters: two identical passes "
+            f"(model in eval mode) gave |ΔL| = {dl:.3g}, ‖Δ∇L‖ = {dg:.3g}. Likely causes: a "
+            "module that stays stochastic in eval mode (dropout called with training=True, "
+            "noise injection), BatchNorm/statistics computed from the batch (train-mode "
+            "BatchNorm), or a loss/data pipeline that shuffles, subsamples or augments on every "
+            "call. Curvature needs a fixed data set and a deterministic θ ↦ L(θ)."
+        )
+    return l1, g1
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector products
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HVPOperator:
+    """The Hessian H = ∇²L(θ) as an operator on flat parameter vectors (shape [P]).
+
+    ``op(v)`` returns Hv for v of shape [P] (or HV for V of shape [m, P], batched with
+    ``vmap``); every product is counted in ``n_hvp`` (a block of m counts m). Products are
+    forward-over-reverse (``torch.func.jvp(grad(L))``) summed over fixed data chunks weighted by
+    chunk size, so memory is bounded by one chunk. The model is put in eval mode for each call.
+
+    Attributes:
+        P: number of parameters.
+        n: number of samples.
+        dtype, device: those of the parameters (products are computed in this dtype).
+        theta: the flat parameter vector θ, shape [P] (a copy; the model is not modified).
+        n_hvp: Hessian-vector products computed so far.
+    """
+
+    _fl: _FlatLoss
+    n_hvp: int = 0
+    P: int = field(init=False)
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.P = self._fl.P
+        self.n = self._fl.n
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._fl.theta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._fl.theta.device
+
+    @property
+    def theta(self) -> Tensor:
+        return self._fl.theta
+
+    def __call__(self, v: Tensor) -> Tensor:
+        v = torch.as_tensor(v)
+        if v.ndim == 1 and v.shape[0] == self.P:
+            out = self._fl.hvp(v.to(self.dtype))
+            self.n_hvp += 1
+            return out
+        if v.ndim == 2 and v.shape[1] == self.P:
+            if v.shape[0] == 0:
+                return v.to(self.dtype).clone()
+            out = self._fl.hvp_batch(v.to(self.dtype))
+            self.n_hvp += v.shape[0]
+            return out
+        raise ValueError(f"HVP operand must have shape [P] or [m, P] with P = {self.P}; "
+                         f"got {tuple(v.shape)}")
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """(L(θ), ∇L(θ)), shapes [] and [P]."""
+        return self._fl.value_and_grad()
+
+    def as_linear_operator(self):  # noqa: ANN201 - scipy type
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64, numpy) for ``eigsh`` & co."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+            return self(v.to(self.device)).to(torch.float64).cpu().numpy()
+
+        def mm(x: np.ndarray) -> np.ndarray:
+            V = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float64).T))
+            return self(V.to(self.device)).to(torch.float64).cpu().numpy().T
+
+        return LinearOperator((self.P, self.P), matvec=mv, rmatvec=mv, matmat=mm,
+                              dtype=np.float64)
+
+
+def hvp_operator(
+    model: nn.Module,
+    loss: LossLike,
+    X: Tensor,
+    Y: Tensor,
+    chunk: int | None = 1024,
+    check: bool = True,
+) -> HVPOperator:
+    """Hessian-vector product operator v ↦ Hv of the full-data (or fixed-subset) loss.
+
+    H = ∇²_θ L(θ), L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i), θ flat ([P], ``named_parameters``
+    order). Computed forward-over-reverse, chunk by chunk (L = Σ_c (n_c/n) L_c).
+
+    Args:
+        model: any ``nn.Module``; measured in eval mode (its flags are restored).
+        loss: ``"squared"``, ``"cross_entropy"`` or a callable ``loss(output, target)`` that
+            averages over samples.
+        X: inputs, shape [n, ...].
+        Y: targets, shape [n, k] (or [n] class indices for cross-entropy).
+        chunk: samples per forward/backward pass (bounds memory); ``None`` = all at once.
+        check: run the determinism probe and the finiteness checks first.
+
+    Returns:
+        :class:`HVPOperator`: ``op(v)`` for v [P] or V [m, P], ``op.n_hvp`` counts products,
+        ``op.as_linear_operator()`` gives a scipy ``LinearOperator``.
+    """
+    fl = _FlatLoss(model, loss, X, Y, chunk)
+    if check:
+        _probe_determinism(fl)
+    return HVPOperator(fl)
+
+
+# --------------------------------------------------------------------------------------------
+# dense references
+# --------------------------------------------------------------------------------------------
 
 
 def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor) -> Tensor:
@@ -24,48 +335,472 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor) -> Ten
 
     Args:
         model: any module; its trainable parameters define θ (flattened in
-            ``named_parameters`` order).
+            ``named_parameters`` order). Evaluated in eval mode.
         loss: ``"squared"``, ``"cross_entropy"`` or a callable ``loss(output, target)``.
         X: inputs, shape [n, ...].
         Y: targets, shape [n, k] (or [n] class indices for cross-entropy).
     """
+    _check_data(X, Y)
     loss_fn = losses.get(loss)
     params = named_params(model)
+    _check_params(params)
     f = forward_fn(model)
     theta0 = flatten(params)
 
     def L(theta: Tensor) -> Tensor:
         return loss_fn(f(unflatten(theta, params), X), Y)
 
-    return hessian(L)(theta0).detach()
+    with eval_mode(model):
+        return hessian(L)(theta0).detach()
 
 
-def jacobian_sqnorms(model: nn.Module, X: Tensor, chunk: int = 256) -> dict[str, Tensor]:
-    """Per-sample squared Frobenius norms of the parameter Jacobian, per parameter tensor.
-
-    Returns ``{name: Tensor[n]}`` with entry i = ‖∂f(x_i)/∂θ_name‖_F²; summed over names it is
-    ‖J_i‖_F², and for a dense layer's weight it is ‖∇_{W_l} f(x_i)‖_F² (paper.md L2, L3).
-    Computed with ``vmap(jacrev)`` over chunks of ``chunk`` samples.
-
-    Args:
-        X: inputs, shape [n, ...].
-    """
+def _per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None
+                          ) -> Iterator[dict[str, Tensor]]:
+    """Yield per-sample parameter Jacobians chunk by chunk: ``{name: [b, k, *shape]}``."""
     params = named_params(model)
+    _check_params(params)
     f = forward_fn(model)
 
     def f1(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return f(p, x.unsqueeze(0)).squeeze(0)
 
     jac = vmap(jacrev(f1), in_dims=(None, 0))
-    out: dict[str, list[Tensor]] = {n: [] for n in params}
-    for start in range(0, X.shape[0], chunk):
-        J = jac(params, X[start : start + chunk])  # name -> [b, k, *shape]
-        for n, Jn in J.items():
-            out[n].append(Jn.reshape(Jn.shape[0], -1).pow(2).sum(1).detach())
+    n = X.shape[0]
+    if chunk is None:  # bound memory of the [b, k, P] block to ~2^24 entries
+        with torch.no_grad(), eval_mode(model):
+            k = model(X[:1]).numel()
+        P = sum(p.numel() for p in params.values())
+        chunk = max(1, min(n, (1 << 24) // max(1, k * P)))
+    c = _check_chunk(chunk, n)
+    with eval_mode(model):
+        for start in range(0, n, c):
+            yield {name: J.detach() for name, J in jac(params, X[start : start + c]).items()}
+
+
+def jacobian_sqnorms(model: nn.Module, X: Tensor, chunk: int | None = 256) -> dict[str, Tensor]:
+    """Per-sample squared Frobenius norms of the parameter Jacobian, per parameter tensor.
+
+    Returns ``{name: Tensor[n]}`` with entry i = ‖∂f(x_i)/∂θ_name‖_F²; summed over names it is
+    ‖J_i‖_F², and for a dense layer's weight it is ‖∇_{W_l} f(x_i)‖_F² (paper.md L2, L3).
+    Computed with ``vmap(jacrev)`` over chunks of ``chunk`` samples (``None``: sized so one
+    chunk's Jacobian block has ≲ 2^24 entries), model in eval mode.
+
+    Args:
+        model: network x ↦ f(x) ∈ R^k (output shape [b, k] for a batch).
+        X: inputs, shape [n, ...].
+    """
+    _check_data(X)
+    out: dict[str, list[Tensor]] = {}
+    for J in _per_sample_jacobians(model, X, chunk):
+        for name, Jn in J.items():
+            out.setdefault(name, []).append(Jn.reshape(Jn.shape[0], -1).pow(2).sum(1))
     return {n: torch.cat(v) for n, v in out.items()}
 
 
-def gn_trace(model: nn.Module, X: Tensor, chunk: int = 256) -> Tensor:
-    """Exact Gauss–Newton trace (1/n) Σ_i ‖J_i‖_F² (= tr H at interpolation, squared loss)."""
+def gn_trace(model: nn.Module, X: Tensor, chunk: int | None = 256) -> Tensor:
+    """Exact Gauss–Newton trace (1/n) Σ_i ‖J_i‖_F² (= tr H at interpolation, squared loss).
+
+    Returns a 0-d tensor (paper.md L1: tr H = (1/n) Σ_i ‖J_i‖_F² when f(x_i) = y_i ∀i).
+    """
     sq = jacobian_sqnorms(model, X, chunk)
     return torch.stack(list(sq.values())).sum(0).mean()
+
+
+def _output_hessians(loss_fn: Callable[[Tensor, Tensor], Tensor], F: Tensor, Y: Tensor
+                     ) -> Tensor | None:
+    """Λ_i = ∇²_f ℓ(f_i, y_i), shape [n, k, k]; ``None`` means Λ_i = I (squared loss)."""
+    if loss_fn is losses.squared:
+        return None
+    if loss_fn is losses.cross_entropy:
+        p = torch.softmax(F, dim=1)
+        s = torch.ones_like(p[:, :1]) if Y.ndim == 1 else Y.sum(1, keepdim=True)
+        lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+        return s.unsqueeze(2) * lam
+
+    def ell(f: Tensor, y: Tensor) -> Tensor:  # per-sample loss of a mean-reduced loss
+        return loss_fn(f.unsqueeze(0), y.unsqueeze(0))
+
+    return vmap(hessian(ell))(F, Y).detach()
+
+
+def _ggn_trace_terms(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                     X: Tensor, Y: Tensor, chunk: int | None) -> Tensor:
+    """Per-sample tr(J_iᵀ Λ_i J_i) = tr(Λ_i J_i J_iᵀ), shape [n]."""
+    terms: list[Tensor] = []
+    start = 0
+    for J in _per_sample_jacobians(model, X, chunk):
+        b = next(iter(J.values())).shape[0]
+        flat = [Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()]
+        if loss_fn is losses.squared:
+            terms.append(sum(Jn.pow(2).sum((1, 2)) for Jn in flat))
+        else:
+            K = sum(Jn @ Jn.transpose(1, 2) for Jn in flat)  # [b, k, k] per-sample NTK
+            with torch.no_grad(), eval_mode(model):
+                F = model(X[start : start + b])
+            lam = _output_hessians(loss_fn, F, Y[start : start + b])
+            terms.append((lam * K).sum((1, 2)))
+        start += b
+    return torch.cat(terms)
+
+
+def gauss_newton_matrix(model: nn.Module, X: Tensor, loss: LossLike = "squared",
+                        Y: Tensor | None = None) -> Tensor:
+    """Dense (generalised) Gauss–Newton matrix G = (1/n) Σ_i J_iᵀ Λ_i J_i, shape [P, P].
+
+    Λ_i = I for the squared loss (then Y is not needed and G = H at interpolation, paper.md L1);
+    for cross-entropy Λ_i = diag(p_i) − p_i p_iᵀ (p_i = softmax f(x_i)); for a callable loss
+    Λ_i = ∇²_f ℓ(f(x_i), y_i) by autodiff. Small models only (memory P², n·k·P).
+    """
+    n = _check_data(X, Y)
+    loss_fn = losses.get(loss)
+    if loss_fn is not losses.squared and Y is None:
+        raise ValueError("gauss_newton_matrix needs targets Y for a loss other than 'squared'")
+    start = 0
+    G: Tensor | None = None
+    for J in _per_sample_jacobians(model, X, None):
+        b = next(iter(J.values())).shape[0]
+        Jf = torch.cat([Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()], dim=2)  # [b,k,P]
+        if loss_fn is losses.squared:
+            Gc = torch.einsum("bkp,bkq->pq", Jf, Jf)
+        else:
+            with torch.no_grad(), eval_mode(model):
+                F = model(X[start : start + b])
+            assert Y is not None
+            lam = _output_hessians(loss_fn, F, Y[start : start + b])
+            Gc = torch.einsum("bkp,bkl,blq->pq", Jf, lam, Jf)
+        G = Gc if G is None else G + Gc
+        start += b
+    assert G is not None
+    return G / n
+
+
+# --------------------------------------------------------------------------------------------
+# sharpness: top-k eigenvalues by Lanczos
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """Top-k eigenpairs of H (paper.md §1: sharpness λ_max(H) = ``values[0]``).
+
+    Attributes:
+        values: eigenvalues λ_1 ≥ … ≥ λ_k (largest algebraic), float64 tensor [k].
+        residuals: ‖H v_j − λ_j v_j‖ for the unit Ritz vectors v_j (recomputed with k extra
+            HVPs, not estimated), float64 tensor [k]. |λ_j − λ_true| ≤ residual_j.
+        vectors: Ritz vectors, float64 tensor [P, k] (unit norm).
+        n_hvp: Hessian-vector products used in total (including the residual check).
+        converged: the solver's criterion ‖H v_j − λ_j v_j‖ ≤ tol·|λ_j| held for all j.
+        solver: ``"lanczos"`` or ``"eigsh"``.
+        tol: the relative tolerance requested.
+    """
+
+    values: Tensor
+    residuals: Tensor
+    vectors: Tensor
+    n_hvp: int
+    converged: bool
+    solver: str
+    tol: float
+
+    @property
+    def lambda_max(self) -> float:
+        """λ_max(H) = ``values[0]`` as a float."""
+        return float(self.values[0])
+
+
+def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Tensor,
+             ncv: int, max_hvp: int, gen: torch.Generator) -> tuple[Tensor, Tensor, bool, int]:
+    """Thick-restart Lanczos with full reorthogonalisation (largest algebraic eigenvalues).
+
+    Keeps an orthonormal basis Q ∈ R^{P×m} (m ≤ ncv) with H Q = Q T + β q_{m+1} e_mᵀ and the
+    projected matrix T = QᵀHQ built from the reorthogonalisation coefficients. Ritz pairs
+    (θ_j, Q s_j) have residual norm β |s_j[-1]|; stop when it is ≤ tol·max(|θ_j|, ε^{2/3}·|θ_1|)
+    for the top k (ARPACK's criterion). When m reaches ncv, restart with the top
+    max(k, ncv//2) Ritz vectors (Krylov–Schur / thick restart, Wu & Simon 2000).
+
+    Returns (θ [k] descending, Y [P, k] Ritz vectors, converged, n_hvp), float64.
+    """
+    dt = torch.float64
+    dev = v0.device
+    eps23 = torch.finfo(dt).eps ** (2 / 3)
+    Q = torch.empty(ncv + 1, P, dtype=dt, device=dev)  # rows are basis vectors
+    T = torch.zeros(ncv, ncv, dtype=dt, device=dev)
+    q = v0.to(dt)
+    q = q / q.norm()
+    Q[0] = q
+    m = 0  # basis vectors whose product with H is in T
+    n_hvp = 0
+    theta = torch.zeros(0, dtype=dt)
+    S = torch.zeros(0, 0, dtype=dt)
+    converged = False
+    while True:
+        w = op(Q[m]).to(dt)
+        n_hvp += 1
+        # full reorthogonalisation, twice ("twice is enough")
+        h = Q[: m + 1] @ w
+        w = w - h @ Q[: m + 1]
+        h2 = Q[: m + 1] @ w
+        w = w - h2 @ Q[: m + 1]
+        h = h + h2
+        T[m, : m + 1] = h  # after a restart h also holds the coupling to the kept Ritz vectors
+        T[: m + 1, m] = h
+        m += 1
+        beta = w.norm()
+        Tm = 0.5 * (T[:m, :m] + T[:m, :m].T)
+        theta, S = torch.linalg.eigh(Tm)
+        theta, S = theta.flip(0), S.flip(1)
+        kk = min(k, m)
+        scale = max(float(theta.abs().max()), 1e-300)
+        res = beta * S[-1, :kk].abs()
+        thr = tol * torch.clamp(theta[:kk].abs(), min=eps23 * scale)
+        if m >= k and bool((res <= thr).all()):
+            converged = True
+            break
+        if m == P:  # Krylov space is the whole space: T is H in an orthonormal basis
+            converged = True
+            break
+        if n_hvp >= max_hvp:
+            break
+        if beta <= eps23 * scale * 1e-3 or beta == 0:
+            # invariant subspace found: continue with a fresh random direction ⟂ Q
+            w = torch.randn(P, generator=gen, dtype=dt).to(dev)
+            for _ in range(2):
+                w = w - (Q[:m] @ w) @ Q[:m]
+            beta = w.norm()
+            # coupling to the new vector is zero: H Q = Q T exactly
+        if m == ncv:  # thick restart with the leading Ritz vectors
+            keep = max(k, ncv // 2)
+            Yk = S[:, :keep].T @ Q[:m]  # [keep, P]
+            Q[:keep] = Yk
+            T.zero_()
+            T[:keep, :keep] = torch.diag(theta[:keep])
+            # H Y = Y diag(θ) + q bᵀ with b = β S[-1, :keep]: the coupling row of the next
+            # vector q = w/β is recomputed by the next reorthogonalisation (h[:keep] = b)
+            Q[keep] = w / beta
+            m = keep
+            continue
+        Q[m] = w / beta
+    kk = min(k, m)
+    Yv = (S[:, :kk].T @ Q[:m]).T  # [P, kk]
+    return theta[:kk].clone(), Yv, converged, n_hvp
+
+
+def sharpness(
+    model: nn.Module,
+    loss: LossLike,
+    X: Tensor,
+    Y: Tensor,
+    k: int = 1,
+    tol: float = 1e-6,
+    seed: int = 0,
+    *,
+    solver: str = "lanczos",
+    chunk: int | None = 1024,
+    ncv: int | None = None,
+    max_hvp: int = 2000,
+    check: bool = True,
+) -> SharpnessResult:
+    """Top-k eigenvalues λ_1 ≥ … ≥ λ_k of the loss Hessian H (sharpness, paper.md §1, T7).
+
+    Krylov (Lanczos) iteration on v ↦ Hv (:func:`hvp_operator`) from a seeded Gaussian start
+    vector, stopped when every Ritz pair satisfies ‖Hv − λv‖ ≤ tol·|λ| (then
+    |λ − λ_true| ≤ tol·|λ|, and typically ≤ (tol·λ)²/gap). Residuals are then recomputed
+    with k explicit HVPs and reported. Eigenvalues are the largest *algebraic* ones: away from
+    a minimum H may be indefinite and negative eigenvalues are not "sharp".
+
+    Args:
+        model, loss, X, Y: as in :func:`hvp_operator` (X [n, ...], Y [n, k] or [n]).
+        k: number of top eigenvalues, 1 ≤ k ≤ P (k < P for ``solver="eigsh"``).
+        tol: relative residual tolerance (> 0).
+        seed: seeds the start vector (same seed → bit-identical result).
+        solver: ``"lanczos"`` (own thick-restart Lanczos with full reorthogonalisation, default)
+            or ``"eigsh"`` (ARPACK via ``scipy.sparse.linalg.eigsh``, which='LA').
+        chunk: samples per pass (memory bound).
+        ncv: Krylov basis size before a restart (default min(P, max(2k + 1, 64))).
+        max_hvp: cap on Hessian-vector products (then ``converged=False`` and a warning).
+        check: run the determinism probe and finiteness checks.
+
+    Returns:
+        :class:`SharpnessResult` (``.values``, ``.residuals``, ``.n_hvp``, ``.converged``,
+        ``.lambda_max``).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; allowed: {list(SOLVERS)}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer (number of eigenvalues); got {k!r}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number; got {tol!r}")
+    if int(max_hvp) != max_hvp or max_hvp < 1:
+        raise ValueError(f"max_hvp must be a positive integer; got {max_hvp!r}")
+    seed = _check_seed(seed)
+    k = int(k)
+    op = hvp_operator(model, loss, X, Y, chunk=chunk, check=check)
+    P = op.P
+    if k > P or (solver == "eigsh" and k >= P):
+        limit = f"k < P = {P}" if solver == "eigsh" else f"k ≤ P = {P}"
+        raise ValueError(f"k = {k} too large for solver {solver!r}: need {limit} "
+                         "(use dense_hessian for the full spectrum of a tiny model)")
+    if ncv is None:
+        ncv = min(P, max(2 * k + 1, 64))
+    elif int(ncv) != ncv or not (k < ncv <= P or (ncv == P >= k)):
+        raise ValueError(f"ncv must be an integer with k < ncv ≤ P (k = {k}, P = {P}); got {ncv}")
+    ncv = int(ncv)
+    gen = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(P, generator=gen, dtype=torch.float64).to(op.device)
+
+    if solver == "lanczos":
+        vals, vecs, converged, _ = _lanczos(op, P, k, tol, v0, ncv, int(max_hvp), gen)
+    else:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        A = op.as_linear_operator()
+        ncv_e = min(P, max(ncv, 2 * k + 1))
+        try:
+            w, V = eigsh(A, k=k, which="LA", tol=tol, v0=v0.cpu().numpy(), ncv=ncv_e,
+                         maxiter=max(1, int(max_hvp) // max(1, ncv_e - k)))
+            converged = True
+        except ArpackNoConvergence as e:
+            w, V = e.eigenvalues, e.eigenvectors
+            converged = False
+        order = np.argsort(w)[::-1]
+        vals = torch.from_numpy(np.ascontiguousarray(w[order]))
+        vecs = torch.from_numpy(np.ascontiguousarray(V[:, order])).to(op.device)
+        if vals.numel() < k:
+            converged = False
+
+    # residual check with k explicit products: ‖Hv − λv‖ for unit v
+    vecs = vecs / vecs.norm(dim=0, keepdim=True)
+    HV = op(vecs.T.contiguous()).to(torch.float64)  # [k, P]
+    residuals = (HV - vals.to(HV.device).unsqueeze(1) * vecs.T).norm(dim=1).cpu()
+    vals = vals.cpu()
+    if not converged:
+        warnings.warn(
+            f"sharpness: {solver} did not reach tol={tol:g} within max_hvp={max_hvp}; "
+            f"residuals {residuals.tolist()}", RuntimeWarning, stacklevel=2)
+    return SharpnessResult(values=vals, residuals=residuals, vectors=vecs.cpu(),
+                           n_hvp=op.n_hvp, converged=bool(converged), solver=solver,
+                           tol=float(tol))
+
+
+# --------------------------------------------------------------------------------------------
+# trace
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """An estimate of tr H (or, for ``method="gn"``, of tr G, the Gauss–Newton trace).
+
+    Attributes:
+        value: the estimate (float).
+        stderr: its standard error (0.0 for the exact ``"gn"`` value). For Hutchinson it is
+            sample std / √m of the m probe values; for Hutch++ the same for the residual
+            Hutchinson part (the low-rank part is exact given its sketch).
+        n_hvp: Hessian-vector products used (0 for ``"gn"``, which uses per-sample Jacobians).
+        method: ``"gn"``, ``"hutchpp"`` or ``"hutchinson"``.
+        samples: the per-probe values of the stochastic part (empty for ``"gn"``).
+    """
+
+    value: float
+    stderr: float
+    n_hvp: int
+    method: str
+    samples: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+
+
+def _rademacher(m: int, P: int, gen: torch.Generator) -> Tensor:
+    return (torch.randint(0, 2, (m, P), generator=gen, dtype=torch.int8).to(torch.float64)
+            * 2 - 1)
+
+
+def _apply_blocks(op: HVPOperator, V: Tensor, block: int) -> Tensor:
+    """H V for V [m, P] (float64 out), ``block`` vectors per batched product."""
+    out = [op(V[i : i + block]).to(torch.float64) for i in range(0, V.shape[0], block)]
+    return torch.cat(out) if out else V.new_zeros(V.shape)
+
+
+def trace(
+    model: nn.Module,
+    loss: LossLike,
+    X: Tensor,
+    Y: Tensor,
+    method: str = "gn",
+    n_hvp: int = 100,
+    seed: int = 0,
+    *,
+    chunk: int | None = 1024,
+    block: int = 16,
+    check: bool = True,
+) -> TraceResult:
+    """Trace of the loss Hessian, tr H (paper.md §1; L1: = (1/n) Σ‖J_i‖_F² at interpolation).
+
+    Methods:
+        ``"gn"``: exact tr G = (1/n) Σ_i tr(Λ_i J_i J_iᵀ) from per-sample parameter Jacobians
+            (``vmap(jacrev)``), Λ_i = ∇²_f ℓ. For the squared loss this is (1/n) Σ_i ‖J_i‖_F²,
+            which **equals tr H only at interpolation** (f(x_i) = y_i); for cross-entropy it is
+            the GGN (= Fisher) trace, never exactly tr H. ``stderr = 0``, ``n_hvp = 0``.
+        ``"hutchinson"``: (1/m) Σ_j z_jᵀ H z_j, z_j Rademacher, m = ``n_hvp``;
+            stderr = std(z_jᵀHz_j)/√m.
+        ``"hutchpp"``: Hutch++ (Meyer, Musco, Musco & Woodruff 2021): sketch S (m/3 Rademacher
+            columns), Q = orth(H S), value = tr(QᵀHQ) + Hutchinson on (I−QQᵀ)H(I−QQᵀ) with the
+            remaining probes; unbiased, stderr from the residual probes. Uses exactly ``n_hvp``
+            products (n_hvp ≥ 4).
+
+    Args:
+        model, loss, X, Y: as in :func:`hvp_operator`.
+        method: one of ``"gn"``, ``"hutchpp"``, ``"hutchinson"``.
+        n_hvp: product budget of the stochastic methods (ignored by ``"gn"``).
+        seed: seeds the probes (same seed → bit-identical result).
+        chunk: samples per pass (HVPs) / per Jacobian block (``"gn"``; ``None``: automatic).
+        block: probes per batched (``vmap``) product.
+        check: run the determinism probe and finiteness checks.
+    """
+    if method not in TRACE_METHODS:
+        raise ValueError(f"unknown trace method {method!r}; allowed: {list(TRACE_METHODS)}")
+    if isinstance(n_hvp, bool) or int(n_hvp) != n_hvp or n_hvp < 1:
+        raise ValueError(f"n_hvp must be a positive integer; got {n_hvp!r}")
+    if int(block) != block or block < 1:
+        raise ValueError(f"block must be a positive integer; got {block!r}")
+    seed = _check_seed(seed)
+    n_hvp = int(n_hvp)
+    if method == "gn":
+        n = _check_data(X, Y)
+        loss_fn = losses.get(loss)
+        fl = _FlatLoss(model, loss, X, Y, chunk)
+        if check:
+            _probe_determinism(fl)
+        gchunk = None if chunk is None or chunk >= n else chunk
+        terms = _ggn_trace_terms(model, loss_fn, X, Y, gchunk)
+        return TraceResult(value=float(terms.sum() / n), stderr=0.0, n_hvp=0, method="gn")
+
+    if method == "hutchinson" and n_hvp < 2:
+        raise ValueError(f"n_hvp must be ≥ 2 for hutchinson (a standard error needs two "
+                         f"probes); got {n_hvp}")
+    if method == "hutchpp" and n_hvp < 4:
+        raise ValueError(f"n_hvp must be ≥ 4 for hutchpp (sketch, projection and ≥ 2 residual "
+                         f"probes); got {n_hvp}")
+    op = hvp_operator(model, loss, X, Y, chunk=chunk, check=check)
+    P = op.P
+    gen = torch.Generator().manual_seed(seed)
+    dev = op.device
+    if method == "hutchinson":
+        Z = _rademacher(n_hvp, P, gen).to(dev)
+        HZ = _apply_blocks(op, Z, block)
+        s = (Z * HZ).sum(1).cpu()
+        return TraceResult(value=float(s.mean()), stderr=float(s.std() / math.sqrt(n_hvp)),
+                           n_hvp=op.n_hvp, method="hutchinson", samples=s)
+
+    # Hutch++: sketch s = ⌊m/3⌋ (≤ P), then s products for QᵀHQ, the rest for the residual
+    s_cols = min(max(1, n_hvp // 3), P, (n_hvp - 2) // 2)
+    g_cols = n_hvp - 2 * s_cols
+    S = _rademacher(s_cols, P, gen).to(dev)
+    G = _rademacher(g_cols, P, gen).to(dev)
+    HS = _apply_blocks(op, S, block)
+    Qm, _ = torch.linalg.qr(HS.T)  # [P, s], orthonormal columns
+    HQ = _apply_blocks(op, Qm.T.contiguous(), block)  # [s, P]
+    t_low = float((Qm.T * HQ).sum())
+    Gp = G - (G @ Qm) @ Qm.T  # (I − QQᵀ) g
+    HGp = _apply_blocks(op, Gp, block)
+    r = (Gp * HGp).sum(1).cpu()
+    return TraceResult(value=t_low + float(r.mean()), stderr=float(r.std() / math.sqrt(g_cols)),
+                       n_hvp=op.n_hvp, method="hutchpp", samples=r)
