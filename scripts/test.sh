@@ -17,7 +17,10 @@ $PY scripts/prepare_fast_book.py --out _build/fast
 echo "[test] strict book build (-W -n) of the fast book"
 .venv/bin/jupyter-book build _build/fast -W -n --keep-going --quiet
 
-echo "[test] pytest (package) + nbval (chapters)"
+echo "[test] headless Chromium for the browser test (apt-get install when missing)"
+bash scripts/ensure_chromium.sh || echo "[test] warning: no Chromium; tests/test_browser.py will fail" >&2
+
+echo "[test] pytest (package, browser) + nbval (chapters)"
 set +e
 FLATBOOK_FAST_HTML="$ROOT/_build/fast/_build/html" \
   $PY -m pytest tests _build/fast/book --nbval-lax --nbval-current-env -p no:cacheprovider "$@"

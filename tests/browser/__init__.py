@@ -1,0 +1,1 @@
+"""Helpers for the browser test (tests/test_browser.py): loopback server, chromedriver client."""
