@@ -585,6 +585,43 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
     return theta[:kk].clone(), Yv, converged, n_hvp
 
 
+def _deflation_check(op: HVPOperator, vals: Tensor, vecs: Tensor, tol: float, ncv: int,
+                     max_hvp: int, gen: torch.Generator) -> tuple[Tensor, Tensor, bool]:
+    """Look for eigenvalues missed by single-vector Krylov (exact multiplicities).
+
+    A Krylov space from one start vector holds one direction per eigenspace, so a repeated
+    eigenvalue is returned once. Run Lanczos on the deflated operator (I − VVᵀ) H (I − VVᵀ)
+    from a fresh random vector ⟂ V; if its top eigenvalue exceeds the k-th found one, swap it in
+    and repeat (at most k times). Costs one extra Lanczos run (k > 1 only).
+    """
+    P = op.P
+    converged = True
+    for _ in range(vals.numel()):
+        V = vecs.to(op.device)
+
+        def op_d(v: Tensor, V: Tensor = V) -> Tensor:
+            w = v.to(torch.float64)
+            w = w - V @ (V.T @ w)
+            hw = op(w).to(torch.float64)
+            return hw - V @ (V.T @ hw)
+
+        v0 = torch.randn(P, generator=gen, dtype=torch.float64).to(op.device)
+        v0 = v0 - V @ (V.T @ v0)
+        budget = max_hvp - op.n_hvp
+        if budget < 2:
+            return vals, vecs, False
+        th, y, ok, _ = _lanczos(op_d, P, 1, tol, v0, min(ncv, P - V.shape[1]), budget, gen)
+        converged = converged and ok
+        kth = float(vals[-1])
+        if float(th[0]) <= kth + tol * max(abs(kth), 1e-300):
+            break
+        vals = torch.cat([vals[:-1], th.cpu()])
+        vecs = torch.cat([vecs[:, :-1], y.to(vecs.device)], dim=1)
+        order = torch.argsort(vals, descending=True)
+        vals, vecs = vals[order], vecs[:, order]
+    return vals, vecs, converged
+
+
 def sharpness(
     model: nn.Module,
     loss: LossLike,
@@ -598,6 +635,7 @@ def sharpness(
     chunk: int | None = 1024,
     ncv: int | None = None,
     max_hvp: int = 2000,
+    verify: bool | None = None,
     check: bool = True,
 ) -> SharpnessResult:
     """Top-k eigenvalues λ_1 ≥ … ≥ λ_k of the loss Hessian H (sharpness, paper.md §1, T7).
@@ -618,6 +656,10 @@ def sharpness(
         chunk: samples per pass (memory bound).
         ncv: Krylov basis size before a restart (default min(P, max(2k + 1, 64))).
         max_hvp: cap on Hessian-vector products (then ``converged=False`` and a warning).
+        verify: after convergence, search the deflated complement for eigenvalues that a
+            single-vector Krylov space misses (exactly repeated eigenvalues, e.g. the
+            Kronecker-structured Hessian of a linear layer). Default: on iff k > 1 (λ_max
+            itself is never missed). Costs one more Lanczos run.
         check: run the determinism probe and finiteness checks.
 
     Returns:
@@ -667,6 +709,13 @@ def sharpness(
         vecs = torch.from_numpy(np.ascontiguousarray(V[:, order])).to(op.device)
         if vals.numel() < k:
             converged = False
+
+    if verify is None:
+        verify = k > 1
+    if verify and k < P and vals.numel() == k:
+        vals, vecs, ok = _deflation_check(op, vals, vecs.to(torch.float64), tol, ncv,
+                                          int(max_hvp), gen)
+        converged = converged and ok
 
     # residual check with k explicit products: ‖Hv − λv‖ for unit v
     vecs = vecs / vecs.norm(dim=0, keepdim=True)
