@@ -216,11 +216,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _diagnose(browser: str, profile: Path) -> str:
+    """Run the browser alone (``--dump-dom about:blank``) and return its exit code and stderr."""
+    cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}-diagnose", "--dump-dom",
+           "about:blank"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"running {browser} alone failed: {e}"
+    return f"{browser} alone exited {r.returncode}; stderr (end):\n{r.stderr[-1500:]}"
+
+
 class ChromeDriver:
     """A headless Chromium session driven through chromedriver's W3C HTTP API.
 
-    ``profile`` is a fresh, empty folder for ``--user-data-dir``; chromedriver's own log goes to
-    ``profile/../chromedriver.log``. Use as a context manager (quits the browser and driver).
+    ``profile`` is a fresh, empty folder for ``--user-data-dir``; chromedriver's output goes to
+    ``profile/../chromedriver.log``. When the browser does not start, the error quotes the
+    browser's own stderr. Use as a context manager (quits the browser and driver).
     """
 
     def __init__(self, browser: str, driver: str, profile: Path,
@@ -229,10 +241,10 @@ class ChromeDriver:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         profile.mkdir(parents=True, exist_ok=True)
-        self._log = open(profile.parent / "chromedriver.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [driver, f"--port={port}", f"--log-path={profile.parent / 'chromedriver.log'}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+        self.logfile = profile.parent / "chromedriver.log"
+        self._logfh = open(self.logfile, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([driver, f"--port={port}"],
+                                     stdout=self._logfh, stderr=subprocess.STDOUT)
         self.session: str | None = None
         try:
             self._wait_ready(30.0)
@@ -251,6 +263,9 @@ class ChromeDriver:
             self.get("about:blank")  # let the start-up tab settle, then forget its requests
             self.log("performance")
             self.log("browser")
+        except WebDriverError as e:
+            self.close()
+            raise WebDriverError(f"{e}\n{_diagnose(browser, profile)}") from None
         except BaseException:
             self.close()
             raise
@@ -333,7 +348,7 @@ class ChromeDriver:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        self._logfh.close()
 
     def __enter__(self) -> ChromeDriver:
         return self
@@ -366,7 +381,7 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
                        && MathJax.startup.promise;
   if (out.mathjax_scripts.length || mathEls.length) {
     const t1 = performance.now();
-    while (!loaded() && performance.now() - t1 < 1000 && left() > 0) await sleep(25);
+    while (!loaded() && performance.now() - t1 < 300 && left() > 0) await sleep(25);
     if (loaded()) {
       try {
         const ok = await Promise.race([MathJax.startup.promise.then(() => true),
