@@ -54,11 +54,13 @@ def small_interp() -> tuple[nn.Sequential, Tensor, Tensor, Tensor]:
 # ------------------------------------------------------------------------------ HVPs
 
 
-def test_hvp_matches_dense_hessian_for_any_chunking_and_batching(small_interp) -> None:
+@pytest.mark.parametrize("backend", ["revrev", "fwdrev"])
+def test_hvp_matches_dense_hessian_for_any_chunking_and_batching(small_interp,
+                                                                 backend: str) -> None:
     net, X, Y, H = small_interp
     V = torch.randn(5, H.shape[0], generator=_gen(1), dtype=F64)
     for chunk in (None, 7, 30, 1000):  # 7 does not divide n = 30
-        op = curvature.hvp_operator(net, "squared", X, Y, chunk=chunk)
+        op = curvature.hvp_operator(net, "squared", X, Y, chunk=chunk, backend=backend)
         assert torch.allclose(op(V[0]), H @ V[0], rtol=1e-12, atol=1e-13)
         assert torch.allclose(op(V), V @ H, rtol=1e-12, atol=1e-13)
         assert op.n_hvp == 6
@@ -72,8 +74,9 @@ def test_hvp_cross_entropy_matches_dense() -> None:
     Yc = torch.randint(0, 3, (25,), generator=_gen(3))
     H = curvature.dense_hessian(net, "cross_entropy", X, Yc)
     v = torch.randn(H.shape[0], generator=_gen(4), dtype=F64)
-    op = curvature.hvp_operator(net, "cross_entropy", X, Yc, chunk=8)
-    assert torch.allclose(op(v), H @ v, rtol=1e-11, atol=1e-13)
+    for backend in ("revrev", "fwdrev"):
+        op = curvature.hvp_operator(net, "cross_entropy", X, Yc, chunk=8, backend=backend)
+        assert torch.allclose(op(v), H @ v, rtol=1e-11, atol=1e-13)
 
 
 def test_model_measured_in_eval_mode_and_flags_restored() -> None:
@@ -96,7 +99,8 @@ def test_model_measured_in_eval_mode_and_flags_restored() -> None:
 def test_top3_match_dense_spectrum_tight_tol(medium, solver: str) -> None:
     net, X, Y, ev = medium
     assert ev[-1] < 0  # indefinite: the test also checks "largest algebraic"
-    r = curvature.sharpness(net, "squared", X, Y, k=3, tol=1e-10, solver=solver)
+    r = curvature.sharpness(net, "squared", X, Y, k=3, tol=1e-10, solver=solver,
+                            backend="fwdrev" if solver == "eigsh" else "revrev")
     rel = ((r.values - ev[:3]).abs() / ev[:3].abs()).max().item()
     assert rel <= 1e-6, rel
     assert r.converged and r.values.shape == (3,) and r.residuals.shape == (3,)
@@ -344,6 +348,7 @@ def _tiny() -> tuple[nn.Sequential, Tensor, Tensor]:
         ({"seed": -1}, ValueError, "seed"),
         ({"chunk": 0}, ValueError, "chunk"),
         ({"max_hvp": 0}, ValueError, "max_hvp"),
+        ({"backend": "jax"}, ValueError, "allowed"),
     ],
 )
 def test_sharpness_rejects_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
