@@ -18,4 +18,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# Direct (not lazy) import: binds the function ``flatbook.report`` over the submodule attribute
+# once, so that a later ``import flatbook.report`` cannot replace it.
+from flatbook.report import Report, report  # noqa: E402
+
+__all__ = ["Report", "__version__", "report"]

@@ -330,7 +330,7 @@ def l2_bound(q: Quantities, layer: str) -> Bound:
     """
     lm = q.layers[layer]
     return Bound(
-        f"l2_{layer}",
+        f"lem2_{layer}",
         (lm.h_sqnorm * lm.measures.frob_sq).sqrt(),
         lm.weight_norm * q.grad_w_sqnorm[layer].sqrt(),
         "‖h‖ ‖∂f/∂h‖_F ≤ ‖W‖₂ ‖∇_W f‖_F",
@@ -345,7 +345,7 @@ def l3_bound(q: Quantities) -> Bound:
         if q.grad_w_sqnorm
         else (torch.zeros_like(q.jac_sqnorm))
     )
-    return Bound("l3", lhs, q.jac_sqnorm, "Σ_l ‖∇_{W_l} f‖_F² ≤ ‖J_θ‖_F²", "paper")
+    return Bound("lem3", lhs, q.jac_sqnorm, "Σ_l ‖∇_{W_l} f‖_F² ≤ ‖J_θ‖_F²", "paper")
 
 
 # ----------------------------------------------------------------------------- T1
@@ -735,7 +735,7 @@ def l1_identity(model: nn.Module, X: Tensor, Y: Tensor | None = None) -> Identit
     with curvature.eval_mode(model):
         H = curvature.dense_hessian(model, "squared", X, Y)
         Gm = curvature.gauss_newton_matrix(model, X)
-    return Identity("l1", H, Gm, "∇²L = (1/n) Σ J_iᵀ J_i at f(x_i) = y_i", "paper")
+    return Identity("lem1", H, Gm, "∇²L = (1/n) Σ J_iᵀ J_i at f(x_i) = y_i", "paper")
 
 
 def l2_identity(
@@ -761,7 +761,7 @@ def l2_identity(
                 Z = model[d.index](H)
             G = _geometry.input_jacobian(model[d.index + 1 :], Z)
             out[d.name] = Identity(
-                f"l2_{d.name}",
+                f"lem2_{d.name}",
                 sq[d.weight_name].sqrt(),
                 G.pow(2).sum((1, 2)).sqrt() * H.reshape(H.shape[0], -1).norm(dim=1),
                 "‖∇_W f‖_F = ‖G‖_F ‖h‖",
@@ -988,7 +988,7 @@ def all_bounds(
 ) -> dict[str, Bound]:
     """Every bound computable from ``q``, keyed by name.
 
-    Always: ``l3``, ``t4_nmls``, ``t4_nvr``, per dense layer ``l2_{l}``, ``t5_mls_{l}``,
+    Always: ``lem3``, ``t4_nmls``, ``t4_nvr``, per dense layer ``lem2_{l}``, ``t5_mls_{l}``,
     ``t5_lvr_{l}``. If the first layer is dense on the input: ``t1_per_sample``,
     ``t1_weighted``, ``t1_min``, ``t2_per_sample``, ``t2_min``, ``t2_gm``, ``t3_weighted``,
     ``t3_min``, ``t3_gm``. With ``lambda_max`` and ``lr``: ``t7_gd``; with ``lr`` and
@@ -1009,7 +1009,7 @@ def all_bounds(
         ):
             b = fn(q)
             out[b.name] = b
-    out["l3"] = l3_bound(q)
+    out["lem3"] = l3_bound(q)
     out["t4_nmls"] = t4_nmls(q)
     out["t4_nvr"] = t4_nvr(q)
     for name in q.layers:

@@ -1,0 +1,353 @@
+"""One call, everything: sharpness, trace, every measure per layer, every bound with its slack.
+
+>>> rep = flatbook.report(model, X, Y)          # doctest: +SKIP
+>>> print(rep)                                   # a readable table
+>>> rep.as_dict()["t3_weighted_slack"]           # flat {str: float}, recorded by flatbook.train
+
+``Report.as_dict()`` keys (all values are floats; NaN where a quantity does not apply):
+
+Data and fit
+    ``n``, ``d``, ``k`` (samples, input entries, outputs), ``n_params`` (P), ``n_dense``
+    (number of dense layers), ``first_layer_dense`` (1.0 if T1–T3 apply), ``loss`` (value of
+    the requested loss), ``max_residual`` (max |f(x_i) − y_i|, squared loss only; 0 at
+    interpolation), ``interpolating`` (1.0 if max_residual ≤ 1e-8·max(1, max |y|)).
+Curvature
+    ``lambda_max`` (λ_max(H), Lanczos, :func:`flatbook.curvature.sharpness`),
+    ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged`` (1.0/0.0),
+    ``trace_gn`` ((1/n) Σ‖J_i‖_F² — tr H at interpolation, paper.md L1), ``trace_hessian``
+    and ``trace_hessian_stderr`` (only with ``hessian_trace=True``: Hutch++ estimate of tr H),
+    ``adaptive_sharpness`` (only with ``adaptive=True``: Σ_j θ_j² H_jj, GN diagonal).
+Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
+    ``log_lvr_mean``, ``log_lvr_median``, ``mls_mean``, ``mls_median``, ``ld_mean``,
+    ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``r``, ``pr_output`` (global participation
+    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
+Per dense layer ``l1``, ``l2``, … (the map h_{l−1} ↦ f; prefix ``"{layer}_"``)
+    ``index`` (item in the Sequential), ``width_in`` (p = dim h_{l−1}), ``r``,
+    ``mls_mean``, ``mls_median``, ``log_lvr_mean``, ``log_lvr_median``, ``ld_mean``,
+    ``ld_median``, ``frob_sq_mean``, ``h_sqnorm_mean`` (‖h_{l−1}‖²), ``weight_norm`` (‖W_l‖₂),
+    ``grad_w_sqnorm_mean`` (‖∇_{W_l} f‖_F²), ``kappa`` (κ_l by the T5 identity),
+    ``pr`` (global participation ratio of h_{l−1}). E.g. ``"l1_mls_mean"``, ``"l2_kappa"``.
+Named representations (``representations=[...]``; the map x ↦ h, prefix ``"rep_{name}_"``)
+    ``log_lvr_mean``, ``mls_mean``, ``ld_mean``, ``pr``.
+Bounds (``flatbook.bounds.all_bounds``; prefix = bound name)
+    aggregated bounds: ``"{name}_lhs"``, ``"{name}_rhs"``, ``"{name}_slack"`` (rhs/lhs),
+    ``"{name}_holds"`` (1.0/0.0 at rtol 1e-9) for ``t1_weighted``, ``t1_min``, ``t2_min``,
+    ``t2_gm``, ``t3_weighted``, ``t3_min``, ``t3_gm`` (NaN when the first layer is not dense),
+    ``t4_nmls``, ``t4_nvr``, ``t5_mls_{layer}``, ``t5_lvr_{layer}`` and, given ``lr``,
+    ``t7_gd`` (needs λ_max) and, given ``lr`` and ``batch_size``, ``t7_sgd``.
+    Per-sample bounds: ``"{name}_slack_min"``, ``"{name}_slack_median"``, ``"{name}_holds"``
+    for ``t1_per_sample``, ``t2_per_sample`` (NaN when not applicable), ``lem3`` (lemma L3) and
+    ``lem2_{layer}`` (lemma L2).
+
+The bounds are proven for dense layers (paper.md §2); for CNNs and ViTs the report gives the
+output-level measures, the dense layers present (T4 then sums over those only — still a valid
+bound by L3) and no T1–T3 (their W_1 must be a dense layer acting on the input).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from flatbook import bounds as _bounds
+from flatbook import curvature, losses
+from flatbook import geometry as _geometry
+from flatbook import layers as _layers
+
+__all__ = ["Report", "report"]
+
+FIRST_LAYER_BOUNDS = ("t1_weighted", "t1_min", "t2_min", "t2_gm", "t3_weighted", "t3_min", "t3_gm")
+FIRST_LAYER_PER_SAMPLE = ("t1_per_sample", "t2_per_sample")
+
+
+def _f(x: object) -> float:
+    if isinstance(x, Tensor):
+        return float(x.detach())
+    return float(x)  # type: ignore[arg-type]
+
+
+def _stats(prefix: str, name: str, v: Tensor, out: dict[str, float]) -> None:
+    v = v.detach().to(torch.float64)
+    out[f"{prefix}{name}_mean"] = float(v.mean())
+    out[f"{prefix}{name}_median"] = float(v.median())
+
+
+@dataclass
+class Report:
+    """Result of :func:`report`.
+
+    Attributes:
+        scalars: global keys of :meth:`as_dict` (data, fit, curvature, output measures).
+        layers: ``{"l1": {key: float}, …}`` per dense layer (keys without the prefix).
+        representations: ``{name: {key: float}}`` for requested named representations.
+        bounds: ``{name: Bound}`` (see :mod:`flatbook.bounds`).
+        quantities: the :class:`flatbook.bounds.Quantities` everything was computed from.
+        sharpness: the :class:`flatbook.curvature.SharpnessResult` (or ``None``).
+        notes: caveats that apply to this model / data (interpolation, loss, architecture).
+    """
+
+    scalars: dict[str, float]
+    layers: dict[str, dict[str, float]]
+    representations: dict[str, dict[str, float]]
+    bounds: dict[str, _bounds.Bound]
+    quantities: _bounds.Quantities
+    sharpness: curvature.SharpnessResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{str: float}`` with the stable keys listed in the module docstring."""
+        out = dict(self.scalars)
+        for lname, vals in self.layers.items():
+            for key, v in vals.items():
+                out[f"{lname}_{key}"] = v
+        for rname, vals in self.representations.items():
+            for key, v in vals.items():
+                out[f"rep_{rname}_{key}"] = v
+        for name in FIRST_LAYER_BOUNDS:
+            for s in ("lhs", "rhs", "slack", "holds"):
+                out[f"{name}_{s}"] = math.nan
+        for name in FIRST_LAYER_PER_SAMPLE:
+            for s in ("slack_min", "slack_median", "holds"):
+                out[f"{name}_{s}"] = math.nan
+        for name, b in self.bounds.items():
+            if isinstance(b.slack, Tensor):
+                s = b.slack.to(torch.float64)
+                out[f"{name}_slack_min"] = float(torch.nan_to_num(s, nan=math.inf).min())
+                out[f"{name}_slack_median"] = float(s.median())
+            else:
+                out[f"{name}_lhs"] = float(b.lhs)  # type: ignore[arg-type]
+                out[f"{name}_rhs"] = float(b.rhs)  # type: ignore[arg-type]
+                out[f"{name}_slack"] = float(b.slack)  # type: ignore[arg-type]
+            out[f"{name}_holds"] = 1.0 if b.holds(1e-9) else 0.0
+        return out
+
+    def __str__(self) -> str:
+        s = self.scalars
+        lines = [
+            f"flatbook report: n={int(s['n'])}, d={int(s['d'])}, k={int(s['k'])}, "
+            f"P={int(s['n_params'])}, dense layers={int(s['n_dense'])}",
+            f"  loss {s['loss']:.4g}   max |f−y| {s['max_residual']:.3g}   "
+            f"interpolating: {'yes' if s['interpolating'] == 1.0 else 'no'}",
+        ]
+        lm = s["lambda_max"]
+        if not math.isnan(lm):
+            lines.append(
+                f"  λ_max {lm:.6g} (residual {s['lambda_max_residual']:.2g}, "
+                f"{int(s['lambda_max_n_hvp'])} HVPs, "
+                f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
+            )
+        lines.append(f"  tr H (Gauss–Newton, = tr H at interpolation) {s['trace_gn']:.6g}")
+        if "trace_hessian" in s:
+            lines.append(
+                f"  tr H (Hutch++) {s['trace_hessian']:.6g} ± {s['trace_hessian_stderr']:.2g}"
+            )
+        if "adaptive_sharpness" in s:
+            lines.append(f"  adaptive sharpness Σθ²H_jj {s['adaptive_sharpness']:.6g}")
+        lines.append("")
+        lines.append(f"Output map x ↦ f (r = {int(s['r'])}):        mean      median")
+        for key, label in (("log_lvr", "log LVR"), ("mls", "MLS"), ("ld", "LD")):
+            lines.append(f"  {label:<32}{s[key + '_mean']:>10.4g}  {s[key + '_median']:>10.4g}")
+        lines.append(f"  global PR of f                  {s['pr_output']:>10.4g}")
+        if self.layers:
+            lines.append("")
+            lines.append("Dense layers (map h_{l−1} ↦ f; means over samples):")
+            hdr = (
+                f"  {'layer':<6}{'item':>5}{'p':>6}{'MLS_l':>11}{'log LVR_l':>11}{'LD_l':>8}"
+                f"{'‖h‖²':>11}{'‖W‖₂':>9}{'κ_l':>11}{'PR(h)':>8}"
+            )
+            lines.append(hdr)
+            for name, v in self.layers.items():
+                lines.append(
+                    f"  {name:<6}{int(v['index']):>5}{int(v['width_in']):>6}"
+                    f"{v['mls_mean']:>11.4g}{v['log_lvr_mean']:>11.4g}{v['ld_mean']:>8.3g}"
+                    f"{v['h_sqnorm_mean']:>11.4g}{v['weight_norm']:>9.4g}{v['kappa']:>11.4g}"
+                    f"{v['pr']:>8.3g}"
+                )
+        if self.representations:
+            lines.append("")
+            lines.append("Named representations (map x ↦ h):")
+            for name, v in self.representations.items():
+                lines.append(
+                    f"  {name:<8} log LVR {v['log_lvr_mean']:.4g}  MLS {v['mls_mean']:.4g}  "
+                    f"LD {v['ld_mean']:.3g}  PR {v['pr']:.3g}"
+                )
+        lines.append("")
+        lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
+        lines.append(f"  {'bound':<16}{'lhs':>12}{'rhs':>12}{'slack':>11}  holds  source")
+        for name, b in self.bounds.items():
+            lhs, rhs, slack = b.worst()
+            lines.append(
+                f"  {name:<16}{lhs:>12.4g}{rhs:>12.4g}{slack:>11.4g}  "
+                f"{'yes' if b.holds(1e-9) else 'NO ':<5}  {b.source}"
+            )
+        if self.notes:
+            lines.append("")
+            lines += [f"Note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle: bool) -> None:  # noqa: ANN001 - IPython hook
+        p.text(str(self) if not cycle else "Report(...)")
+
+
+def report(
+    model: nn.Sequential,
+    X: Tensor,
+    Y: Tensor | None = None,
+    loss: str | Callable[[Tensor, Tensor], Tensor] = "squared",
+    *,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    sharpness: bool = True,
+    k: int = 1,
+    tol: float = 1e-6,
+    seed: int = 0,
+    hessian_trace: bool = False,
+    n_hvp: int = 100,
+    adaptive: bool = False,
+    representations: Sequence[str] = (),
+    chunk: int | None = 256,
+    rtol: float | None = None,
+) -> Report:
+    """Measure everything for ``model`` on (X, Y): curvature, measures, bounds with slack.
+
+    Args:
+        model: an ``nn.Sequential`` (MLP, CNN, ViT; see :mod:`flatbook.layers`). Measured in
+            eval mode (flags restored).
+        X: inputs [n, …].
+        Y: targets ([n, k] for the squared loss, one-hot for classes; [n] or [n, k] for
+            cross-entropy). ``None``: Y = f(X), an exact interpolating minimum.
+        loss: ``"squared"`` (the loss of the bounds), ``"cross_entropy"`` or a callable; used
+            for the loss value and λ_max. The bounds always use the Gauss–Newton trace
+            (1/n) Σ‖J_i‖_F² (see :mod:`flatbook.bounds`).
+        lr, batch_size: step size η and batch B of the run, for the T7 bounds.
+        sharpness: compute λ_max (Lanczos: ``k``, ``tol``, ``seed``).
+        hessian_trace: also estimate tr H itself by Hutch++ with ``n_hvp`` products.
+        adaptive: also compute the elementwise adaptive sharpness Σ_j θ_j² H_jj (GN diagonal).
+        representations: names (``flatbook.layers.representations``) whose map x ↦ h to
+            measure (log LVR, MLS, LD, global PR).
+        chunk: samples per vectorised call; rtol: rank tolerance of log LVR.
+    """
+    model = _layers.check_sequential(model)
+    notes: list[str] = []
+    with curvature.eval_mode(model):
+        with torch.no_grad():
+            F = model(X)
+        if Y is None:
+            Y = F.detach().clone()
+        loss_fn = losses.get(loss)
+        with torch.no_grad():
+            loss_val = float(loss_fn(F, Y))
+        q = _bounds.quantities(model, X, chunk=chunk, rtol=rtol)
+        notes += q.notes
+        scalars: dict[str, float] = {
+            "n": float(q.n),
+            "d": float(q.d),
+            "k": float(q.k),
+            "n_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "n_dense": float(len(q.layers)),
+            "first_layer_dense": 1.0 if q.first is not None else 0.0,
+            "loss": loss_val,
+        }
+        if Y.shape == F.shape:
+            res = float((F - Y).abs().max())
+            scale = max(1.0, float(Y.abs().max()))
+            scalars["max_residual"] = res
+            scalars["interpolating"] = 1.0 if res <= 1e-8 * scale else 0.0
+        else:
+            scalars["max_residual"] = math.nan
+            scalars["interpolating"] = 0.0
+        if loss_fn is not losses.squared:
+            notes.append(
+                "loss is not the squared loss: the bounds concern the Gauss–Newton trace "
+                "(1/n) Σ‖J_i‖_F² of the squared loss; λ_max is that of the requested loss"
+            )
+        elif scalars["interpolating"] != 1.0:
+            notes.append(
+                "not at interpolation: tr H ≠ (1/n) Σ‖J_i‖_F² in general; the bounds hold "
+                "with the Gauss–Newton trace reported here (their proofs use only L2, L3)"
+            )
+        sharp = None
+        lam = math.nan
+        scalars.update(
+            lambda_max=math.nan,
+            lambda_max_residual=math.nan,
+            lambda_max_n_hvp=math.nan,
+            lambda_max_converged=math.nan,
+        )
+        if sharpness:
+            sharp = curvature.sharpness(model, loss, X, Y, k=k, tol=tol, seed=seed)
+            lam = sharp.lambda_max
+            scalars.update(
+                lambda_max=lam,
+                lambda_max_residual=float(sharp.residuals[0]),
+                lambda_max_n_hvp=float(sharp.n_hvp),
+                lambda_max_converged=1.0 if sharp.converged else 0.0,
+            )
+        scalars["trace_gn"] = _f(q.trace)
+        if hessian_trace:
+            tr = curvature.trace(model, loss, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
+            scalars["trace_hessian"] = float(tr.value)
+            scalars["trace_hessian_stderr"] = float(tr.stderr)
+        if adaptive:
+            scalars["adaptive_sharpness"] = _f(_bounds.adaptive_sharpness(model, X))
+
+        o = q.output
+        for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
+            _stats("", key, v, scalars)
+        scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
+        scalars["r"] = float(o.r)
+        scalars["pr_output"] = _f(_geometry.participation_ratio(F)) if q.n > 1 else math.nan
+
+        layer_vals: dict[str, dict[str, float]] = {}
+        for name, lm in q.layers.items():
+            m = lm.measures
+            v: dict[str, float] = {
+                "index": float(lm.layer.index),
+                "width_in": float(lm.layer.in_features),
+                "r": float(m.r),
+            }
+            for key, t in (("mls", m.mls), ("log_lvr", m.log_lvr), ("ld", m.ld)):
+                _stats("", key, t, v)
+            v["frob_sq_mean"] = _f(m.frob_sq.mean())
+            v["h_sqnorm_mean"] = _f(lm.h_sqnorm.mean())
+            v["weight_norm"] = _f(lm.weight_norm)
+            v["grad_w_sqnorm_mean"] = _f(q.grad_w_sqnorm[name].mean())
+            v["kappa"] = _f(_bounds.kappa(q, name))
+            with torch.no_grad():
+                H = lm.layer.head(X)
+            v["pr"] = _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan
+            layer_vals[name] = v
+
+        rep_vals: dict[str, dict[str, float]] = {}
+        for rname in representations:
+            m = _geometry.representation_measures(model, X, rname, chunk=chunk or 256, rtol=rtol)
+            with torch.no_grad():
+                H = _layers.representation(model, X, rname)
+            rep_vals[rname] = {
+                "log_lvr_mean": _f(m.log_lvr.mean()),
+                "mls_mean": _f(m.mls.mean()),
+                "ld_mean": _f(m.ld.mean()),
+                "pr": _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan,
+            }
+
+        bl = _bounds.all_bounds(
+            q, lambda_max=None if math.isnan(lam) else lam, lr=lr, batch_size=batch_size
+        )
+        if "t4_nmls" in bl:
+            scalars["nmls"] = float(bl["t4_nmls"].lhs)  # type: ignore[arg-type]
+            scalars["nvr"] = float(bl["t4_nvr"].lhs)  # type: ignore[arg-type]
+        if lr is not None and math.isnan(lam):
+            notes.append("t7_gd needs λ_max: call with sharpness=True")
+    return Report(
+        scalars=scalars,
+        layers=layer_vals,
+        representations=rep_vals,
+        bounds=bl,
+        quantities=q,
+        sharpness=sharp,
+        notes=notes,
+    )
