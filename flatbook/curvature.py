@@ -41,6 +41,7 @@ LossLike = str | Callable[[Tensor, Tensor], Tensor]
 TRACE_METHODS = ("gn", "hutchpp", "hutchinson")
 SOLVERS = ("lanczos", "eigsh")
 HVP_BACKENDS = ("revrev", "fwdrev")
+JACOBIAN_METHODS = ("auto", "jacrev")
 
 __all__ = [
     "HVPOperator",
@@ -418,46 +419,167 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor) -> Ten
         return hessian(L)(theta0).detach()
 
 
-def _per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None
-                          ) -> Iterator[dict[str, Tensor]]:
-    """Yield per-sample parameter Jacobians chunk by chunk: ``{name: [b, k, *shape]}``."""
+def _auto_chunk(model: nn.Module, X: Tensor, n_params: int) -> int:
+    """Samples per chunk so that a [b, k, P] Jacobian block has ≲ 2^24 entries."""
+    with torch.no_grad(), eval_mode(model):
+        k = model(X[:1]).numel()
+    return max(1, min(X.shape[0], (1 << 24) // max(1, k * n_params)))
+
+
+def _per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None,
+                          names: list[str] | None = None) -> Iterator[dict[str, Tensor]]:
+    """Yield per-sample parameter Jacobians chunk by chunk: ``{name: [b, k, *shape]}``.
+
+    ``vmap(jacrev)`` over samples; ``names`` restricts the Jacobian to those parameters (the
+    others are held fixed).
+    """
     params = named_params(model)
     _check_params(params)
     f = forward_fn(model)
+    sub = list(params) if names is None else list(names)
+    fixed = {n: p for n, p in params.items() if n not in sub}
 
     def f1(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return f(p, x.unsqueeze(0)).squeeze(0)
+        return f({**fixed, **p}, x.unsqueeze(0)).squeeze(0)
 
     jac = vmap(jacrev(f1), in_dims=(None, 0))
     n = X.shape[0]
-    if chunk is None:  # bound memory of the [b, k, P] block to ~2^24 entries
-        with torch.no_grad(), eval_mode(model):
-            k = model(X[:1]).numel()
-        P = sum(p.numel() for p in params.values())
-        chunk = max(1, min(n, (1 << 24) // max(1, k * P)))
+    if chunk is None:
+        chunk = _auto_chunk(model, X, sum(params[m].numel() for m in sub))
     c = _check_chunk(chunk, n)
+    psub = {m: params[m] for m in sub}
     with eval_mode(model):
         for start in range(0, n, c):
-            yield {name: J.detach() for name, J in jac(params, X[start : start + c]).items()}
+            yield {name: J.detach() for name, J in jac(psub, X[start : start + c]).items()}
 
 
-def jacobian_sqnorms(model: nn.Module, X: Tensor, chunk: int | None = 256) -> dict[str, Tensor]:
+def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense layers.
+
+    "Ghost norms": for an ``nn.Linear`` z = W h + b, ∂f_c(x_i)/∂W = Σ_t δ_{c,t} h_tᵀ with
+    δ = ∂f_c/∂z (t runs over token positions and repeated calls of the module), so
+    K^(W)_{cc'} = Σ_{t,t'} (δ_{c,t}·δ_{c',t'}) (h_t·h_{t'}) and K^(b)_{cc'} = (Σ_t δ_{c,t})·(Σ_t
+    δ_{c',t}) without ever forming the [b, k, P] Jacobian (paper.md L2: for one position,
+    ‖∇_W f_c‖_F = ‖δ_c‖ ‖h‖). Costs k backward passes of the chunk. Every parameter is
+    validated: the total gradient of Σ_i r_iᵀ f(x_i) (random r) rebuilt from (δ, h) must match
+    autograd's; a parameter that fails (e.g. a weight also used outside its module's forward) is
+    left out and handled by the exact ``jacrev`` path. Returns (outputs [b, k], {name: K}).
+    """
+    by_id = {id(p): n for n, p in model.named_parameters() if n in params}
+    calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        calls.setdefault(mod, []).append((inp[0].detach(), out))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Linear) and id(m.weight) in by_id]
+    try:
+        with torch.enable_grad():
+            F = model(Xc)
+    finally:
+        for h in handles:
+            h.remove()
+    if F.ndim != 2 or not calls:
+        return F.detach(), {}
+    b, k = F.shape
+    mods = list(calls)
+    zs = [z for m in mods for _, z in calls[m]]
+    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
+    try:
+        deltas = torch.autograd.grad(F, zs, eye, retain_graph=True, is_grads_batched=True)
+    except RuntimeError:
+        per_c = [torch.autograd.grad(F, zs, eye[c], retain_graph=True) for c in range(k)]
+        deltas = tuple(torch.stack(d) for d in zip(*per_c, strict=True))
+    r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
+    targets = [p for m in mods for p in (m.weight, m.bias) if p is not None and id(p) in by_id]
+    true_grads = dict(zip(map(id, targets), torch.autograd.grad(F, targets, r), strict=True))
+    out: dict[str, Tensor] = {}
+    i = 0
+    for m in mods:
+        hs, ds = [], []
+        for h, _ in calls[m]:
+            hs.append(h.reshape(b, -1, h.shape[-1]))
+            ds.append(deltas[i].reshape(k, b, -1, deltas[i].shape[-1]))
+            i += 1
+        H_ = torch.cat(hs, dim=1)  # [b, T, d]
+        D = torch.cat(ds, dim=2)  # [k, b, T, m]
+        tol = 1e3 * torch.finfo(F.dtype).eps
+        W_name = by_id[id(m.weight)]
+        gW = torch.einsum("bc,cbtm,btd->md", r, D, H_)
+        if (gW - true_grads[id(m.weight)]).norm() <= tol * max(gW.norm().item(), 1e-300):
+            if H_.shape[1] == 1:
+                out[W_name] = (torch.einsum("cbm,ebm->bce", D[:, :, 0], D[:, :, 0])
+                               * H_[:, 0].pow(2).sum(1)[:, None, None])
+            else:
+                out[W_name] = torch.einsum("cbtm,ebsm,bts->bce", D, D,
+                                           H_ @ H_.transpose(1, 2))
+        if m.bias is not None and id(m.bias) in by_id:
+            Ds = D.sum(2)  # [k, b, m]
+            gb = torch.einsum("bc,cbm->m", r, Ds)
+            if (gb - true_grads[id(m.bias)]).norm() <= tol * max(gb.norm().item(), 1e-300):
+                out[by_id[id(m.bias)]] = torch.einsum("cbm,ebm->bce", Ds, Ds)
+    return F.detach(), {n: K.detach() for n, K in out.items()}
+
+
+def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: str = "auto"
+                      ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    """Yield (outputs [b, k], {name: K [b, k, k]}) per chunk, K = J^(name) J^(name)ᵀ per sample.
+
+    ``method="auto"``: dense layers by :func:`_linear_grams`, every other parameter by
+    ``vmap(jacrev)``; ``"jacrev"``: everything by ``vmap(jacrev)``.
+    """
+    if method not in JACOBIAN_METHODS:
+        raise ValueError(f"unknown Jacobian method {method!r}; allowed: {list(JACOBIAN_METHODS)}")
+    params = named_params(model)
+    _check_params(params)
+    n = X.shape[0]
+    c = _check_chunk(chunk, n) if chunk is not None else None
+    if c is None:  # ghost norms need no [b, k, P] block; the jacrev rest sizes its own
+        P = sum(p.numel() for p in params.values())
+        c = min(1024, n if method == "auto" else _auto_chunk(model, X, P))
+    with eval_mode(model):
+        for start in range(0, n, c):
+            Xc = X[start : start + c]
+            if method == "auto":
+                F, K = _linear_grams(model, Xc, params)
+            else:
+                with torch.no_grad():
+                    F = model(Xc)
+                K = {}
+            rest = [name for name in params if name not in K]
+            if rest:
+                parts: dict[str, list[Tensor]] = {name: [] for name in rest}
+                for J in _per_sample_jacobians(model, Xc, None, rest):
+                    for name, Jn in J.items():
+                        Jf = Jn.reshape(Jn.shape[0], Jn.shape[1], -1)
+                        parts[name].append(Jf @ Jf.transpose(1, 2))
+                K.update({name: torch.cat(v) for name, v in parts.items()})
+            yield F, {name: K[name] for name in params}
+
+
+def jacobian_sqnorms(model: nn.Module, X: Tensor, chunk: int | None = 256, *,
+                     method: str = "auto") -> dict[str, Tensor]:
     """Per-sample squared Frobenius norms of the parameter Jacobian, per parameter tensor.
 
     Returns ``{name: Tensor[n]}`` with entry i = ‖∂f(x_i)/∂θ_name‖_F²; summed over names it is
     ‖J_i‖_F², and for a dense layer's weight it is ‖∇_{W_l} f(x_i)‖_F² (paper.md L2, L3).
-    Computed with ``vmap(jacrev)`` over chunks of ``chunk`` samples (``None``: sized so one
-    chunk's Jacobian block has ≲ 2^24 entries), model in eval mode.
+    Model in eval mode, chunks of ``chunk`` samples (``None``: automatic).
 
     Args:
         model: network x ↦ f(x) ∈ R^k (output shape [b, k] for a batch).
         X: inputs, shape [n, ...].
+        method: ``"auto"`` — ``nn.Linear`` parameters by per-sample "ghost norms"
+            (‖Σ_t δ_t h_tᵀ‖_F² from the layer's input h and output gradient δ, k backward
+            passes, validated against autograd), all others by ``vmap(jacrev)``; or
+            ``"jacrev"`` — every parameter by ``vmap(jacrev)`` (the reference). They agree to
+            rounding.
     """
     _check_data(X)
     out: dict[str, list[Tensor]] = {}
-    for J in _per_sample_jacobians(model, X, chunk):
-        for name, Jn in J.items():
-            out.setdefault(name, []).append(Jn.reshape(Jn.shape[0], -1).pow(2).sum(1))
+    for _, K in _per_sample_grams(model, X, chunk, method):
+        for name, Kn in K.items():
+            out.setdefault(name, []).append(torch.diagonal(Kn, dim1=1, dim2=2).sum(1))
     return {n: torch.cat(v) for n, v in out.items()}
 
 
@@ -492,16 +614,13 @@ def _ggn_trace_terms(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
     """Per-sample tr(J_iᵀ Λ_i J_i) = tr(Λ_i J_i J_iᵀ), shape [n]."""
     terms: list[Tensor] = []
     start = 0
-    for J in _per_sample_jacobians(model, X, chunk):
-        b = next(iter(J.values())).shape[0]
-        flat = [Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()]
-        if loss_fn is losses.squared:
-            terms.append(sum(Jn.pow(2).sum((1, 2)) for Jn in flat))
+    for F, Ks in _per_sample_grams(model, X, chunk):
+        b = F.shape[0]
+        K = sum(Ks.values())  # [b, k, k] per-sample NTK block J_i J_iᵀ
+        lam = _output_hessians(loss_fn, F, Y[start : start + b])
+        if lam is None:
+            terms.append(torch.diagonal(K, dim1=1, dim2=2).sum(1))
         else:
-            K = sum(Jn @ Jn.transpose(1, 2) for Jn in flat)  # [b, k, k] per-sample NTK
-            with torch.no_grad(), eval_mode(model):
-                F = model(X[start : start + b])
-            lam = _output_hessians(loss_fn, F, Y[start : start + b])
             terms.append((lam * K).sum((1, 2)))
         start += b
     return torch.cat(terms)

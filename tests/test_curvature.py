@@ -393,3 +393,55 @@ def test_bad_data_and_parameters_are_rejected() -> None:
         curvature.trace(net, "squared", X, Y)
     with pytest.raises(ValueError, match="non-finite"):
         curvature.dense_hessian(net, "squared", X, Y)
+
+
+# ------------------------------------------------------------------------------ ghost norms
+
+
+class _Tokens(nn.Module):
+    """Token-wise dense layers (a Linear on [b, T, d]), a LayerNorm and a weight that is also
+    used outside its module's forward (tied): every case the fast path must get right or hand
+    over to jacrev."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.ln, self.l2 = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.l2(self.ln(torch.tanh(self.l1(x)))).mean(1)
+        return h + nn.functional.linear(x.mean(1), self.l1.weight[:3])
+
+
+class _Twice(nn.Module):
+    """One Linear applied twice (shared weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.o = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.o(torch.tanh(self.l(torch.tanh(self.l(x)))))
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: models.mlp([5, 7, 6, 3], activation="gelu", seed=0, dtype=F64), (40, 5)),
+        (lambda: nn.Sequential(_Tokens()).double(), (12, 5, 4)),
+        (lambda: nn.Sequential(_Twice()).double(), (9, 4)),
+        (lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(),
+                               nn.Linear(48, 4)).double(), (7, 1, 6, 6)),
+    ],
+    ids=["mlp", "tokens+tied", "shared", "conv"],
+)
+def test_ghost_norms_equal_jacrev(make, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    net = make()
+    X = torch.randn(shape, generator=_gen(0), dtype=F64)
+    fast = curvature.jacobian_sqnorms(net, X, chunk=16)
+    ref = curvature.jacobian_sqnorms(net, X, chunk=16, method="jacrev")
+    assert fast.keys() == ref.keys() == dict(net.named_parameters()).keys()
+    for name in ref:
+        assert torch.allclose(fast[name], ref[name], rtol=1e-12, atol=1e-14), name
+    with pytest.raises(ValueError, match="allowed"):
+        curvature.jacobian_sqnorms(net, X, method="loop")
