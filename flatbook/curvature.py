@@ -838,7 +838,9 @@ def sharpness(
         solver: ``"lanczos"`` (own thick-restart Lanczos with full reorthogonalisation, default)
             or ``"eigsh"`` (ARPACK via ``scipy.sparse.linalg.eigsh``, which='LA').
         chunk: samples per pass (memory bound).
-        ncv: Krylov basis size before a restart (default min(P, max(2k + 1, 64))).
+        ncv: Krylov basis size before a restart (memory ncv·P floats). Default for
+            ``"lanczos"``: min(P, max(2k + 1, min(64, 2^27 / P))); for ``"eigsh"``: scipy's
+            min(P, max(2k + 1, 20)).
         max_hvp: cap on Hessian-vector products (then ``converged=False`` and a warning).
         verify: after convergence, search the deflated complement for eigenvalues that a
             single-vector Krylov space misses (exactly repeated eigenvalues, e.g. the
@@ -867,8 +869,8 @@ def sharpness(
         limit = f"k < P = {P}" if solver == "eigsh" else f"k ≤ P = {P}"
         raise ValueError(f"k = {k} too large for solver {solver!r}: need {limit} "
                          "(use dense_hessian for the full spectrum of a tiny model)")
-    if ncv is None:
-        ncv = min(P, max(2 * k + 1, 64))
+    if ncv is None:  # Lanczos: ≤ 64 basis vectors and ≲ 2^27 stored entries; eigsh: scipy's
+        ncv = min(P, max(2 * k + 1, min(64, (1 << 27) // P) if solver == "lanczos" else 20))
     elif int(ncv) != ncv or not (k < ncv <= P or (ncv == P >= k)):
         raise ValueError(f"ncv must be an integer with k < ncv ≤ P (k = {k}, P = {P}); got {ncv}")
     ncv = int(ncv)
