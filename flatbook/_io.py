@@ -17,7 +17,7 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
@@ -46,13 +46,18 @@ PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "tqdm")
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh hidden temporary name beside ``path`` (same folder, so ``os.replace`` is atomic)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` atomically: ``write(fh)`` fills a temp file, which is then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:  # created with the usual umask permissions
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

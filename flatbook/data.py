@@ -28,7 +28,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from flatbook._io import temp_path
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -242,10 +243,10 @@ def download_file(
     errors: list[str] = []
     bad_checksum: list[str] = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = temp_path(dest)
         try:
             h = hashlib.new(algo)
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
                 total = int(r.headers.get("Content-Length") or 0) or None
                 bar = _bar(total, dest.name, progress)
                 while chunk := r.read(1 << 20):
@@ -296,7 +297,8 @@ def fetch(
     """Make sure the distribution files of data set ``name`` are in ``<data_dir>/<name>/``.
 
     Args:
-        download: fetch missing files (else only check they are there).
+        download: fetch missing files (else only check they are there). Setting the
+            environment variable ``FLATBOOK_OFFLINE=1`` turns downloads off everywhere.
         verify: check present files against the published checksum (ChecksumError if not).
         mirror: base URL to fetch from instead of the official mirrors (``mirror/<file>``).
 
@@ -330,6 +332,8 @@ def fetch(
     if not missing:
         return paths
     reason = "download=False"
+    if download and os.environ.get("FLATBOOK_OFFLINE", "").strip() not in ("", "0"):
+        download, reason = False, "offline mode ($FLATBOOK_OFFLINE is set)"
     if download:
         try:
             for f in missing:

@@ -192,47 +192,56 @@ def report_available() -> bool:
 
 
 def report_measure(
-    model: nn.Module, X: Tensor, Y: Tensor, loss: str, seed: int
+    model: nn.Module, X: Tensor, Y: Tensor, loss: str, seed: int, **options: Any
 ) -> dict[str, float]:
-    """``flatbook.report(model, X, Y, loss=loss).as_dict()`` — geometry measures and bounds."""
+    """``flatbook.report(model, X, Y, loss=loss, seed=seed, **options).as_dict()`` — sharpness,
+    Gauss–Newton trace, geometry measures per layer and every bound with its slack."""
     mod = importlib.import_module("flatbook.report")
-    rep = mod.report(model, X, Y, loss=loss)
+    rep = mod.report(model, X, Y, loss=loss, seed=seed, **options)
     return {str(k): float(v) for k, v in rep.as_dict().items()}
 
 
-def make_measure(names: Sequence[str] = MEASURES, **options: Any) -> MeasureFn:
+def make_measure(
+    names: Sequence[str] = MEASURES,
+    *,
+    tol: float = 1e-3,
+    max_hvp: int = 500,
+    lr: float | None = None,
+    batch_size: int | None = None,
+) -> MeasureFn:
     """Build a measurement function from names in ``MEASURES``.
 
-    ``"sharpness"`` and ``"trace"`` use :func:`curvature_measure` (``options``: ``tol``,
-    ``max_hvp``); ``"report"`` adds :func:`report_measure` when ``flatbook.report`` exists
-    (skipped silently otherwise — see :func:`report_available`). Keys from the curvature measure
-    win over equal keys of the report.
+    With ``"report"`` (and ``flatbook.report`` installed, see :func:`report_available`) one
+    call of :func:`report_measure` gives λ_max (if ``"sharpness"`` is asked for; Lanczos with
+    relative tolerance ``tol``), the Gauss–Newton trace and every geometry measure and bound;
+    ``lr`` and ``batch_size`` feed its linear-stability bounds (T7). Without the report,
+    ``"sharpness"`` / ``"trace"`` use :func:`curvature_measure` (same keys: ``lambda_max``,
+    ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged``, ``trace_gn``).
     """
     names = tuple(names)
     for n in names:
         check_choice(n, "measure", MEASURES)
-    unknown = sorted(set(options) - {"tol", "max_hvp"})
-    if unknown:
-        raise ValueError(f"unknown measure option(s) {unknown}; allowed: ['max_hvp', 'tol']")
+    check_positive_float(tol, "tol")
+    check_positive_int(max_hvp, "max_hvp")
+    if lr is not None:
+        check_positive_float(lr, "lr")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    want_s, want_t = "sharpness" in names, "trace" in names
 
     def measure(model: nn.Module, X: Tensor, Y: Tensor, loss: str, seed: int) -> dict[str, float]:
-        out: dict[str, float] = {}
         if "report" in names and report_available():
-            out.update(report_measure(model, X, Y, loss, seed))
-        if "sharpness" in names or "trace" in names:
-            out.update(
-                curvature_measure(
-                    model,
-                    X,
-                    Y,
-                    loss,
-                    seed,
-                    sharpness="sharpness" in names,
-                    trace="trace" in names,
-                    **options,
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is recorded
+                return report_measure(
+                    model, X, Y, loss, seed, sharpness=want_s, tol=tol, lr=lr,
+                    batch_size=batch_size,
                 )  # fmt: skip
-            )
-        return out
+        if want_s or want_t:
+            return curvature_measure(
+                model, X, Y, loss, seed, sharpness=want_s, trace=want_t, tol=tol,
+                max_hvp=max_hvp,
+            )  # fmt: skip
+        return {}
 
     measure.names = names  # type: ignore[attr-defined]
     return measure
