@@ -1,0 +1,724 @@
+"""Experiments: run configurations, a result store on disk, resumable runs and sweeps.
+
+Result store layout (one folder per run; ``results_dir`` defaults to ``results/``)::
+
+    results/
+      <run_id>/                 e.g. mlp-digits-lr0.2-b32-s0-3f9c0a1b2d
+        config.json             the RunConfig (all fields), its hash, the run id
+        checkpoint.pt           resumable state (parameters, optimizer, records, RNG); kept
+                                at the end as the trained model
+        results.json            status, records, final values, provenance (written last)
+
+Every file is written atomically (temporary file + ``os.replace``). ``results.json`` exists only
+once a run has finished (``status`` ``"completed"`` or ``"diverged"``) or failed
+(``"failed"``, with the error); an interrupted run leaves ``config.json`` and
+``checkpoint.pt``, and running the same config again resumes from the checkpoint.
+
+Run identity: ``config_hash`` = SHA-256 of the canonical JSON of the *semantic* fields of the
+config (everything that changes the numbers); operational fields (``OPERATIONAL``: device,
+threads, checkpoint frequency, progress bar, data folder) are excluded. ``run_id`` =
+readable prefix + the first 10 hex digits of the hash.
+
+Version policy of :func:`load_results` (the book must not show stale numbers):
+
+- the stored config must equal the requested one (same ``config_hash``) — always;
+- the flatbook version that wrote the results must have the same *major.minor* as the running
+  one (bump the minor version when a change alters results);
+- the *code hash* (SHA-256 of the numeric modules' source, ``flatbook._io.code_hash``) is
+  compared too: a mismatch is refused with ``check="code"``, only warned about with the default
+  ``check="version"``; ``check="none"`` skips the version checks (never the config check).
+
+Parallel execution: :func:`sweep` calls :func:`run_one` (plain dict in, plain dict out) once
+per config — the unit a job scheduler can submit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flatbook import __version__
+from flatbook import data as _data
+from flatbook import models as _models
+from flatbook import train as _train
+from flatbook._io import code_hash, provenance, read_json, stable_hash, write_json
+
+DEFAULT_STEPS = 30_000
+DEFAULT_RESULTS_DIR = "results"
+FINISHED = ("completed", "diverged")
+STATUSES = ("completed", "diverged", "failed")
+DEVICES = ("cpu", "cuda", "auto")
+CHECKS = ("version", "code", "none")
+OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "data_dir"})
+"""Config fields that do not change the numbers: excluded from the config hash / run id."""
+
+SMALL_MODEL = 2_000_000
+"""Below this many parameters a CPU run uses one thread when ``threads`` is None: tiny
+matrix products gain nothing from intra-op threads and lose a lot on a shared machine."""
+
+
+class StaleResultsError(ValueError):
+    """Stored results do not match the requested config or the running code version."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run (defaults: the book's digits MLP run).
+
+    Data: ``dataset`` (``flatbook.data.DATASETS``), ``classes`` (labels to keep, or a count),
+    ``n_train`` / ``n_test`` (seeded subsets; None = all), ``standardize``, ``data_seed``
+    (split / subset / evaluation-subset seed, fixed across ``seed`` sweeps), ``data_dir``.
+
+    Model: ``model`` (``flatbook.models.MODELS``), ``model_kw`` (its options, e.g.
+    ``{"hidden": [64, 64]}``), ``dtype`` (``"float32"`` / ``"float64"``).
+
+    Optimisation: ``loss`` (``"squared"`` / ``"cross_entropy"``), ``optimizer`` (``"sgd"`` /
+    ``"adam"``), ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``batch_size`` (int or
+    ``"full"`` = gradient descent), ``steps`` *or* ``epochs`` (default ``DEFAULT_STEPS``
+    steps), ``seed`` (initialisation and batch order), ``divergence_threshold``.
+
+    Measurement: ``measure_every`` and ``schedule`` (``"linear"``, ``"late"``, ``"log"``; see
+    ``flatbook.train.measurement_steps``), ``measures`` (subset of ``("sharpness", "trace",
+    "report")``), ``eval_size`` (fixed training subset for curvature / geometry),
+    ``sharpness_tol``, ``target_loss`` (records the step at which train loss first drops
+    below it).
+
+    Operational (not hashed): ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``), ``threads``
+    (torch intra-op threads; None = 1 for small models on CPU, else torch's default),
+    ``checkpoint_every`` (steps), ``progress`` (tqdm bar).
+    """
+
+    model: str = "mlp"
+    model_kw: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    classes: tuple[int, ...] | int | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    standardize: str = "channel"
+    data_seed: int = 0
+    loss: str = "squared"
+    optimizer: str = "sgd"
+    lr: float = 0.2
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    batch_size: int | str = 32
+    steps: int | None = None
+    epochs: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    measure_every: int = 1000
+    schedule: str = "late"
+    measures: tuple[str, ...] = ("sharpness", "trace", "report")
+    eval_size: int = 256
+    sharpness_tol: float = 1e-3
+    target_loss: float = 1e-3
+    divergence_threshold: float = 1e6
+    device: str = "cpu"
+    threads: int | None = None
+    checkpoint_every: int | None = 2000
+    progress: bool = True
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        # names: canonical (aliases resolved) so that equal runs hash equally
+        s(self, "model", _models.canonical_name(self.model))
+        s(self, "dataset", _data.canonical_name(self.dataset))
+        if not isinstance(self.model_kw, Mapping):
+            _bad("model_kw", self.model_kw, "a mapping of model options")
+        unknown = sorted(set(self.model_kw) - set(_models.MODEL_OPTIONS[self.model]))
+        if unknown:
+            raise ValueError(
+                f"unknown model_kw {unknown} for model {self.model!r}; allowed: "
+                f"{list(_models.MODEL_OPTIONS[self.model])}"
+            )
+        s(self, "model_kw", {str(k): _plain(v) for k, v in sorted(self.model_kw.items())})
+        # classes: None, a count, or a tuple of labels
+        c = self.classes
+        if c is not None and not isinstance(c, int | np.integer):
+            if isinstance(c, str) or not isinstance(c, Iterable):
+                _bad("classes", c, "None, a count ≥ 2, or a list of ≥ 2 distinct labels")
+            c = tuple(c)
+            if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in c):
+                _bad("classes", self.classes, "integer labels")
+            c = tuple(int(x) for x in c)
+            if len(c) < 2 or len(set(c)) != len(c) or min(c) < 0:
+                _bad("classes", self.classes, "≥ 2 distinct non-negative labels")
+        elif c is not None:
+            if isinstance(c, bool) or c < 2:
+                _bad("classes", c, "a count ≥ 2")
+            c = int(c)
+        s(self, "classes", c)
+        for name in ("n_train", "n_test"):
+            _train.check_positive_int(getattr(self, name), name, allow_none=True)
+        _train.check_choice(self.standardize, "standardize", _data.STANDARDIZE)
+        _train.check_seed(self.data_seed, "data_seed")
+        _train.check_choice(self.loss, "loss", _train.LOSS_NAMES)
+        _train.check_choice(self.optimizer, "optimizer", _train.OPTIMIZERS)
+        for name in ("lr", "sharpness_tol", "target_loss", "divergence_threshold"):
+            s(self, name, _train.check_positive_float(getattr(self, name), name))
+        for name in ("momentum", "weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                _bad(name, v, "a number")
+            s(self, name, float(v))
+        if self.batch_size != "full":
+            if isinstance(self.batch_size, str):
+                _bad("batch_size", self.batch_size, "a positive integer or 'full'")
+            _train.check_positive_int(self.batch_size, "batch_size")
+            s(self, "batch_size", int(self.batch_size))
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})"
+            )
+        if self.steps is None and self.epochs is None:
+            s(self, "steps", DEFAULT_STEPS)
+        if self.epochs is not None:
+            s(self, "epochs", _train.check_positive_float(self.epochs, "epochs"))
+        else:
+            _train.check_positive_int(self.steps, "steps")
+        _train.check_seed(self.seed)
+        s(self, "dtype", str(_data.as_dtype(self.dtype)).replace("torch.", ""))
+        _train.check_positive_int(self.measure_every, "measure_every")
+        _train.check_choice(self.schedule, "schedule", _train.SCHEDULES)
+        if isinstance(self.measures, str):
+            _bad("measures", self.measures, f"a list drawn from {list(_train.MEASURES)}")
+        for m in self.measures:
+            _train.check_choice(m, "measure", _train.MEASURES)
+        s(self, "measures", tuple(self.measures))
+        _train.check_positive_int(self.eval_size, "eval_size")
+        _train.check_choice(self.device, "device", DEVICES)
+        _train.check_positive_int(self.threads, "threads", allow_none=True)
+        _train.check_positive_int(self.checkpoint_every, "checkpoint_every", allow_none=True)
+        if not isinstance(self.progress, bool):
+            _bad("progress", self.progress, "True or False")
+        # cross-field checks that need no data
+        _train.check_train_args(
+            loss=self.loss, optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, nesterov=self.nesterov,
+            steps=self.steps if self.steps is not None else self.measure_every,
+            measure_every=self.measure_every,
+            schedule=self.schedule, seed=self.seed, target_loss=self.target_loss,
+            divergence_threshold=self.divergence_threshold,
+            checkpoint_every=self.checkpoint_every, eval_size=self.eval_size,
+        )  # fmt: skip
+
+    # -- identity -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON-able values."""
+        d = dataclasses.asdict(self)
+        d["model_kw"] = dict(self.model_kw)
+        d["classes"] = list(self.classes) if isinstance(self.classes, tuple) else self.classes
+        d["measures"] = list(self.measures)
+        return d
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that determine the numbers (``to_dict`` minus ``OPERATIONAL``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`semantic_dict`."""
+        return stable_hash(self.semantic_dict())
+
+    @property
+    def run_id(self) -> str:
+        """Folder name: ``{model}-{dataset}-lr{lr}-b{batch}-s{seed}-{hash[:10]}``."""
+        return (
+            f"{self.model}-{self.dataset}-lr{self.lr:g}-b{self.batch_size}-s{self.seed}-"
+            f"{self.config_hash[:10]}"
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """Build from a dict (e.g. ``config.json``); unknown keys are an error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown RunConfig field(s) {unknown}; allowed: {names}")
+        kw = dict(d)
+        if isinstance(kw.get("classes"), list):
+            kw["classes"] = tuple(kw["classes"])
+        if isinstance(kw.get("measures"), list):
+            kw["measures"] = tuple(kw["measures"])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        if changes.get("epochs") is not None and "steps" not in changes:
+            changes["steps"] = None
+        if changes.get("steps") is not None and "epochs" not in changes:
+            changes["epochs"] = None
+        return dataclasses.replace(self, **changes)
+
+
+def _bad(param: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{param} must be {allowed}; got {value!r}")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Results:
+    """A finished (or failed) run read from ``results.json``.
+
+    Attributes:
+        run_dir: the run folder.
+        config: the :class:`RunConfig`.
+        data: the whole JSON document (``status``, ``records``, ``final``, ``provenance``…).
+    """
+
+    run_dir: Path
+    config: RunConfig
+    data: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.data.get("records", []))
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return dict(self.data.get("final") or {})
+
+    def series(self, key: str) -> np.ndarray:
+        """Values of ``key`` over the records (NaN where a record lacks it), float [m]."""
+        return np.array([float(r.get(key, math.nan)) for r in self.records])
+
+    @property
+    def keys(self) -> list[str]:
+        """Record keys, in first-seen order."""
+        seen: dict[str, None] = {}
+        for r in self.records:
+            seen.update(dict.fromkeys(r))
+        return list(seen)
+
+    def load_model(self, map_location: str = "cpu") -> torch.nn.Module:
+        """The trained network (from ``checkpoint.pt``)."""
+        cfg = self.config
+        shape = tuple(self.data["input_shape"])
+        net = _models.build(
+            cfg.model, shape, int(self.data["n_classes"]), seed=cfg.seed,
+            dtype=_data.as_dtype(cfg.dtype), **cfg.model_kw,
+        )  # fmt: skip
+        state = torch.load(self.run_dir / "checkpoint.pt", map_location=map_location,
+                           weights_only=True)  # fmt: skip
+        net.load_state_dict(state["model"])
+        return net.eval()
+
+    def __repr__(self) -> str:
+        f = self.final
+        return (
+            f"Results({self.config.run_id}, status={self.status}, steps={f.get('step')}, "
+            f"train_loss={f.get('train_loss')}, test_acc={f.get('test_acc')})"
+        )
+
+
+def run_dir_for(config: RunConfig, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> Path:
+    """``results_dir / config.run_id``."""
+    return Path(results_dir) / config.run_id
+
+
+def _major_minor(v: str) -> tuple[str, ...]:
+    return tuple(str(v).split(".")[:2])
+
+
+def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    doc = read_json(run_dir / "results.json")
+    return RunConfig.from_dict(doc["config"]), doc
+
+
+def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
+    if check == "none":
+        return
+    prov = doc.get("provenance", {})
+    v = str(prov.get("flatbook", "?"))
+    if _major_minor(v) != _major_minor(__version__):
+        raise StaleResultsError(
+            f"{where} was written by flatbook {v}, running {__version__} (major.minor must "
+            f"match); re-run it or pass check='none'"
+        )
+    if prov.get("code_hash") != code_hash():
+        msg = (
+            f"{where} was written by different numeric code (code hash "
+            f"{str(prov.get('code_hash'))[:10]} ≠ {code_hash()[:10]})"
+        )
+        if check == "code":
+            raise StaleResultsError(msg + "; re-run it or pass check='version'")
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def load_results(
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    config: RunConfig | Mapping[str, Any] | None = None,
+    *,
+    check: str = "version",
+    status: Sequence[str] = FINISHED,
+) -> Results | list[Results]:
+    """Load stored results, refusing stale ones (see the module's version policy).
+
+    Args:
+        results_dir: the result store.
+        config: a :class:`RunConfig` (or dict): load exactly that run (``Results``); None:
+            every run in the store with an accepted status (``list[Results]``, sorted by id).
+        check: ``"version"`` (default), ``"code"`` or ``"none"``.
+        status: accepted statuses (default finished runs: completed and diverged).
+
+    Raises:
+        FileNotFoundError: the run has no results yet (the message says how to produce them).
+        StaleResultsError: config, version or (``check="code"``) code hash mismatch.
+    """
+    _train.check_choice(check, "check", CHECKS)
+    for st in status:
+        _train.check_choice(st, "status", STATUSES)
+    root = Path(results_dir)
+    if config is not None:
+        cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+        rd = run_dir_for(cfg, root)
+        if not (rd / "results.json").is_file():
+            raise FileNotFoundError(
+                f"no results for run {cfg.run_id} in {root} (run it: flatbook.experiment.run("
+                f"config, results_dir={str(root)!r}) or `python -m flatbook run ...`)"
+            )
+        stored, doc = _read_results(rd)
+        if stored.config_hash != cfg.config_hash or doc.get("config_hash") != cfg.config_hash:
+            diff = sorted(
+                k for k, v in cfg.semantic_dict().items() if stored.semantic_dict().get(k) != v
+            )
+            raise StaleResultsError(f"{rd}: stored config differs from the requested one in {diff}")
+        _check_version(doc, rd, check)
+        if doc["status"] not in status:
+            raise StaleResultsError(
+                f"{rd}: status {doc['status']!r} not in {list(status)}"
+                + (f" (error: {doc.get('error')})" if doc.get("error") else "")
+            )
+        return Results(rd, stored, doc)
+    out: list[Results] = []
+    if not root.is_dir():
+        return out
+    for rd in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
+        stored, doc = _read_results(rd)
+        if stored.run_id != rd.name or doc.get("config_hash") != stored.config_hash:
+            raise StaleResultsError(f"{rd}: folder name / hash do not match its config")
+        _check_version(doc, rd, check)
+        if doc["status"] in status:
+            out.append(Results(rd, stored, doc))
+    return out
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _data_key(config: RunConfig) -> tuple:
+    return (config.dataset, config.classes, config.n_train, config.n_test, config.data_seed,
+            config.standardize, config.dtype, config.model == "mlp", config.data_dir)  # fmt: skip
+
+
+def _load_data(config: RunConfig) -> _data.Dataset:
+    return _data.load(
+        config.dataset,
+        classes=config.classes,
+        n_train=config.n_train,
+        n_test=config.n_test,
+        seed=config.data_seed,
+        standardize=config.standardize,
+        one_hot=True,
+        flatten=config.model == "mlp",
+        dtype=config.dtype,
+        data_dir=config.data_dir,
+    )
+
+
+def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
+    B = _train.resolve_batch_size(config.batch_size, ds.n_train)
+    spe = max(1, ds.n_train // B)
+    steps = config.steps if config.steps is not None else max(1, round(config.epochs * spe))
+    _train.measurement_steps(steps, config.measure_every, config.schedule)
+    return int(steps)
+
+
+def _build_model(config: RunConfig, ds: _data.Dataset) -> torch.nn.Module:
+    return _models.build(
+        config.model, ds.input_shape, ds.n_classes, seed=config.seed,
+        dtype=_data.as_dtype(config.dtype), **config.model_kw,
+    )  # fmt: skip
+
+
+def prepare(config: RunConfig) -> tuple[_data.Dataset, torch.nn.Module, int]:
+    """Load the data and build the model for ``config`` and resolve the step count; runs the
+    data-dependent checks (batch size vs. training-set size, schedule vs. steps, model vs.
+    input shape) before any training.
+
+    Returns ``(dataset, model, steps)``.
+    """
+    ds = _load_data(config)
+    steps = _resolve_steps(config, ds)
+    return ds, _build_model(config, ds), steps
+
+
+def validate(configs: Iterable[RunConfig]) -> None:
+    """Run the data-dependent checks of :func:`prepare` for many configs, loading each distinct
+    data set and building each distinct architecture once (a sweep fails before its first run
+    instead of part-way through)."""
+    datasets: dict[tuple, _data.Dataset] = {}
+    archs: set[str] = set()
+    for c in configs:
+        key = _data_key(c)
+        if key not in datasets:
+            datasets[key] = _load_data(c)
+        ds = datasets[key]
+        _resolve_steps(c, ds)
+        arch = stable_hash([c.model, c.model_kw, list(ds.input_shape), ds.n_classes, c.dtype])
+        if arch not in archs:
+            _build_model(c, ds)
+            archs.add(arch)
+
+
+def run(
+    config: RunConfig,
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    *,
+    overwrite: bool = False,
+    callback: _train.Callback | None = None,
+    measure: _train.MeasureFn | None = None,
+) -> Results:
+    """Run ``config`` (or resume it, or return its finished results) and store the results.
+
+    - finished results for this config exist (and ``overwrite`` is False): they are loaded
+      and returned (no training);
+    - a checkpoint exists: training resumes from it;
+    - the run diverges: ``status="diverged"`` with ``diverged_at`` (no exception);
+    - any other error: ``results.json`` records ``status="failed"`` and the error, then the
+      exception propagates. KeyboardInterrupt / SIGTERM: the checkpoint is kept, no
+      ``results.json`` is written, the interrupt propagates.
+
+    Args:
+        measure: override the measurement function (default: built from ``config.measures``).
+    """
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig; got {type(config).__name__}")
+    rd = run_dir_for(config, results_dir)
+    res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
+    if overwrite:
+        for p in (res_path, ckpt):
+            if p.exists():
+                p.unlink()
+    elif res_path.is_file():
+        _, doc = _read_results(rd)
+        if doc.get("status") in FINISHED:
+            return load_results(results_dir, config, check="none")  # type: ignore[return-value]
+        res_path.unlink()  # a failed attempt: try again
+    device = _resolve_device(config.device)
+    t0 = time.perf_counter()
+    ds, net, steps = prepare(config)  # data-dependent checks: before anything is written
+    cfg_doc = {"run_id": config.run_id, "config_hash": config.config_hash,
+               "config": config.semantic_dict()}  # fmt: skip
+    if not cfg_path.is_file() or read_json(cfg_path) != cfg_doc:
+        write_json(cfg_path, cfg_doc)
+    old_threads = torch.get_num_threads()
+    n_params = sum(p.numel() for p in net.parameters())
+    threads = config.threads
+    if threads is None and device.type == "cpu" and n_params < SMALL_MODEL:
+        threads = 1
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        net = net.to(device)
+        if measure is None and config.measures:
+            B = _train.resolve_batch_size(config.batch_size, ds.n_train)
+            measure = _train.make_measure(
+                config.measures, tol=config.sharpness_tol, lr=config.lr,
+                batch_size=None if config.batch_size == "full" else B,
+            )  # fmt: skip
+        result = _train.train(
+            net,
+            ds.X_train.to(device),
+            ds.Y_train.to(device),
+            ds.X_test.to(device),
+            ds.Y_test.to(device),
+            loss=config.loss,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            batch_size=config.batch_size,
+            steps=steps,
+            measure_every=config.measure_every,
+            schedule=config.schedule,
+            measure=measure,
+            eval_size=config.eval_size,
+            eval_seed=config.data_seed,
+            seed=config.seed,
+            target_loss=config.target_loss,
+            divergence_threshold=config.divergence_threshold,
+            checkpoint_path=ckpt,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_meta={"run_id": config.run_id, "config_hash": config.config_hash},
+            callback=callback,
+            progress=config.progress,
+            desc=config.run_id[: config.run_id.rfind("-")],
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        doc = _base_doc(config, ds, net)
+        doc.update(status="failed", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc(limit=20))  # fmt: skip
+        doc["provenance"] = {**provenance(), "elapsed_s": time.perf_counter() - t0,
+                             "device": str(device)}  # fmt: skip
+        write_json(res_path, doc)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+    doc = _base_doc(config, ds, net)
+    doc.update(result.summary())
+    doc["provenance"] = {
+        **provenance(),
+        "elapsed_s": time.perf_counter() - t0,
+        "resumed_from": result.resumed_from,
+        "device": str(device),
+        "threads": threads if threads is not None else old_threads,
+    }
+    write_json(res_path, doc)
+    return Results(rd, config, _read_results(rd)[1])
+
+
+def _base_doc(config: RunConfig, ds: Any, net: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "run_id": config.run_id,
+        "config_hash": config.config_hash,
+        "config": config.semantic_dict(),
+        "seed": config.seed,
+    }
+    if ds is not None:
+        doc.update(
+            n_train=ds.n_train, n_test=ds.n_test, n_classes=ds.n_classes,
+            input_shape=list(ds.input_shape), classes=list(ds.classes),
+        )  # fmt: skip
+    if net is not None:
+        doc["n_params"] = int(sum(p.numel() for p in net.parameters()))
+    return doc
+
+
+def run_one(config: Mapping[str, Any], results_dir: str | Path = DEFAULT_RESULTS_DIR) -> dict:
+    """Job entry point: run one config given as a plain dict; never raises for a failed run
+    (the failure is recorded in ``results.json`` with ``status="failed"`` and the error).
+
+    Returns ``{"run_id", "status", "skipped", "error", "final"}`` (plain JSON-able dict), so a
+    scheduler (e.g. submitit) can pickle the call and its result.
+    """
+    cfg = RunConfig.from_dict(config)
+    rd = run_dir_for(cfg, results_dir)
+    skipped = False
+    if (rd / "results.json").is_file():
+        try:
+            skipped = read_json(rd / "results.json").get("status") in FINISHED
+        except (OSError, ValueError):
+            skipped = False
+    try:
+        res = run(cfg, results_dir)
+        return {"run_id": cfg.run_id, "status": res.status, "skipped": skipped, "error": None,
+                "final": res.final}  # fmt: skip
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in results.json
+        error = f"{type(e).__name__}: {e}"
+        if not (rd / "results.json").is_file():  # failed before training (e.g. data missing)
+            doc = _base_doc(cfg, None, None)
+            doc.update(status="failed", error=error, traceback=traceback.format_exc(limit=20))
+            doc["provenance"] = provenance()
+            write_json(rd / "results.json", doc)
+        return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
+                "final": {}}  # fmt: skip
+
+
+def grid(base: RunConfig | None = None, **axes: Sequence[Any]) -> list[RunConfig]:
+    """Cartesian product of field values over ``base``: ``grid(lr=[0.05, 0.1],
+    batch_size=[8, 32], seed=[0, 1], model=["mlp"])`` → 8 configs (last axis fastest)."""
+    base = base or RunConfig()
+    names = [f.name for f in dataclasses.fields(RunConfig)]
+    for k, v in axes.items():
+        if k not in names:
+            raise ValueError(f"unknown grid axis {k!r}; allowed: RunConfig fields {names}")
+        if isinstance(v, str) or not isinstance(v, Sequence) or len(v) == 0:
+            raise ValueError(f"grid axis {k} must be a non-empty list of values; got {v!r}")
+    keys = list(axes)
+    return [base.replace(**dict(zip(keys, combo, strict=True)))
+            for combo in itertools.product(*(axes[k] for k in keys))]  # fmt: skip
+
+
+def sweep(
+    configs: Iterable[RunConfig],
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    *,
+    runner: Callable[[Mapping[str, Any], str | Path], dict] = run_one,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every config (skipping finished ones; continuing after a diverged or failed run).
+
+    Each config goes through ``runner(config.to_dict(), results_dir)`` (default
+    :func:`run_one`, the unit a job scheduler can submit). Returns the runner's summaries in
+    order. Duplicate configs (same run id) are run once.
+    """
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, RunConfig):
+            raise TypeError(f"sweep needs RunConfig objects; got {type(c).__name__}")
+    seen: dict[str, dict] = {}
+    out: list[dict] = []
+    from tqdm.auto import tqdm
+
+    for c in tqdm(configs, desc="sweep", unit="run", disable=not progress or len(configs) < 2):
+        if c.run_id not in seen:
+            seen[c.run_id] = runner(c.to_dict(), str(results_dir))
+        out.append(seen[c.run_id])
+    return out
+
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "OPERATIONAL",
+    "Results",
+    "RunConfig",
+    "StaleResultsError",
+    "grid",
+    "load_results",
+    "prepare",
+    "run",
+    "run_dir_for",
+    "run_one",
+    "sweep",
+    "validate",
+]

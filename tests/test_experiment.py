@@ -1,0 +1,268 @@
+"""Run configs, the result store, resume after a kill, sweeps that survive divergence and
+failure, stale-result refusal, atomic writes, ≥ 20 kinds of bad parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flatbook import __version__, train
+from flatbook import experiment as ex
+from flatbook._io import atomic_write, dumps, read_json, write_json
+
+TINY = dict(
+    n_train=48, n_test=24, classes=[0, 1, 2], model_kw={"hidden": [8]}, steps=30,
+    measure_every=10, schedule="linear", eval_size=16, measures=("sharpness", "trace"),
+    batch_size=8, lr=0.1, progress=False, checkpoint_every=10, dtype="float64",
+)  # fmt: skip
+
+
+def tiny(**kw: object) -> ex.RunConfig:
+    return ex.RunConfig(**{**TINY, **kw})  # type: ignore[arg-type]
+
+
+def without_time(doc: dict) -> dict:
+    doc = json.loads(dumps(doc))
+    for k in ("created", "elapsed_s"):
+        doc["provenance"].pop(k)
+    return doc
+
+
+# ------------------------------------------------------------------------- config identity
+
+
+def test_config_hash_is_semantic() -> None:
+    a = tiny()
+    assert a.config_hash == tiny(lr=0.1, progress=True, threads=2, device="auto").config_hash
+    assert a.config_hash == tiny(model="MLP", classes=(0, 1, 2)).config_hash  # normalised
+    assert a.config_hash == ex.RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).config_hash
+    assert a.config_hash != tiny(lr=0.2).config_hash != tiny(seed=1).config_hash
+    assert a.run_id.startswith("mlp-digits-lr0.1-b8-s0-") and a.run_id.endswith(a.config_hash[:10])
+    assert ex.RunConfig().steps == ex.DEFAULT_STEPS
+    e = ex.RunConfig().replace(epochs=2.5)
+    assert e.steps is None and e.epochs == 2.5 and e.replace(steps=5000).epochs is None
+
+
+def test_grid_is_a_cartesian_product() -> None:
+    cfgs = ex.grid(tiny(), lr=[0.05, 0.1], batch_size=[4, 8], seed=[0, 1])
+    assert len(cfgs) == 8 and len({c.run_id for c in cfgs}) == 8
+    assert [(c.lr, c.batch_size, c.seed) for c in cfgs[:3]] == [
+        (0.05, 4, 0), (0.05, 4, 1), (0.05, 8, 0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown grid axis 'learning_rate'"):
+        ex.grid(tiny(), learning_rate=[0.1])
+
+
+# ------------------------------------------------------------------------- bad parameters
+
+BAD = [
+    ({"model": "resnet50"}, "model"),
+    ({"dataset": "imagenet"}, "dataset"),
+    ({"loss": "hinge"}, "loss"),
+    ({"optimizer": "rmsprop"}, "optimizer"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": -1}, "lr"),
+    ({"lr": float("inf")}, "lr"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": "all"}, "batch_size"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 10, "epochs": 2}, "epochs"),
+    ({"steps": None, "epochs": -1.0}, "epochs"),
+    ({"momentum": 1.5}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"nesterov": True}, "nesterov"),
+    ({"classes": [3]}, "classes"),
+    ({"classes": [1, 1]}, "classes"),
+    ({"classes": 1}, "classes"),
+    ({"classes": "01"}, "classes"),
+    ({"n_train": 0}, "n_train"),
+    ({"n_test": -5}, "n_test"),
+    ({"measure_every": 0}, "measure_every"),
+    ({"measure_every": 100}, "measure_every"),  # > steps
+    ({"schedule": "cosine"}, "schedule"),
+    ({"measures": ("sharpness", "entropy")}, "measure"),
+    ({"measures": "report"}, "measures"),
+    ({"eval_size": 0}, "eval_size"),
+    ({"seed": -1}, "seed"),
+    ({"data_seed": 1.5}, "data_seed"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"standardize": "zscore"}, "standardize"),
+    ({"target_loss": 0}, "target_loss"),
+    ({"sharpness_tol": -1e-3}, "sharpness_tol"),
+    ({"divergence_threshold": 0}, "divergence_threshold"),
+    ({"device": "tpu"}, "device"),
+    ({"threads": 0}, "threads"),
+    ({"checkpoint_every": -10}, "checkpoint_every"),
+    ({"model_kw": {"depth": 3}}, "model_kw"),
+    ({"progress": "yes"}, "progress"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "param"), BAD, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD)])
+def test_bad_parameters_give_one_line_errors_naming_them(kwargs: dict, param: str) -> None:
+    with pytest.raises(ValueError) as e:
+        tiny(**kwargs)
+    msg = str(e.value)
+    assert param in msg and "\n" not in msg
+    assert len({p for _, p in BAD}) >= 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 49}, r"batch_size=49 is larger than the training set \(n_train=48\)"),
+        ({"n_train": 5000}, r"n_train=5000 exceeds"),
+        ({"classes": [4, 11]}, r"classes \[11\] out of range"),
+        ({"model": "vit", "model_kw": {"patch": 3}}, r"patch \(3\) must divide"),
+        ({"steps": None, "epochs": 1.0, "measure_every": 50}, r"measure_every=50 exceeds"),
+    ],
+)
+def test_data_dependent_errors_come_before_anything_is_written(
+    tmp_path: Path, kwargs: dict, match: str
+) -> None:
+    cfg = tiny(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        ex.run(cfg, tmp_path)
+    with pytest.raises(ValueError, match=match):
+        ex.validate([tiny(), cfg])
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_fields_in_a_stored_config() -> None:
+    with pytest.raises(ValueError, match=r"unknown RunConfig field\(s\) \['learning_rate'\]"):
+        ex.RunConfig.from_dict({"learning_rate": 0.1})
+
+
+# ------------------------------------------------------------------------- run and store
+
+
+def test_run_writes_the_documented_layout_and_is_deterministic(tmp_path: Path) -> None:
+    cfg = tiny(measures=("sharpness", "trace", "report"))
+    res = ex.run(cfg, tmp_path / "a")
+    rd = tmp_path / "a" / cfg.run_id
+    assert sorted(p.name for p in rd.iterdir()) == ["checkpoint.pt", "config.json", "results.json"]
+    doc = json.loads((rd / "results.json").read_text())  # strict JSON (no bare NaN)
+    assert doc["status"] == "completed" and doc["config_hash"] == cfg.config_hash
+    assert [r["step"] for r in doc["records"]] == [0, 10, 20, 30]
+    assert {"lambda_max", "trace_gn", "t3_weighted_slack", "train_loss", "test_acc"} <= set(
+        res.final
+    )
+    prov = doc["provenance"]
+    assert prov["flatbook"] == __version__ and len(prov["code_hash"]) == 64
+    assert {"torch", "numpy"} <= set(prov["packages"]) and "commit" in prov["git"]
+    assert read_json(rd / "config.json")["config"] == cfg.semantic_dict()
+    # same seed, fresh store: identical files apart from timestamps
+    ex.run(cfg, tmp_path / "b")
+    rd2 = tmp_path / "b" / cfg.run_id
+    assert (rd / "config.json").read_bytes() == (rd2 / "config.json").read_bytes()
+    assert without_time(read_json(rd / "results.json")) == without_time(
+        read_json(rd2 / "results.json")
+    )
+    # the stored model reproduces the final numbers
+    net = res.load_model()
+    ds, _, _ = ex.prepare(cfg)
+    loss, acc = train.evaluate(net, ds.X_train, ds.Y_train, "squared")
+    assert loss == pytest.approx(res.final["train_loss"], rel=1e-12)
+    assert res.series("train_loss")[-1] == res.final["train_loss"] and "lambda_max" in res.keys
+
+
+def test_finished_run_is_not_recomputed(tmp_path: Path) -> None:
+    cfg = tiny(steps=10, measures=())
+    first = ex.run(cfg, tmp_path)
+    before = (first.run_dir / "results.json").read_bytes()
+    again = ex.run(cfg, tmp_path)
+    assert (first.run_dir / "results.json").read_bytes() == before
+    assert again.final == first.final
+    redo = ex.run(cfg, tmp_path, overwrite=True)
+    assert redo.data["provenance"]["resumed_from"] is None
+
+
+def test_kill_midway_then_rerun_resumes_to_the_same_final_numbers(tmp_path: Path) -> None:
+    cfg = tiny(momentum=0.5, measures=("sharpness", "trace", "report"))
+    ref = ex.run(cfg, tmp_path / "ref")
+
+    def kill(step: int, model: torch.nn.Module, rec: dict | None) -> None:
+        if step == 17:
+            raise KeyboardInterrupt("simulated kill -INT")
+
+    store = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(cfg, store, callback=kill)
+    rd = store / cfg.run_id
+    assert sorted(p.name for p in rd.iterdir()) == ["checkpoint.pt", "config.json"]
+    res = ex.run(cfg, store)  # "the same command again"
+    assert res.data["provenance"]["resumed_from"] == 17
+    a, b = without_time(ref.data), without_time(res.data)
+    a["provenance"].pop("resumed_from"), b["provenance"].pop("resumed_from")
+    assert a == b
+
+
+def test_sweep_survives_divergence_and_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLATBOOK_OFFLINE", "1")
+    good, absurd = tiny(lr=0.1), tiny(lr=1e5)
+    broken = tiny(dataset="mnist", data_dir=str(tmp_path / "nodata"), model_kw={"hidden": [4]})
+    out = ex.sweep([absurd, broken, good, good], tmp_path)
+    assert [s["status"] for s in out] == ["diverged", "failed", "completed", "completed"]
+    assert "offline mode" in out[1]["error"] and "\n" not in out[1]["error"]
+    div = ex.load_results(tmp_path, absurd)
+    assert div.status == "diverged" and 0 < div.data["diverged_at"] < 30  # type: ignore[union-attr]
+    # the failure is recorded, not hidden; finished runs are skipped on the next sweep
+    failed = read_json(tmp_path / broken.run_id / "results.json")
+    assert failed["status"] == "failed" and "DataUnavailableError" in failed["error"]
+    again = ex.sweep([absurd, good], tmp_path)
+    assert all(s["skipped"] for s in again)
+    assert {r.config.run_id for r in ex.load_results(tmp_path)} == {good.run_id, absurd.run_id}
+
+
+# ------------------------------------------------------------------------- stale results
+
+
+def test_load_results_refuses_stale_or_mismatched_results(tmp_path: Path) -> None:
+    cfg = tiny(steps=10, measures=())
+    with pytest.raises(FileNotFoundError, match="no results for run"):
+        ex.load_results(tmp_path, cfg)
+    ex.run(cfg, tmp_path)
+    assert ex.load_results(tmp_path, cfg.to_dict()).status == "completed"  # type: ignore[union-attr]
+    path = tmp_path / cfg.run_id / "results.json"
+    doc = read_json(path)
+    # code hash differs: warned by default, refused with check="code"
+    doc["provenance"]["code_hash"] = "0" * 64
+    write_json(path, doc)
+    with pytest.warns(UserWarning, match="different numeric code"):
+        ex.load_results(tmp_path, cfg)
+    with pytest.raises(ex.StaleResultsError, match="code hash"):
+        ex.load_results(tmp_path, cfg, check="code")
+    # another minor version: refused
+    doc["provenance"]["flatbook"] = "0.0.9"
+    write_json(path, doc)
+    with pytest.raises(ex.StaleResultsError, match=r"major.minor must match"):
+        ex.load_results(tmp_path, cfg)
+    assert ex.load_results(tmp_path, cfg, check="none").status == "completed"  # type: ignore[union-attr]
+    # the stored config was edited: never accepted
+    doc["config"]["lr"] = 0.3
+    write_json(path, doc)
+    with pytest.raises(ex.StaleResultsError, match=r"differs from the requested one in \['lr'\]"):
+        ex.load_results(tmp_path, cfg, check="none")
+    with pytest.raises(ValueError, match="unknown check"):
+        ex.load_results(tmp_path, cfg, check="loose")
+
+
+def test_atomic_write_never_leaves_a_half_written_file(tmp_path: Path) -> None:
+    target = tmp_path / "results.json"
+    write_json(target, {"a": 1})
+
+    def crash(fh: object) -> None:
+        fh.write(b'{"a": 2, "trunc')  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, crash)
+    assert read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    write_json(target, {"x": float("nan"), "y": float("-inf")})
+    assert "NaN" not in target.read_text() and read_json(target)["y"] == float("-inf")
