@@ -387,7 +387,11 @@ def test_bad_data_and_parameters_are_rejected() -> None:
         curvature.sharpness(net, "squared", X, Y * float("inf"))
     with pytest.raises(ValueError, match=r"shape \[P\]"):
         curvature.hvp_operator(net, "squared", X, Y)(torch.zeros(5, dtype=F64))
-    with torch.no_grad():
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        curvature.jacobian_sqnorms(net, X)
+    outside = curvature.trace(net, "squared", X, Y).value
+    with torch.no_grad():  # no_grad is fine: same numbers
+        assert curvature.trace(net, "squared", X, Y).value == outside
         net[0].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite.*0.weight"):
         curvature.trace(net, "squared", X, Y)
