@@ -816,7 +816,7 @@ def _deflation_check(op: HVPOperator, vals: Tensor, vecs: Tensor, tol: float, nc
         kth = float(vals[-1])
         if float(th[0]) <= kth + tol * max(abs(kth), 1e-300):
             break
-        vals = torch.cat([vals[:-1], th.cpu()])
+        vals = torch.cat([vals[:-1], th.to(vals.device)])
         vecs = torch.cat([vecs[:, :-1], y.to(vecs.device)], dim=1)
         order = torch.argsort(vals, descending=True)
         vals, vecs = vals[order], vecs[:, order]
