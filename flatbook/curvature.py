@@ -41,6 +41,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
 
 from flatbook import losses
 from flatbook._functional import flatten, forward_fn, named_params, unflatten
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 LossLike = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -287,7 +291,9 @@ def _probe_determinism(fl: _FlatLoss) -> tuple[Tensor, Tensor]:
             "module that stays stochastic in eval mode (dropout called with training=True, "
             "noise injection), BatchNorm/statistics computed from the batch (train-mode "
             "BatchNorm), or a loss/data pipeline that shuffles, subsamples or augments on every "
-            "call. Curvature needs a fixed data set and a deterministic θ ↦ L(θ)."
+            "call; on GPUs also non-deterministic kernels (see "
+            "torch.use_deterministic_algorithms). Curvature needs a fixed data set and a "
+            "deterministic θ ↦ L(θ); pass check=False only if the difference is rounding."
         )
     return l1, g1
 
@@ -301,10 +307,12 @@ def _probe_determinism(fl: _FlatLoss) -> tuple[Tensor, Tensor]:
 class HVPOperator:
     """The Hessian H = ∇²L(θ) as an operator on flat parameter vectors (shape [P]).
 
-    ``op(v)`` returns Hv for v of shape [P] (or HV for V of shape [m, P], batched with
-    batched); every product is counted in ``n_hvp`` (a block of m counts m). Products are
+    ``op(v)`` returns Hv for v of shape [P] (or the rows of V Hᵀ = (HVᵀ)ᵀ for V of shape
+    [m, P], batched); every product is counted in ``n_hvp`` (a block of m counts m). Products are
     summed over fixed data chunks weighted by chunk size, so memory is bounded by one chunk
     (backends: see :func:`hvp_operator`). The model is put in eval mode for each call.
+    H is taken at the θ the operator was made with (θ is copied; later changes to the model's
+    parameters do not affect it).
 
     Attributes:
         P: number of parameters.
@@ -354,7 +362,7 @@ class HVPOperator:
         """(L(θ), ∇L(θ)), shapes [] and [P]."""
         return self._fl.value_and_grad()
 
-    def as_linear_operator(self):  # noqa: ANN201 - scipy type
+    def as_linear_operator(self) -> LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` (float64, numpy) for ``eigsh`` & co."""
         from scipy.sparse.linalg import LinearOperator
 
