@@ -588,7 +588,7 @@ def train(
         records = list(state["records"])
         step = int(state["step"])
         target_step = state["target_step"]
-        torch.random.set_rng_state(state["torch_rng"])
+        torch.random.set_rng_state(state["torch_rng"].cpu())
         resumed_from = step
 
     def take_record(t: int) -> dict[str, Any]:
@@ -621,6 +621,7 @@ def train(
     first_pending = step
     consistent = True
     bar = _progress(steps, step, desc, progress)
+    postfix: dict[str, str] = {}
     perm_epoch, perm = -1, torch.empty(0, dtype=torch.long)
     sync_every = 25
 
@@ -634,7 +635,8 @@ def train(
             if bool(bad.any()):
                 diverged_at = first_pending + int(bad.nonzero()[0, 0])
                 return True
-            bar.set_postfix(loss=f"{float(vals[-1]):.3g}", refresh=False)
+            postfix["loss"] = f"{float(vals[-1]):.3g}"
+            bar.set_postfix(postfix, refresh=False)
         first_pending = step
         if not params_finite():
             diverged_at = step
@@ -684,11 +686,10 @@ def train(
                         if not math.isfinite(rec["train_loss"]):
                             status, diverged_at = "diverged", step
                             break
+                        postfix["loss"] = f"{rec['train_loss']:.3g}"
                         if "lambda_max" in rec:
-                            bar.set_postfix(
-                                loss=f"{rec['train_loss']:.3g}", lmax=f"{rec['lambda_max']:.3g}",
-                                refresh=False,
-                            )  # fmt: skip
+                            postfix["lmax"] = f"{rec['lambda_max']:.3g}"
+                        bar.set_postfix(postfix, refresh=False)
                 consistent = True  # step t fully processed: a checkpoint now is exact
                 if callback is not None:
                     callback(step, model, rec)

@@ -223,7 +223,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     t.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", root

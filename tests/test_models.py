@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,14 @@ SMALL = {
     "vgg10": {"width": 1 / 32},
     "vit": {"patch": 4, "dim": 8, "depth": 1, "heads": 2},
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()  # tiny models: threads only add contention
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def n_params(net: nn.Module) -> int:
