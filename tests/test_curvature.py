@@ -197,6 +197,9 @@ def test_trace_gn_equals_dense_trace_at_interpolation(small_interp) -> None:
     r = curvature.trace(net, "squared", X, Y, method="gn")
     assert r.stderr == 0.0 and r.n_hvp == 0 and r.method == "gn"
     assert abs(r.value - torch.trace(H).item()) <= 1e-8 * torch.trace(H).item()
+    for chunk in (7, None):  # chunking (7 does not divide n = 30) changes nothing
+        rc = curvature.trace(net, "squared", X, Y, method="gn", chunk=chunk)
+        assert rc.value == pytest.approx(r.value, rel=1e-13)
     G = curvature.gauss_newton_matrix(net, X)
     assert torch.allclose(G, H, atol=1e-12 * H.abs().max())
 
