@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: small HVPs on 2 shared cores run 10-50x slower with 2 threads (bench/README.md).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
