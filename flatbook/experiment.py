@@ -29,7 +29,8 @@ Version policy of :func:`load_results` (the book must not show stale numbers):
   ``check="version"``; ``check="none"`` skips the version checks (never the config check).
 
 Parallel execution: :func:`sweep` calls :func:`run_one` (plain dict in, plain dict out) once
-per config — the unit a job scheduler can submit.
+per config — the unit a job scheduler can submit; :mod:`flatbook.executors` submits it as one
+submitit job per config (local processes or Slurm).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "d
 SMALL_MODEL = 2_000_000
 """Below this many parameters a CPU run uses one thread when ``threads`` is None: tiny
 matrix products gain nothing from intra-op threads and lose a lot on a shared machine."""
+
+
+STALE_TMP_S = 600
+"""Temporary files older than this (seconds) in a run folder are leftovers of a killed write."""
 
 
 class StaleResultsError(ValueError):
@@ -542,6 +547,9 @@ def run(
     device = _resolve_device(config.device)
     t0 = time.perf_counter()
     ds, net, steps = prepare(config)  # data-dependent checks: before anything is written
+    for tmp in rd.glob(".*.tmp"):  # left by a process killed mid-write (SIGKILL, power loss)
+        if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+            tmp.unlink(missing_ok=True)
     cfg_doc = {"run_id": config.run_id, "config_hash": config.config_hash,
                "config": config.semantic_dict()}  # fmt: skip
     if not cfg_path.is_file() or read_json(cfg_path) != cfg_doc:
@@ -632,12 +640,19 @@ def _base_doc(config: RunConfig, ds: Any, net: Any) -> dict[str, Any]:
     return doc
 
 
-def run_one(config: Mapping[str, Any], results_dir: str | Path = DEFAULT_RESULTS_DIR) -> dict:
+def run_one(
+    config: Mapping[str, Any],
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    *,
+    callback: _train.Callback | None = None,
+) -> dict:
     """Job entry point: run one config given as a plain dict; never raises for a failed run
     (the failure is recorded in ``results.json`` with ``status="failed"`` and the error).
 
     Returns ``{"run_id", "status", "skipped", "error", "final"}`` (plain JSON-able dict), so a
-    scheduler (e.g. submitit) can pickle the call and its result.
+    scheduler (e.g. submitit, see :mod:`flatbook.executors`) can pickle the call and its result.
+    ``callback`` is passed to :func:`run` (monitoring; raising KeyboardInterrupt in it
+    checkpoints and stops the run).
     """
     cfg = RunConfig.from_dict(config)
     rd = run_dir_for(cfg, results_dir)
@@ -648,7 +663,7 @@ def run_one(config: Mapping[str, Any], results_dir: str | Path = DEFAULT_RESULTS
         except (OSError, ValueError):
             skipped = False
     try:
-        res = run(cfg, results_dir)
+        res = run(cfg, results_dir, callback=callback)
         return {"run_id": cfg.run_id, "status": res.status, "skipped": skipped, "error": None,
                 "final": res.final}  # fmt: skip
     except KeyboardInterrupt:

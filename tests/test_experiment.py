@@ -4,6 +4,7 @@ failure, stale-result refusal, atomic writes, ≥ 20 kinds of bad parameters."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -193,7 +194,11 @@ def test_kill_midway_then_rerun_resumes_to_the_same_final_numbers(tmp_path: Path
         ex.run(cfg, store, callback=kill)
     rd = store / cfg.run_id
     assert sorted(p.name for p in rd.iterdir()) == ["checkpoint.pt", "config.json"]
+    stale = rd / ".checkpoint.pt.12345.abcdef.tmp"  # as left by a SIGKILL during a write
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
     res = ex.run(cfg, store)  # "the same command again"
+    assert not stale.exists()
     assert res.data["provenance"]["resumed_from"] == 17
     a, b = without_time(ref.data), without_time(res.data)
     a["provenance"].pop("resumed_from"), b["provenance"].pop("resumed_from")
