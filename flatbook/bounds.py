@@ -226,7 +226,7 @@ class Quantities:
 
 
 def quantities(
-    model: nn.Sequential, X: Tensor, chunk: int | None = 256, rtol: float | None = None
+    model: nn.Sequential, X: Tensor, chunk: int | None = None, rtol: float | None = None
 ) -> Quantities:
     """Compute :class:`Quantities` for ``model`` (an ``nn.Sequential``) on inputs X [n, …].
 
@@ -235,17 +235,18 @@ def quantities(
     evaluated in eval mode (flags restored).
 
     Args:
-        chunk: samples per vectorised call (``None``: automatic for parameter Jacobians).
+        chunk: samples per vectorised call (``None``: automatic, bounding the size of each
+            Jacobian block; see :func:`flatbook.geometry.input_jacobian` and
+            :func:`flatbook.curvature.jacobian_sqnorms`).
         rtol: rank tolerance of log LVR (see :func:`flatbook.geometry.log_lvr`).
     """
     model = _layers.check_sequential(model)
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"X must have shape [n, …] with n ≥ 1; got {tuple(X.shape)}")
-    jchunk = chunk if chunk is not None else 256
     with curvature.eval_mode(model):
         n = X.shape[0]
         x_sq = X.detach().reshape(n, -1).pow(2).sum(1)
-        J = _geometry.input_jacobian(model, X, chunk=jchunk)
+        J = _geometry.input_jacobian(model, X, chunk=chunk)
         out = _geometry.measures(J, rtol)
         sq = curvature.jacobian_sqnorms(model, X, chunk)
         jac_sq = torch.stack(list(sq.values())).sum(0)
@@ -260,7 +261,7 @@ def quantities(
                 first = first or layer.name
                 m = out
             else:
-                m = _geometry.measures(_geometry.input_jacobian(layer.tail, H, chunk=jchunk), rtol)
+                m = _geometry.measures(_geometry.input_jacobian(layer.tail, H, chunk=chunk), rtol)
             lm[layer.name] = _geometry.LayerMeasures(
                 layer=layer,
                 h_sqnorm=H.reshape(n, -1).pow(2).sum(1),

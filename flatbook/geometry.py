@@ -58,7 +58,7 @@ JACOBIAN_MODES = ("auto", "rev", "fwd", "loop")
 
 
 def input_jacobian(
-    fn: Callable[[Tensor], Tensor], X: Tensor, chunk: int = 256, mode: str = "auto"
+    fn: Callable[[Tensor], Tensor], X: Tensor, chunk: int | None = 256, mode: str = "auto"
 ) -> Tensor:
     """Per-sample input Jacobians J_i = ∂ vec φ(x_i) / ∂ vec x_i, shape [n, N, d].
 
@@ -68,7 +68,9 @@ def input_jacobian(
             Each sample is pushed through ``fn`` as a batch of one (so modules that expect a
             batch dimension work); ``fn`` must act on samples independently (eval mode).
         X: inputs [n, …]; d = ``X[0].numel()``.
-        chunk: number of samples per vectorised call (memory ∝ chunk · N · d).
+        chunk: number of samples per vectorised call (memory ∝ chunk · N · d, plus the
+            activations of chunk · min(N, d) virtual samples); ``None``: automatic, at most
+            256 and at most 2^24 / (N · d) samples (for large CNNs pass a small value).
         mode: ``"rev"`` = ``vmap(jacrev)`` (N reverse passes), ``"fwd"`` = ``vmap(jacfwd)``
             (d forward passes), ``"auto"`` = ``"fwd"`` when d < N else ``"rev"`` (and falls
             back to ``"rev"``, then ``"loop"``, if a transform is unsupported by some op),
@@ -79,8 +81,8 @@ def input_jacobian(
     """
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {list(JACOBIAN_MODES)}")
-    if int(chunk) < 1:
-        raise ValueError(f"chunk must be a positive integer; got {chunk!r}")
+    if chunk is not None and int(chunk) < 1:
+        raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError(f"X must have shape [n, …] with n ≥ 1; got {tuple(X.shape)}")
     n = X.shape[0]
@@ -95,15 +97,16 @@ def input_jacobian(
         return _jacobian_loop(f1, Xf)
     with torch.no_grad():
         N = fn(X[:1].detach()).reshape(-1).numel()
+    chunk = int(chunk) if chunk is not None else max(1, min(256, (1 << 24) // max(1, N * d)))
     if mode == "auto":
         order = ["fwd", "rev"] if d < N else ["rev"]
         for m in order:
             try:
-                return _jacobian_vmap(f1, Xf, int(chunk), m)
+                return _jacobian_vmap(f1, Xf, chunk, m)
             except (RuntimeError, NotImplementedError):
                 continue
         return _jacobian_loop(f1, Xf)
-    return _jacobian_vmap(f1, Xf, int(chunk), mode)
+    return _jacobian_vmap(f1, Xf, chunk, mode)
 
 
 def _jacobian_vmap(f1: Callable[[Tensor], Tensor], Xf: Tensor, chunk: int, mode: str) -> Tensor:
@@ -349,7 +352,7 @@ def participation_ratio(Z: Tensor) -> Tensor:
 
 
 def output_measures(
-    model: nn.Module, X: Tensor, chunk: int = 256, rtol: float | None = None
+    model: nn.Module, X: Tensor, chunk: int | None = 256, rtol: float | None = None
 ) -> Measures:
     """Measures of the input–output map x ↦ f(x) (J = J_x(x_i) ∈ R^{k×d}) at each x_i."""
     return measures(input_jacobian(model, X, chunk=chunk), rtol)
@@ -360,7 +363,7 @@ def representation_measures(
     X: Tensor,
     name: str,
     direction: str = "from_input",
-    chunk: int = 256,
+    chunk: int | None = 256,
     rtol: float | None = None,
 ) -> Measures:
     """Measures of a named representation h (``layers.representations(model)``).
@@ -400,7 +403,7 @@ class LayerMeasures:
 
 
 def layer_measures(
-    model: nn.Sequential, X: Tensor, chunk: int = 256, rtol: float | None = None
+    model: nn.Sequential, X: Tensor, chunk: int | None = 256, rtol: float | None = None
 ) -> dict[str, LayerMeasures]:
     """MLS_l, LVR_l, LD_l of the map h_{l−1} ↦ f for every dense layer, keyed ``"l1"``, ….
 

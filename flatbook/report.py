@@ -209,7 +209,7 @@ def report(
     n_hvp: int = 100,
     adaptive: bool = False,
     representations: Sequence[str] = (),
-    chunk: int | None = 256,
+    chunk: int | None = None,
     rtol: float | None = None,
 ) -> Report:
     """Measure everything for ``model`` on (X, Y): curvature, measures, bounds with slack.
@@ -229,7 +229,8 @@ def report(
         adaptive: also compute the elementwise adaptive sharpness Σ_j θ_j² H_jj (GN diagonal).
         representations: names (``flatbook.layers.representations``) whose map x ↦ h to
             measure (log LVR, MLS, LD, global PR).
-        chunk: samples per vectorised call; rtol: rank tolerance of log LVR.
+        chunk: samples per vectorised call (``None``: automatic, bounding each Jacobian
+            block to ~2^24 entries; lower it for large CNNs); rtol: rank tolerance of log LVR.
     """
     model = _layers.check_sequential(model)
     notes: list[str] = []
@@ -324,7 +325,7 @@ def report(
 
         rep_vals: dict[str, dict[str, float]] = {}
         for rname in representations:
-            m = _geometry.representation_measures(model, X, rname, chunk=chunk or 256, rtol=rtol)
+            m = _geometry.representation_measures(model, X, rname, chunk=chunk, rtol=rtol)
             with torch.no_grad():
                 H = _layers.representation(model, X, rname)
             rep_vals[rname] = {

@@ -73,6 +73,7 @@ def test_jacobian_matches_central_differences(name: str) -> None:
     # every evaluation mode gives the same Jacobian
     for mode in ("rev", "fwd", "loop"):
         assert (G.input_jacobian(fn, X, mode=mode) - J).abs().max() < 1e-12, mode
+    assert (G.input_jacobian(fn, X, chunk=None) - J).abs().max() < 1e-12  # automatic chunks
 
 
 def test_hidden_representation_jacobian_matches_differences() -> None:
