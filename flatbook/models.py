@@ -321,7 +321,10 @@ def vit(
     """Small Vision Transformer ``Sequential(PatchEmbed, Block × depth, Pool, Linear)``.
 
     Input [n, C, H, W] with H, W divisible by ``patch``; tokens [n, T, D] between the blocks;
-    ``Pool`` gives [n, D]; the head is a dense layer D → k (output [n, k]).
+    ``Pool`` gives [n, D]; the head is a dense layer D → k (output [n, k]). Initialisation as in
+    ViT/DeiT: every ``nn.Linear`` weight ~ truncated N(0, 0.02²), biases 0, position and class
+    embeddings truncated N(0, 0.02²) (PyTorch's default fan-in init makes the initial squared-
+    loss sharpness of a small ViT ~100× that of the MLP, so SGD at the MLP's rates diverges).
 
     Args:
         patch: patch side p; dim: token width D; depth: number of blocks; heads: attention
@@ -345,7 +348,12 @@ def vit(
         items: list[nn.Module] = [PatchEmbed((C, H, W), patch, dim, cls_token=pool == "cls")]
         items += [Block(dim, heads, mlp_ratio, activation) for _ in range(depth)]
         items += [Pool(dim, pool), nn.Linear(dim, k)]
-        return nn.Sequential(*items).to(dtype)
+        net = nn.Sequential(*items)
+        for m in net.modules():  # ViT/DeiT initialisation of the token-wise linear maps
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        return net.to(dtype)
 
 
 # ---------------------------------------------------------------------------- registry
