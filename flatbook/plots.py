@@ -83,3 +83,27 @@ def grid(n: int, ncols: int = 3, size: float = 3.2) -> tuple[plt.Figure, Sequenc
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def grouped_bars(
+    ax: Axes,
+    groups: Sequence[str],
+    series: dict[str, ArrayLike],
+    total: float | None = None,
+    total_label: str | None = None,
+    logy: bool = True,
+) -> Axes:
+    """Grouped bar chart: one group per entry of ``groups`` (e.g. the dense layers l1, l2, …),
+    one bar per series (e.g. a layer's NMLS term, NVR term and weight-gradient block), and an
+    optional dashed horizontal line at ``total`` (e.g. tr H, which bounds every sum)."""
+    x = np.arange(len(groups))
+    w = 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series.items()):
+        ax.bar(x + (j - (len(series) - 1) / 2) * w, np.asarray(vals, dtype=float), w, label=name)
+    if total is not None:
+        ax.axhline(total, color="k", ls="--", lw=1, label=total_label)
+    ax.set_xticks(x, list(groups))
+    if logy:
+        ax.set_yscale("log")
+    return ax
+
