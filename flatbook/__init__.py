@@ -5,8 +5,10 @@ arXiv 2310.01770). One concept per module:
 
 - :mod:`flatbook.losses`     — squared loss (the bounds' loss) and cross-entropy
 - :mod:`flatbook.curvature`  — Hessian-vector products, λ_max (Lanczos), tr H (exact GN, Hutch++)
+- :mod:`flatbook.layers`     — naming layer boundaries of an ``nn.Sequential``, dense layers
 - :mod:`flatbook.geometry`   — input Jacobians, log LVR, MLS, LD, participation ratio
 - :mod:`flatbook.bounds`     — both sides of every inequality of the derivation chain
+- :mod:`flatbook.report`     — ``flatbook.report(model, X, Y)``: every measure and bound at once
 - :mod:`flatbook.models`     — MLP, LeNet-5, VGG, small ViT (all ``nn.Sequential``)
 - :mod:`flatbook.data`       — digits (offline default), MNIST / Fashion-MNIST / CIFAR-10 readers
 - :mod:`flatbook.train`      — SGD / GD training with a measurement schedule

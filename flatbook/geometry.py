@@ -297,7 +297,7 @@ def gaussian_ball(
     logv, prs, r_out = [], [], 0
     with torch.no_grad():
         for i in range(n):
-            delta = torch.randn(int(n_samples), d, generator=gen, dtype=X.dtype)
+            delta = torch.randn(int(n_samples), d, generator=gen, dtype=X.dtype).to(X.device)
             xp = X[i].reshape(1, d) + math.sqrt(alpha) * delta
             Z = fn(xp.reshape(-1, *sample_shape)).reshape(int(n_samples), -1)
             N = Z.shape[1]
