@@ -19,16 +19,19 @@ Curvature
     ``adaptive_sharpness`` (only with ``adaptive=True``: Σ_j θ_j² H_jj, GN diagonal).
 Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     ``log_lvr_mean``, ``log_lvr_median``, ``mls_mean``, ``mls_median``, ``ld_mean``,
-    ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``r``, ``pr_output`` (global participation
+    ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``log_lvr_finite_frac`` (fraction of samples
+    whose J_x has full numerical rank; the others have log LVR = −inf, which makes
+    ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
     ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
 Per dense layer ``l1``, ``l2``, … (the map h_{l−1} ↦ f; prefix ``"{layer}_"``)
     ``index`` (item in the Sequential), ``width_in`` (p = dim h_{l−1}), ``r``,
     ``mls_mean``, ``mls_median``, ``log_lvr_mean``, ``log_lvr_median``, ``ld_mean``,
-    ``ld_median``, ``frob_sq_mean``, ``h_sqnorm_mean`` (‖h_{l−1}‖²), ``weight_norm`` (‖W_l‖₂),
+    ``ld_median``, ``frob_sq_mean``, ``log_lvr_finite_frac``, ``h_sqnorm_mean`` (‖h_{l−1}‖²),
+    ``weight_norm`` (‖W_l‖₂),
     ``grad_w_sqnorm_mean`` (‖∇_{W_l} f‖_F²), ``kappa`` (κ_l by the T5 identity),
     ``pr`` (global participation ratio of h_{l−1}). E.g. ``"l1_mls_mean"``, ``"l2_kappa"``.
 Named representations (``representations=[...]``; the map x ↦ h, prefix ``"rep_{name}_"``)
-    ``log_lvr_mean``, ``mls_mean``, ``ld_mean``, ``pr``.
+    ``log_lvr_mean``, ``log_lvr_finite_frac``, ``mls_mean``, ``ld_mean``, ``pr``.
 Bounds (``flatbook.bounds.all_bounds``; prefix = bound name)
     aggregated bounds: ``"{name}_lhs"``, ``"{name}_rhs"``, ``"{name}_slack"`` (rhs/lhs),
     ``"{name}_holds"`` (1.0/0.0 at rtol 1e-9) for ``t1_weighted``, ``t1_min``, ``t2_min``,
@@ -38,6 +41,11 @@ Bounds (``flatbook.bounds.all_bounds``; prefix = bound name)
     Per-sample bounds: ``"{name}_slack_min"``, ``"{name}_slack_median"``, ``"{name}_holds"``
     for ``t1_per_sample``, ``t2_per_sample`` (NaN when not applicable), ``lem3`` (lemma L3) and
     ``lem2_{layer}`` (lemma L2).
+
+Numerical rank: log LVR counts singular values ≤ eps·max(N, d)·σ_1 as zero (−inf), the
+``torch.linalg.matrix_rank`` convention (``rtol`` overrides it). In float32 that floor is
+≈ 1e-4·σ_1 for d = 784: wide hidden maps (``representations=``) are then often −inf — a
+statement about float32, not about the network; measure in float64 or pass ``rtol=0``.
 
 The bounds are proven for dense layers (paper.md §2); for CNNs and ViTs the report gives the
 output-level measures, the dense layers present (T4 then sums over those only — still a valid
@@ -68,6 +76,10 @@ def _f(x: object) -> float:
     if isinstance(x, Tensor):
         return float(x.detach())
     return float(x)  # type: ignore[arg-type]
+
+
+def _finite_frac(v: Tensor) -> float:
+    return float(torch.isfinite(v).to(torch.float64).mean())
 
 
 def _stats(prefix: str, name: str, v: Tensor, out: dict[str, float]) -> None:
@@ -300,6 +312,7 @@ def report(
         for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
             _stats("", key, v, scalars)
         scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
+        scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
         scalars["r"] = float(o.r)
         scalars["pr_output"] = _f(_geometry.participation_ratio(F)) if q.n > 1 else math.nan
 
@@ -314,6 +327,7 @@ def report(
             for key, t in (("mls", m.mls), ("log_lvr", m.log_lvr), ("ld", m.ld)):
                 _stats("", key, t, v)
             v["frob_sq_mean"] = _f(m.frob_sq.mean())
+            v["log_lvr_finite_frac"] = _finite_frac(m.log_lvr)
             v["h_sqnorm_mean"] = _f(lm.h_sqnorm.mean())
             v["weight_norm"] = _f(lm.weight_norm)
             v["grad_w_sqnorm_mean"] = _f(q.grad_w_sqnorm[name].mean())
@@ -330,6 +344,7 @@ def report(
                 H = _layers.representation(model, X, rname)
             rep_vals[rname] = {
                 "log_lvr_mean": _f(m.log_lvr.mean()),
+                "log_lvr_finite_frac": _finite_frac(m.log_lvr),
                 "mls_mean": _f(m.mls.mean()),
                 "ld_mean": _f(m.ld.mean()),
                 "pr": _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan,

@@ -21,10 +21,11 @@ GLOBAL_KEYS = {
     "interpolating", "lambda_max", "lambda_max_residual", "lambda_max_n_hvp",
     "lambda_max_converged", "trace_gn", "log_lvr_mean", "log_lvr_median", "mls_mean",
     "mls_median", "ld_mean", "ld_median", "frob_sq_mean", "r", "pr_output", "nmls", "nvr",
+    "log_lvr_finite_frac",
 }  # fmt: skip
 LAYER_KEYS = {
     "index", "width_in", "r", "mls_mean", "mls_median", "log_lvr_mean", "log_lvr_median",
-    "ld_mean", "ld_median", "frob_sq_mean", "h_sqnorm_mean", "weight_norm",
+    "ld_mean", "ld_median", "frob_sq_mean", "h_sqnorm_mean", "weight_norm", "log_lvr_finite_frac",
     "grad_w_sqnorm_mean", "kappa", "pr",
 }  # fmt: skip
 AGG = ("lhs", "rhs", "slack", "holds")
@@ -93,6 +94,7 @@ def test_optional_quantities_and_named_representations() -> None:
     m = geometry.representation_measures(net, X, "1")
     assert d["rep_1_ld_mean"] == pytest.approx(float(m.ld.mean()), rel=1e-12)
     assert {"rep_1_log_lvr_mean", "rep_1_mls_mean", "rep_1_pr"} <= set(d)
+    assert d["rep_1_log_lvr_finite_frac"] == 1.0 and d["log_lvr_finite_frac"] == 1.0
 
 
 def test_cnn_report_away_from_interpolation() -> None:
@@ -133,3 +135,17 @@ def test_report_is_the_function_and_rejects_unsupported_models() -> None:
     assert isinstance(flatbook.report, types.FunctionType) and flatbook.Report is mod.Report
     with pytest.raises(TypeError, match="Sequential"):
         flatbook.report(nn.Linear(3, 2), torch.randn(4, 3))  # type: ignore[arg-type]
+
+
+def test_rank_deficient_network_reports_minus_inf_without_crashing() -> None:
+    net = models.mlp([3, 4, 2], activation="relu", seed=2, dtype=DT)
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)  # every hidden unit dead: J_x = 0
+    X = torch.randn(6, 3, dtype=DT)
+    rep = flatbook.report(net, X, sharpness=False)
+    d = rep.as_dict()
+    assert d["log_lvr_finite_frac"] == 0.0 and d["log_lvr_mean"] == -math.inf
+    assert d["mls_mean"] == 0.0 and math.isnan(d["ld_mean"])
+    assert d["trace_gn"] > 0  # the output bias still moves f
+    assert all(v == 1.0 for k, v in d.items() if k.endswith("_holds"))
+    assert "-inf" in str(rep)
