@@ -6,6 +6,8 @@ Examples::
     python -m flatbook run --model lenet5 --lr 0.05 --steps 5000 --no-progress
     python -m flatbook run --dataset cifar10 --classes 3 5 --model vgg11 --device auto
     python -m flatbook sweep --lr 0.05 0.1 0.2 --batch-size 8 32 --seed 0 1
+    python -m flatbook sweep --lr 0.05 0.1 --seed 0 1 --executor slurm --partition gpu --gpus 1 \
+        --device auto                                   # one Slurm job per config
     python -m flatbook show results/
 
 Unspecified options take the defaults of :class:`flatbook.experiment.RunConfig` (or of the
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         + " (several values each); finished runs are skipped, failures do not stop the sweep.",
     )  # fmt: skip
     _add_config_args(p_sweep, grid=True)
+    from flatbook.executors import add_arguments as _add_executor_args
+
+    _add_executor_args(p_sweep)  # --executor local|slurm and the Slurm options
     p_show = sub.add_parser("show", help="list stored runs", description="List stored runs.")
     p_show.add_argument("results_dir", nargs="?", default="results", type=Path)
     p_show.add_argument("--all", action="store_true", help="include failed runs")
@@ -264,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = ex.RunConfig.from_dict(fields)
         configs = ex.grid(base, **axes) if axes else [base]
         ex.validate(configs)  # data-dependent checks before the first run starts
+        if ns.executor != "inline":
+            from flatbook import executors
+
+            ex_options = executors.options_from_args(ns)
     except (ValueError, TypeError, FileNotFoundError) as e:
         parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
     except KeyboardInterrupt as e:
@@ -271,14 +280,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - recorded in results.json
         parser.exit(1, f"flatbook {ns.command}: run failed: {type(e).__name__}: {e}\n")
     try:
-        summaries = ex.sweep(configs, ns.results_dir, progress=base.progress)
+        if ns.executor != "inline":
+            summaries = executors.run_from_args(configs, ns, ex_options)
+            if summaries is None:  # --no-wait: submitted; the same command gathers later
+                return 0
+        else:
+            summaries = ex.sweep(configs, ns.results_dir, progress=base.progress)
     except KeyboardInterrupt as e:
         parser.exit(130, f"flatbook: interrupted ({e}); run the same command again to resume\n")
+    except (ValueError, RuntimeError) as e:  # executor set-up (e.g. no Slurm on this machine)
+        parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
     for s in summaries:
         print(_summary_line(s))
-    n_failed = sum(s["status"] == "failed" for s in summaries)
+    n_failed = sum(s["status"] not in ex.FINISHED for s in summaries)
+    extra = sorted({s["status"] for s in summaries} - set(ex.STATUSES))  # interrupted, in_flight
     print(f"{len(summaries)} runs: " + ", ".join(
-        f"{st} {sum(s['status'] == st for s in summaries)}" for st in ex.STATUSES
+        f"{st} {sum(s['status'] == st for s in summaries)}" for st in (*ex.STATUSES, *extra)
     ) + f"; results in {ns.results_dir}")  # fmt: skip
     return 1 if n_failed else 0
 
