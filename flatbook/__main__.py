@@ -6,7 +6,7 @@ Examples::
     python -m flatbook run --model lenet5 --lr 0.05 --steps 5000 --no-progress
     python -m flatbook run --dataset cifar10 --classes 3 5 --model vgg11 --device auto
     python -m flatbook sweep --lr 0.05 0.1 0.2 --batch-size 8 32 --seed 0 1
-    python -m flatbook sweep --lr 0.05 0.1 --seed 0 1 --executor slurm --partition gpu --gpus 1 \
+    python -m flatbook sweep --lr 0.05 0.1 --seed 0 1 --executor slurm --partition gpu --gpus 1 \\
         --device auto                                   # one Slurm job per config
     python -m flatbook show results/
 
