@@ -231,11 +231,13 @@ class SweepJob:
     :func:`flatbook.experiment.run_one` (``{"run_id", "status", "skipped", "error",
     "final"}``).
 
-    It is *checkpointable* in submitit's sense (a ``checkpoint`` method): when the scheduler
-    warns of the time limit or preemption (``USR2``), a run that is training is asked to stop
-    at the next step boundary (the training loop's SIGTERM handling writes ``checkpoint.pt``),
-    and then submitit requeues the same call, which resumes from the checkpoint. Outside
-    training the warning requeues at once.
+    It is *checkpointable* in submitit's sense (a ``checkpoint`` method): when Slurm warns of
+    the time limit (``USR2``, ``signal_delay_s`` before it; submitit's ``--signal``), a run
+    that is training is asked to stop at the next step boundary (the training loop's SIGTERM
+    handling writes ``checkpoint.pt``), and then submitit requeues the same call, which
+    resumes from the checkpoint. Outside training the warning requeues at once. A plain
+    SIGTERM (``scancel``, preemption) checkpoints and ends the job without results; the run
+    resumes when the sweep is submitted again (or when Slurm requeues a preempted job).
 
     Args:
         results_dir: the result store (on Slurm: a shared file system).
