@@ -169,8 +169,168 @@ def verdict_bar(ax: Axes, labels: Sequence[str], verdicts: Sequence[str]) -> Axe
     return ax
 
 
+def _lr_ticks(ax: Axes, xs: ArrayLike, fmt: str = "{:g}") -> None:
+    """Major ticks exactly at the swept values (plain numbers), no minor tick labels."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    v = np.unique(np.asarray(xs, dtype=float))
+    v = v[np.isfinite(v)]
+    if v.size:
+        ax.xaxis.set_major_locator(FixedLocator(v))
+        ax.set_xticklabels([fmt.format(t) for t in v])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _cmap(n: int) -> list[tuple[float, float, float, float]]:
     import matplotlib as mpl
 
     cm = mpl.colormaps["viridis"]
     return [cm(v) for v in np.linspace(0.05, 0.85, max(n, 1))][:n]
+
+
+BOUND_PAIRS = (("t2_gm", "T2 volume (GM)"), ("t3_weighted", "T3 MLS"), ("t4_nmls", "T4 NMLS"))
+"""Bounds drawn in the late-phase figure: (report key prefix, legend label)."""
+
+
+def bounds_panel(ax: Axes, traj: Mapping[str, ArrayLike], phase_start: float | None = None
+                 ) -> Axes:
+    """Both sides of the aggregated bounds along training: right-hand side solid, left-hand
+    side dashed, same colour per bound (log y)."""
+    steps = np.asarray(traj["step"], dtype=float)
+    for (key, name), c in zip(BOUND_PAIRS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+        if f"{key}_rhs" not in traj:
+            continue
+        for side, ls in (("rhs", "-"), ("lhs", "--")):
+            v = np.asarray(traj[f"{key}_{side}"], dtype=float)
+            v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
+            ax.plot(steps, v, ls=ls, color=c, label=f"{name} {side}" if side == "rhs" else None)
+    mark_phase(ax, phase_start, label=None)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bound: rhs (solid), lhs (dashed)")
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def late_phase_figure(
+    traj: Mapping[str, ArrayLike],
+    phase_start: float | None,
+    *,
+    gd_ceiling: float,
+    sgd_ceiling: float,
+    loss_threshold: float,
+    hidden_ld_keys: Sequence[str] = (),
+    hidden_pr_keys: Sequence[str] = (),
+    size: float = 3.0,
+) -> object:
+    """The nine panels of the late-phase chapter for one run: train loss (log) with the
+    threshold, accuracies, λ_max with 2/η, tr H with 2k/(pη), log LVR, MLS, LD (output and
+    hidden layers), global PR, and both sides of the bounds. The interpolation onset is the
+    dashed vertical line in every panel. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 3, figsize=(3 * size * 1.1, 3 * size * 0.85))
+    a = list(axes.ravel())
+    s = traj["step"]
+    time_course(a[0], s, traj["train_loss"], "train loss", phase_start, logy=True)
+    a[0].axhline(loss_threshold, color="k", ls=":", lw=1, label="threshold")
+    a[0].legend(fontsize=7, frameon=False)
+    time_course(a[1], s, traj["train_acc"], "accuracy", phase_start, label="train")
+    time_course(a[1], s, traj["test_acc"], "accuracy", phase_start, label="test")
+    a[1].legend(fontsize=7, frameon=False)
+    time_course(a[2], s, traj["lambda_max"], r"$\lambda_{\max}(H)$", phase_start)
+    a[2].axhline(gd_ceiling, color="k", ls=":", lw=1.2, label=r"$2/\eta$")
+    a[2].legend(fontsize=7, frameon=False)
+    time_course(a[3], s, traj["trace_gn"], r"$\mathrm{tr}\,H$ (GN)", phase_start, logy=True)
+    if np.isfinite(sgd_ceiling):
+        a[3].axhline(sgd_ceiling, color="k", ls=":", lw=1.2, label=r"$2k/(p\eta)$")
+        a[3].legend(fontsize=7, frameon=False)
+    time_course(a[4], s, traj["log_lvr_median"], r"$\log\mathrm{LVR}$ (output, median)",
+                phase_start)
+    time_course(a[5], s, traj["mls_median"], "MLS (output, median)", phase_start)
+    time_course(a[6], s, traj["ld_median"], "LD", phase_start, label="output (median)")
+    for i, k in enumerate(hidden_ld_keys):
+        time_course(a[6], s, traj[k], "LD", phase_start, label=f"hidden {i + 1} (mean)")
+    a[6].legend(fontsize=7, frameon=False)
+    time_course(a[7], s, traj["pr_output"], "global PR", phase_start, label="output")
+    for i, k in enumerate(hidden_pr_keys):
+        time_course(a[7], s, traj[k], "global PR", phase_start, label=f"hidden {i + 1}")
+    a[7].legend(fontsize=7, frameon=False)
+    bounds_panel(a[8], traj, phase_start)
+    fig.tight_layout()
+    return fig
+
+
+def trend_dots(ax: Axes, values: Sequence[ArrayLike], labels: Sequence[str],
+               xlabel: str = r"late-phase trend: Kendall $\tau$(step, value)") -> Axes:
+    """One row per quantity: a dot per run (its late-phase trend) and a bar at the mean over
+    the finite values; a vertical line at 0 (left: the quantity falls)."""
+    n = len(labels)
+    for j, v in enumerate(values):
+        va = np.asarray(v, dtype=float)
+        ax.plot(va, np.full(va.size, -j), "o", alpha=0.4, color="tab:blue")
+        fin = va[np.isfinite(va)]
+        if fin.size:
+            ax.plot([fin.mean()] * 2, [-j - 0.3, -j + 0.3], "k-", lw=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(-np.arange(n), list(labels))
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel(xlabel)
+    return ax
+
+
+def sweep_figure(
+    summaries: Sequence[Mapping[str, object]],
+    keys: Sequence[str],
+    labels: Sequence[str],
+    x: str = "lr",
+    group: str = "batch_size",
+    prefix: str = "",
+    ceilings: Mapping[str, tuple[str, str]] | None = None,
+    logy: Sequence[str] = (),
+    ncols: int = 3,
+    size: float = 3.0,
+) -> object:
+    """One panel per key: the runs' value of ``prefix + key`` against ``x`` (log axis), one
+    line per value of ``group`` (seeds as dots). ``ceilings[key] = (summary key, label)``
+    draws that per-run ceiling (e.g. ``"gd_ceiling"``, 2/η) as dotted lines in the group's
+    colour. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(keys)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(size * 1.15 * min(n, ncols),
+                                                            size * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    xs = np.array([float(s[x]) if s[x] != "full" else np.inf for s in summaries])
+    gs = np.array([s[group] for s in summaries], dtype=object)
+    groups = list(dict.fromkeys(gs.tolist()))
+    colors = _cmap(len(groups))
+    xlabel = {"lr": r"learning rate $\eta$", "batch_size": "batch size $B$"}.get(x, x)
+    glabel = {"lr": r"$\eta$", "batch_size": "B"}.get(group, group)
+    for ax, k, lab in zip(flat, keys, labels, strict=False):
+        ys = np.array([float(s.get(prefix + k, np.nan)) for s in summaries])
+        sweep_lines(ax, xs, ys, gs, group_label=glabel, xlabel=xlabel, ylabel=lab,
+                    logy=k in logy)
+        if ceilings and k in ceilings:
+            ck, clab = ceilings[k]
+            cs = np.array([float(s[ck]) for s in summaries])
+            same = all(np.allclose(cs[(gs == g) & (xs == v)], cs[xs == v])
+                       for g in groups for v in np.unique(xs))
+            for j, (g, c) in enumerate(zip(groups, colors, strict=True)):
+                m = (gs == g) & np.isfinite(cs)
+                if m.any():
+                    ceiling_curve(ax, xs[m], cs[m], clab if j == 0 else None,
+                                  color="k" if same else c)
+                if same:
+                    break
+        _lr_ticks(ax, xs[np.isfinite(xs)])
+    flat[0].legend(fontsize=7, frameon=False)
+    for ax, k in zip(flat, keys, strict=False):
+        if ceilings and k in ceilings:
+            ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
