@@ -134,9 +134,10 @@ class Row:
 
 
 def _chapters(book_dir: Path) -> list[Path]:
+    """``book_dir/*.md``, skipping scratch files whose name starts with ``_`` or ``.``."""
     if not book_dir.is_dir():
         raise ValueError(f"book_dir {book_dir} is not a directory")
-    return sorted(book_dir.glob("*.md"))
+    return sorted(p for p in book_dir.glob("*.md") if not p.name.startswith(("_", ".")))
 
 
 def book_statements(book_dir: str | Path = ROOT / "book",
@@ -484,25 +485,38 @@ def problems(root: str | Path = ROOT, labels: Mapping[str, tuple[str, ...]] = LA
 
 
 def to_markdown(rows: Iterable[Row], myst: bool = True, max_cells: int = 4,
-                max_tests: int = 4) -> str:
+                max_files: int = 4) -> str:
     """The traceability table as Markdown.
+
+    The tests column summarises by test file: ``test_bounds.py`` 5 + 2 indirect means five
+    tests of that file reference a mapped function directly and two reach one through the
+    package (:func:`package_calls`); the full list is ``Row.tests``.
 
     Args:
         myst: write MyST roles (``{prf:ref}`` for statements, ``{doc}`` for chapters), for
             ``{glue:md}`` with ``:format: myst``; False gives plain CommonMark.
-        max_cells, max_tests: list at most this many cells / tests per statement (then
+        max_cells, max_files: list at most this many cells / test files per statement (then
             "+ N more").
     """
-    head = ("| statement | flatbook function(s) | tests | checked in chapter cells |\n"
+    head = ("| statement | flatbook function(s) | tests (per file) | checked in chapter cells |\n"
             "| --- | --- | --- | --- |")
     lines = [head]
     for r in rows:
         s = r.statement
         stmt = (f"{{prf:ref}}`{s.label}`" if myst else f"{s.kind} {s.title}") + f" `{s.label}`"
         funcs = "<br>".join(f"`{f.removeprefix('flatbook.')}`" for f in r.functions) or "—"
-        tests = "<br>".join(f"`{t.removeprefix('tests/')}`" for t in r.tests[:max_tests]) or "—"
-        if len(r.tests) > max_tests:
-            tests += f"<br>+ {len(r.tests) - max_tests} more"
+        per_file: dict[str, list[int]] = {}
+        for t in r.tests:
+            counts = per_file.setdefault(t.split("::")[0].removeprefix("tests/"), [0, 0])
+            counts[t.endswith(" (indirect)")] += 1
+        files = sorted(per_file.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+        tests = "<br>".join(
+            f"`{f}` {d}" + (f" + {i} indirect" if i else "") if d else f"`{f}` {i} indirect"
+            for f, (d, i) in files[:max_files]
+        ) or "—"
+        if len(files) > max_files:
+            extra = len(files) - max_files
+            tests += f"<br>+ {extra} more file{'s' if extra > 1 else ''}"
         shown = list(r.cells[:max_cells])
         cells = ", ".join(
             (f"{{doc}}`{c.chapter}` cell {c.index}" if myst else f"{c.chapter} cell {c.index}")
