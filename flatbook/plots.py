@@ -107,3 +107,32 @@ def grouped_bars(
         ax.set_yscale("log")
     return ax
 
+
+def slack_budget(
+    ax: Axes,
+    labels: Sequence[str],
+    factors: dict[str, ArrayLike],
+    total: ArrayLike | None = None,
+    ylabel: str = r"slack $\log_{10}(\mathrm{rhs}/\mathrm{lhs})$",
+) -> Axes:
+    """Where a bound's slack comes from: one stacked bar per case (e.g. per network).
+
+    ``factors`` maps the name of each step of a proof to its slack factor ≥ 1 per case
+    (rhs/lhs of that step alone); the bound's slack is their product, so the stacked heights
+    log10(factor) add up to log10(total slack). ``total`` (optional, per case) is marked with a
+    black tick to show that the decomposition is exact.
+    """
+    x = np.arange(len(labels))
+    bottom = np.zeros(len(labels))
+    for name, f in factors.items():
+        h = np.log10(np.asarray(f, dtype=float))
+        ax.bar(x, h, 0.7, bottom=bottom, label=name)
+        bottom = bottom + h
+    if total is not None:
+        ax.plot(x, np.log10(np.asarray(total, dtype=float)), "k_", ms=14, mew=2,
+                label="total slack")
+    ax.set_xticks(x, list(labels), rotation=45 if len(labels) > 6 else 0,
+                  ha="right" if len(labels) > 6 else "center")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_ylabel(ylabel)
+    return ax
