@@ -575,6 +575,8 @@ def study_configs(
 ) -> list[object]:
     """The :class:`flatbook.experiment.RunConfig` list of a setting's sweep (η × B × seed,
     seed fastest), with the axes or any RunConfig field overridden (None = the setting's).
+    If ``steps`` is overridden below the setting's ``measure_every`` (and that is not given),
+    measurements are taken every ``steps // 4`` steps.
 
     Raises ValueError naming a bad parameter (unknown setting, empty or non-positive axis,
     unknown RunConfig field, or a field value the engine rejects).
@@ -591,6 +593,10 @@ def study_configs(
         raise ValueError(f"unknown run parameter(s) {bad}; allowed: RunConfig fields "
                          f"{sorted(fields)}")
     base = dict(s.base) | {k: v for k, v in overrides.items() if v is not None}
+    steps = base.get("steps")
+    if (overrides.get("measure_every") is None and isinstance(steps, int)
+            and steps < int(base.get("measure_every", 1))):
+        base["measure_every"] = max(1, steps // 4)   # fewer steps than the setting's spacing
     base_cfg = E.RunConfig.from_dict(base)
     return E.grid(base_cfg, lr=list(lr_ax), batch_size=list(b_ax), seed=list(seed_ax))
 

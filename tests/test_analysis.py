@@ -152,3 +152,74 @@ def test_claims_and_grid() -> None:
     assert len(g) == 6 and g[1] == {"lr": 0.1, "batch_size": 32}
     with pytest.raises(ValueError, match="lr"):
         A.run_grid(lr=[])
+
+
+# ----------------------------------------------------------------------------- study layer
+def fake_study(sign: int = 1, n_meas: int = 6, seed: int = 0) -> A.Study:
+    """Runs whose records follow the paper's claims (sign=+1) or contradict the η one (−1)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    results = []
+    for lr in (0.1, 0.2, 0.4, 0.8):
+        for B in (8, 32, 128):
+            for s in (0, 1):
+                scale = (1 / lr if sign > 0 else lr * 10) * B / 8
+                lam = (1 / lr if sign > 0 else lr * 10) * (1 + B / 256)   # ≤ 2/η iff sign > 0
+                recs = []
+                for j in range(n_meas):
+                    late = 1 - 0.02 * j                       # slow monotone fall
+                    jit = 1 + 0.001 * rng.standard_normal()
+                    recs.append({
+                        "step": 100.0 * j, "train_loss": 0.5 if j == 0 else 1e-3 / (j + 1),
+                        "train_acc": 0.5 if j == 0 else 1.0, "test_loss": 0.1, "test_acc": 0.9,
+                        "lambda_max": lam * late * jit, "trace_gn": 10 * scale * late,
+                        "log_lvr_median": np.log(scale) - j, "mls_median": scale * late ** 3,
+                        "nmls": scale * late * 1.1, "nvr": scale * late ** 2,
+                        "ld_median": 1.0 + j + 0.1 * rng.random(), "l1_kappa": scale * late,
+                        "t2_gm_holds": 1.0, "t2_gm_slack": 100.0,
+                        "test_lambda_max": 1.0 + j, "test_log_lvr_median": -float(j)})
+                results.append(SimpleNamespace(
+                    records=recs, status="completed", data={"n_train": 600, "n_classes": 10},
+                    config=SimpleNamespace(lr=lr, batch_size=B, seed=s)))
+    return A.Study(A.get_setting("digits-mlp"), [], results, 1e-2)
+
+
+def test_study_summaries_and_ceilings() -> None:
+    st = fake_study()
+    s = st.summaries[0]
+    assert s["interpolates"] and s["phase_step"] == 100.0 and s["phase_index"] == 1
+    assert s["trend_log_lvr_median"] == pytest.approx(-1.0)
+    assert s["kappa_sum"] == pytest.approx(s["l1_kappa"])
+    gd, sgd = A.stability_ceilings(0.2, 8, 600, 10)
+    p = (600 - 8) / (8 * 599)
+    assert gd == pytest.approx(10.0) and sgd == pytest.approx(2 * 10 / (p * 0.2))
+    assert A.stability_ceilings(0.2, "full", 600, 10)[1] == math.inf
+    i = st.pick()
+    assert st.summaries[i]["lr"] == 0.4 and st.summaries[i]["batch_size"] == 8
+
+
+def test_claim_verdicts_follow_the_data() -> None:
+    v = {c["key"]: c["verdict"] for c in A.evaluate_claims(fake_study(+1), n_boot=200)}
+    for key in ("zero_loss", "late_fall", "lr_sharpness", "lr_compression", "batch_flat",
+                "volume_after_plateau", "ld_differs", "bound_loose", "test_sharpness_rises",
+                "stability"):
+        assert v[key] == A.REPRODUCED, (key, v[key])
+    assert v["mls_consistent"] in (A.REPRODUCED, A.PARTLY)
+    # sharpness rising with η contradicts the claim; λ_max = 10 η·… also exceeds 2/η
+    w = {c["key"]: c["verdict"] for c in A.evaluate_claims(fake_study(-1), n_boot=200)}
+    assert w["lr_sharpness"] == A.NOT_REPRODUCED and w["lr_compression"] == A.NOT_REPRODUCED
+    assert w["stability"] != A.REPRODUCED
+    assert w["late_fall"] == A.REPRODUCED          # the time course is unchanged
+
+
+def test_consistency_and_labels() -> None:
+    rows = [{"where": w, "x": "trace_gn", "y": y, "method": "kendall", "estimate": e}
+            for w, y, e in [("across", "mls_median", 0.5), ("along", "mls_median", 0.3),
+                            ("across", "ld_median", 0.9), ("along", "ld_median", -0.2)]]
+    c = {r["y"]: r["worst"] for r in A.consistency(rows, "trace_gn",
+                                                   ["mls_median", "ld_median", "nmls"])}
+    assert c["mls_median"] == 0.3 and c["ld_median"] == -0.2 and math.isnan(c["nmls"])
+    assert A.label("test_lambda_max", tex=False) == "test λ_max"
+    assert A.label("rep_3_ld_mean", tex=False) == "LD of h (item 3)"
+    assert A.label("unknown_key") == "unknown_key"
