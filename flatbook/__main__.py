@@ -266,12 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"results: {res.run_dir / 'results.json'}")
             return 0
         axes = {k: fields.pop(k) for k in GRID_AXES if isinstance(fields.get(k), list)}
-        base = ex.RunConfig.from_dict(fields)
-        configs = ex.grid(base, **axes) if axes else [base]
-        ex.validate(configs)  # data-dependent checks before the first run starts
-        if ns.executor != "inline":
-            from flatbook import executors
+        from flatbook import executors
 
+        if ns.setting:  # an experiment chapter's sweep (flatbook.analysis), its measurements
+            configs = executors.study_configs(ns.setting, fields, axes)
+            base = configs[0]
+        else:
+            base = ex.RunConfig.from_dict(fields)
+            configs = ex.grid(base, **axes) if axes else [base]
+        ex.validate(configs)  # data-dependent checks before the first run starts
+        if ns.executor != "inline" or ns.setting:
             ex_options = executors.options_from_args(ns)
     except (ValueError, TypeError, FileNotFoundError) as e:
         parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
@@ -280,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - recorded in results.json
         parser.exit(1, f"flatbook {ns.command}: run failed: {type(e).__name__}: {e}\n")
     try:
-        if ns.executor != "inline":
+        if ns.executor != "inline" or ns.setting:
             summaries = executors.run_from_args(configs, ns, ex_options)
             if summaries is None:  # --no-wait: submitted; the same command gathers later
                 return 0

@@ -85,7 +85,8 @@ class ExecutorOptions:
     """How to run the jobs of a sweep.
 
     Args:
-        kind: ``"local"`` (subprocesses on this machine) or ``"slurm"``.
+        kind: ``"local"`` (subprocesses on this machine), ``"slurm"``, or ``"inline"``
+            (one after the other in this process; no submitit).
         folder: submitit's folder (logs, pickles, ``jobs.json``); default
             ``<results_dir>/.submitit``. One sub-folder per job.
         time_min: time limit per job in minutes (Slurm ``--time``; local: submitit timeout).
@@ -124,7 +125,7 @@ class ExecutorOptions:
     slurm_extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _train.check_choice(self.kind, "executor", ("local", "slurm"))
+        _train.check_choice(self.kind, "executor", EXECUTORS)
         _train.check_positive_int(self.time_min, "time_min", allow_none=True)
         if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
             raise ValueError(f"gpus must be an integer ≥ 0; got {self.gpus!r}")
@@ -145,10 +146,10 @@ class ExecutorOptions:
         if not isinstance(self.slurm_extra, Mapping):
             raise ValueError(f"slurm_extra must be a mapping of sbatch options; got "
                              f"{self.slurm_extra!r}")  # fmt: skip
-        if self.kind == "local" and (self.partition or self.slurm_extra or self.mem_gb):
+        if self.kind != "slurm" and (self.partition or self.slurm_extra or self.mem_gb):
             raise ValueError(
                 "partition, mem_gb and slurm_extra are Slurm options; they are not used by "
-                "executor='local' (use executor='slurm')"
+                f"executor={self.kind!r} (use executor='slurm')"
             )
 
     def resolved_folder(self, results_dir: str | Path) -> Path:
@@ -177,6 +178,8 @@ def make_executor(options: ExecutorOptions, results_dir: str | Path) -> Any:
     import submitit
 
     folder = options.resolved_folder(results_dir) / "%j"
+    if options.kind == "inline":
+        raise ValueError("executor='inline' runs in this process: there is no submitit executor")
     if options.kind == "local":
         ex = submitit.LocalExecutor(folder, max_num_timeout=options.max_requeue)
         params: dict[str, Any] = {
@@ -244,11 +247,23 @@ class SweepJob:
         callback: ``callback(step, model, record_or_None)`` after every training step (passed
             to :func:`flatbook.experiment.run_one`); must be picklable. For monitoring and
             tests.
+        setting: name of an experiment setting (``flatbook.analysis.SETTINGS``): run the
+            config as the experiment chapters do (:func:`run_study_one`: their measurements,
+            in their store ``flatbook.analysis.store_for(results_dir, setting)``) instead of
+            :func:`flatbook.experiment.run_one`.
     """
 
-    def __init__(self, results_dir: str | Path, callback: _train.Callback | None = None) -> None:
+    def __init__(
+        self,
+        results_dir: str | Path,
+        callback: _train.Callback | None = None,
+        setting: str | None = None,
+    ) -> None:
+        if setting is not None and callback is not None:
+            raise ValueError("callback is not supported with setting (chapter runs)")
         self.results_dir = str(results_dir)
         self.callback = callback
+        self.setting = setting
 
     def __call__(self, config: Mapping[str, Any]) -> dict:
         warned = {"usr2": False}
@@ -269,6 +284,8 @@ class SweepJob:
         if callable(submitit_handler):
             signal.signal(usr_sig, on_warning)
         try:
+            if self.setting is not None:
+                return run_study_one(dict(config), self.results_dir, self.setting)
             return _ex.run_one(dict(config), self.results_dir, callback=self.callback)
         except KeyboardInterrupt:
             if warned["usr2"] and callable(submitit_handler):
@@ -287,7 +304,46 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"SweepJob(results_dir={self.results_dir!r})"
+        extra = f", setting={self.setting!r}" if self.setting is not None else ""
+        return f"SweepJob(results_dir={self.results_dir!r}{extra})"
+
+
+def store_dir(results_dir: str | Path, setting: str | None = None) -> Path:
+    """Where the run folders live: ``results_dir`` itself, or for an experiment setting the
+    chapters' store ``flatbook.analysis.store_for(results_dir, setting)``."""
+    if setting is None:
+        return Path(results_dir)
+    from flatbook import analysis
+
+    return Path(analysis.store_for(results_dir, analysis.get_setting(setting)))
+
+
+def run_study_one(config: Mapping[str, Any], results_dir: str | Path, setting: str) -> dict:
+    """Job entry point for an experiment chapter's run: ``flatbook.analysis.obtain`` for one
+    config (load it if its stored results are current — same config, flatbook version and
+    numeric code — else compute it with the chapters' measurement function, overwriting stale
+    results). Never raises for a failed run; returns the same summary dict as
+    :func:`flatbook.experiment.run_one`."""
+    from flatbook import analysis
+
+    s = analysis.get_setting(setting)
+    cfg = _ex.RunConfig.from_dict(config)
+    store = store_dir(results_dir, setting)
+    rd = _ex.run_dir_for(cfg, store)
+    try:
+        (res,) = analysis.obtain([cfg], s, results_dir, compute_missing=True)
+        return {"run_id": cfg.run_id, "status": res.status, "skipped": False, "error": None,
+                "final": res.final}  # fmt: skip
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in results.json
+        error = f"{type(e).__name__}: {e}"
+        if not (rd / "results.json").is_file():  # failed before training (e.g. data missing)
+            doc = _ex._base_doc(cfg, None, None)
+            doc.update(status="failed", error=error)
+            write_json(rd / "results.json", doc)
+        return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
+                "final": {}}  # fmt: skip
 
 
 def _warning_signal() -> signal.Signals | None:
@@ -346,15 +402,20 @@ def _slurm_active_ids() -> set[str] | None:
 
 
 def in_flight(
-    run_ids: Iterable[str], folder: str | Path, kind: str
+    run_ids: Iterable[str], folder: str | Path, kind: str, store: str | Path | None = None
 ) -> tuple[dict[str, str], str | None]:
-    """Runs among ``run_ids`` whose job from an earlier submission is still queued or running.
+    """Runs among ``run_ids`` (of the run store ``store``, if given) whose job from an earlier
+    submission is still queued or running.
 
     Returns ``({run_id: job_id}, warning_or_None)``; the warning says when the queue could not
     be read (then nothing counts as in flight)."""
     folder = Path(folder)
     ledger = _read_ledger(folder)
-    mine = {r: ledger[r] for r in run_ids if r in ledger and ledger[r].get("executor") == kind}
+    mine = {
+        r: ledger[r] for r in run_ids
+        if r in ledger and ledger[r].get("executor") == kind
+        and (store is None or ledger[r].get("store") == str(store))
+    }  # fmt: skip
     if not mine:
         return {}, None
     if kind == "local":
@@ -378,9 +439,12 @@ def in_flight(
 # ------------------------------------------------------------------------------ submission
 
 
-def _finished_summary(cfg: _ex.RunConfig, results_dir: str | Path) -> dict | None:
-    """The run_one-style summary of a finished run in the store, or None."""
-    p = _ex.run_dir_for(cfg, results_dir) / "results.json"
+def _finished_summary(cfg: _ex.RunConfig, store: str | Path, current: bool = False) -> dict | None:
+    """The run_one-style summary of a finished run in the store, or None. ``current``: also
+    require the flatbook version and numeric code that the chapters require
+    (``load_results(check="code")``); otherwise, like :func:`flatbook.experiment.run`, any
+    finished result of this config counts."""
+    p = _ex.run_dir_for(cfg, store) / "results.json"
     if not p.is_file():
         return None
     try:
@@ -389,6 +453,11 @@ def _finished_summary(cfg: _ex.RunConfig, results_dir: str | Path) -> dict | Non
         return None
     if doc.get("status") not in _ex.FINISHED or doc.get("config_hash") != cfg.config_hash:
         return None
+    if current:
+        try:
+            _ex.load_results(store, cfg, check="code")
+        except (ValueError, OSError):  # StaleResultsError is a ValueError
+            return None
     return {"run_id": cfg.run_id, "status": doc["status"], "skipped": True, "error": None,
             "final": dict(doc.get("final") or {})}  # fmt: skip
 
@@ -429,13 +498,23 @@ class Submission:
     results_dir: Path
     folder: Path
     options: ExecutorOptions
+    setting: str | None = None
     skipped: list[str] = field(default_factory=list)
     in_flight: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, Any] = field(default_factory=dict)
     pending: list[_ex.RunConfig] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     callback: _train.Callback | None = None
+    ran_inline: dict[str, str | None] = field(default_factory=dict)
     _executor: Any = None
+
+    @property
+    def store(self) -> Path:
+        """Where the run folders are (``results_dir``, or a setting's chapter store)."""
+        return store_dir(self.results_dir, self.setting)
+
+    def _job(self) -> SweepJob:
+        return SweepJob(self.results_dir, self.callback, self.setting)
 
     @property
     def parallelism(self) -> int:
@@ -451,9 +530,9 @@ class Submission:
         started: dict[str, Any] = {}
         while self.pending and sum(not _ended(j) for j in self.jobs.values()) < self.parallelism:
             cfg = self.pending.pop(0)
-            job = self._executor.submit(SweepJob(self.results_dir, self.callback), _job_dict(cfg))
+            job = self._executor.submit(self._job(), _job_dict(cfg))
             self.jobs[cfg.run_id] = job
-            started[cfg.run_id] = _ledger_entry(job, "local")
+            started[cfg.run_id] = _ledger_entry(job, "local", self.store)
         if started:
             _write_ledger(self.folder, started)
 
@@ -498,22 +577,26 @@ class Submission:
                                      "still queued or running", "final": {}})  # fmt: skip
                 continue
             if rid in self.skipped:
-                out.append(_finished_summary(cfg, self.results_dir)
-                           or _store_summary(cfg, self.results_dir, None))  # fmt: skip
+                out.append(_finished_summary(cfg, self.store)
+                           or _store_summary(cfg, self.store, None))  # fmt: skip
+                continue
+            if rid in self.ran_inline:
+                out.append(_store_summary(cfg, self.store, self.ran_inline[rid]))
                 continue
             job = self.jobs.get(rid)
             if job is None or not _ended(job):
                 out.append({"run_id": rid, "status": "in_flight", "skipped": False,
                             "error": None, "final": {}})  # fmt: skip
                 continue
-            out.append(_store_summary(cfg, self.results_dir, _job_error(job)))
+            out.append(_store_summary(cfg, self.store, _job_error(job)))
         return out
 
     def describe(self) -> str:
         """One line: how many jobs were submitted, skipped, in flight; where the logs are."""
         ids = sorted({str(j.job_id).split("_")[0] for j in self.jobs.values()})
         return (
-            f"{self.options.kind} executor: {self.n_submitted} job(s) submitted"
+            f"{self.options.kind} executor: {self.n_submitted + len(self.ran_inline)} "
+            "job(s) submitted"
             + (f" (job id {', '.join(ids)})" if ids and self.options.kind == "slurm" else "")
             + f", {len(self.skipped)} finished run(s) skipped"
             + (f", {len(self.in_flight)} still in flight" if self.in_flight else "")
@@ -552,8 +635,8 @@ def _job_dict(cfg: _ex.RunConfig) -> dict[str, Any]:
     return cfg.replace(progress=False).to_dict()
 
 
-def _ledger_entry(job: Any, kind: str) -> dict[str, Any]:
-    return {"job_id": str(job.job_id), "executor": kind,
+def _ledger_entry(job: Any, kind: str, store: Path) -> dict[str, Any]:
+    return {"job_id": str(job.job_id), "executor": kind, "store": str(store),
             "submitted": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
 
 
@@ -564,13 +647,18 @@ def submit(
     *,
     callback: _train.Callback | None = None,
     force: bool = False,
+    setting: str | None = None,
 ) -> Submission:
     """Submit one job per unfinished config; finished runs and runs whose earlier job is still
     queued or running are not submitted (``force=True`` resubmits the latter).
 
     Slurm: all jobs go in one array (``--array=0-{n-1}%parallelism``), submitted now. Local:
     the first ``parallelism`` jobs start now, the others in :meth:`Submission.wait` as slots
-    free up.
+    free up. Inline: every job runs now, here, one after the other.
+
+    ``setting``: the configs are an experiment chapter's runs (``flatbook.analysis``); they are
+    run with the chapters' measurements into the chapters' store, and a stored result counts
+    as finished only if the chapters would accept it (same flatbook version and numeric code).
 
     Returns a :class:`Submission` (call ``.wait()`` for the summaries).
     """
@@ -584,17 +672,26 @@ def submit(
         distinct.setdefault(c.run_id, c)
     results_dir = Path(results_dir)
     folder = options.resolved_folder(results_dir)
-    sub = Submission(list(distinct.values()), results_dir, folder, options, callback=callback)
+    sub = Submission(list(distinct.values()), results_dir, folder, options, setting=setting,
+                     callback=callback)  # fmt: skip
+    sub._job()  # validates setting / callback
+    store = sub.store
     todo = []
     for cfg in sub.configs:
-        if _finished_summary(cfg, results_dir) is not None:
+        if _finished_summary(cfg, store, current=setting is not None) is not None:
             sub.skipped.append(cfg.run_id)
         else:
             todo.append(cfg)
     if not todo:
         return sub
+    if options.kind == "inline":
+        job = sub._job()
+        for cfg in todo:
+            out = job(_job_dict(cfg))
+            sub.ran_inline[cfg.run_id] = out.get("error")
+        return sub
     if not force:
-        flying, warning = in_flight([c.run_id for c in todo], folder, options.kind)
+        flying, warning = in_flight([c.run_id for c in todo], folder, options.kind, store)
         if warning:
             sub.warnings.append(warning)
         sub.in_flight = flying
@@ -606,11 +703,11 @@ def submit(
         sub.pending = todo
         sub._start_local()  # the first ``parallelism`` jobs now, the rest in ``wait()``
         return sub
-    job_fn = SweepJob(results_dir, callback)
+    job_fn = sub._job()
     with sub._executor.batch():
         delayed = [sub._executor.submit(job_fn, _job_dict(c)) for c in todo]
     sub.jobs = {c.run_id: j for c, j in zip(todo, delayed, strict=True)}
-    _write_ledger(folder, {rid: _ledger_entry(j, "slurm") for rid, j in sub.jobs.items()})
+    _write_ledger(folder, {rid: _ledger_entry(j, "slurm", store) for rid, j in sub.jobs.items()})
     return sub
 
 
@@ -622,6 +719,7 @@ def sweep(
     wait: bool = True,
     callback: _train.Callback | None = None,
     force: bool = False,
+    setting: str | None = None,
     progress: bool = False,
     poll_s: float | None = None,
 ) -> Submission:
@@ -632,7 +730,7 @@ def sweep(
     if not wait and options.kind == "local":
         raise ValueError("wait=False needs executor='slurm' (local jobs are started by the "
                          "waiting process)")  # fmt: skip
-    sub = submit(configs, results_dir, options, callback=callback, force=force)
+    sub = submit(configs, results_dir, options, callback=callback, force=force, setting=setting)
     if wait:
         sub.wait(poll_s=poll_s, progress=progress)
     return sub
@@ -663,6 +761,13 @@ def add_arguments(parser: Any) -> None:
         default="inline",
         help="inline: one run after the other in this process (default); local: one process "
         "per config on this machine; slurm: one array task per config",
+    )
+    g.add_argument(
+        "--setting",
+        default=None,
+        help="run the sweep of an experiment chapter's setting (flatbook.analysis.SETTINGS, e.g. "
+        "fashion-mlp) with the chapters' measurements into their store under RESULTS_DIR; "
+        "--lr/--batch-size/--seed and other options override the setting's",
     )
     g.add_argument(
         "--executor-folder",
@@ -736,6 +841,27 @@ def add_arguments(parser: Any) -> None:
     )
 
 
+def study_configs(
+    setting: str, fields: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]
+) -> list[_ex.RunConfig]:
+    """The configs of ``sweep --setting NAME``: the setting's grid
+    (``flatbook.analysis.study_configs``) with ``--lr``/``--batch-size``/``--seed`` replacing
+    its axes and every other given option (``fields``) overriding its base config."""
+    from flatbook import analysis
+
+    axes = dict(axes)
+    over = dict(fields)
+    lrs, bss, seeds = axes.pop("lr", None), axes.pop("batch_size", None), axes.pop("seed", None)
+    for k, v in axes.items():  # other grid axes: one value each
+        if len(v) != 1:
+            raise ValueError(
+                f"--{k.replace('_', '-')} takes one value with --setting (the setting's sweep "
+                f"axes are --lr, --batch-size, --seed); got {list(v)}"
+            )
+        over[k] = v[0]
+    return analysis.study_configs(setting, lrs=lrs, batch_sizes=bss, seeds=seeds, **over)
+
+
 def options_from_args(ns: Any) -> ExecutorOptions:
     """:class:`ExecutorOptions` from the parsed ``sweep`` arguments."""
     return ExecutorOptions(
@@ -755,10 +881,10 @@ def run_from_args(
     """The ``sweep --executor local|slurm`` command: submit, report, wait (unless
     ``--no-wait``). Returns the summaries, or None when not waiting."""
     options = options or options_from_args(ns)
-    if not ns.wait and options.kind == "local":
+    if not ns.wait and options.kind != "slurm":
         raise ValueError("--no-wait needs --executor slurm (local jobs are started by this "
                          "process)")  # fmt: skip
-    sub = submit(configs, ns.results_dir, options, force=ns.force)
+    sub = submit(configs, ns.results_dir, options, force=ns.force, setting=ns.setting)
     for w in sub.warnings:
         out(f"warning: {w}")
     out(sub.describe())

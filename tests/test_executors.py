@@ -77,7 +77,8 @@ def _records(results_dir: Path, cfg: ex.RunConfig) -> list[dict]:
 
 
 def _same_numbers(a: list[dict], b: list[dict]) -> None:
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 10, 20]
+    assert [r["step"] for r in a] == [r["step"] for r in b] and a[0]["step"] == 0
+    assert a[-1]["step"] == 20
     for ra, rb in zip(a, b, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:  # resumption is bit-exact; same machine, same thread count
@@ -214,21 +215,25 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return bindir
 
 
-def _run_array_task_as_slurm(script: str, array_id: str, task: int,
-                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def _run_task_as_slurm(script: str, job_id: str, task: int | None,
+                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Execute ``python -m submitit.core._submit FOLDER`` of the sbatch script in-process with
-    the environment Slurm gives array task ``task``."""
+    the environment Slurm gives job ``job_id`` (array task ``task``, or a plain job if None)."""
     from submitit.core.submission import process_job
 
     cmd = shlex.split(script.strip().splitlines()[-1])
     folder = cmd[cmd.index("submitit.core._submit") + 1]
-    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(5000 + task),
-           "SLURM_ARRAY_JOB_ID": array_id, "SLURM_ARRAY_TASK_ID": str(task),
-           "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": job_id, "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
            "SLURM_JOB_NUM_NODES": "1"}  # fmt: skip
+    if task is not None:
+        env |= {"SLURM_JOB_ID": str(5000 + task), "SLURM_ARRAY_JOB_ID": job_id,
+                "SLURM_ARRAY_TASK_ID": str(task)}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.delenv("SUBMITIT_FOLDER", raising=False)
+    for k in ("SUBMITIT_FOLDER", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        if k not in env:
+            monkeypatch.delenv(k, raising=False)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2)}
     try:
         process_job(folder)
@@ -283,7 +288,7 @@ def test_slurm_array_script_and_jobs_without_a_cluster(
     assert again.n_submitted == 0 and set(again.in_flight) == {c.run_id for c in cfgs}
 
     for task in (0, 1):  # what each array task runs on a compute node
-        _run_array_task_as_slurm(script, "4242", task, monkeypatch)
+        _run_task_as_slurm(script, "4242", task, monkeypatch)
     (fake_slurm / "queue").write_text("")
     summaries = sub.wait(poll_s=0.01)
     assert [s["status"] for s in summaries] == ["completed", "completed"]
@@ -339,3 +344,37 @@ def test_options_validation() -> None:
         exe.sweep(CONFIGS, "unused", exe.ExecutorOptions("local"), wait=False)
     assert exe.ExecutorOptions("slurm").resolved_time_min == exe.DEFAULT_SLURM_TIME_MIN
     assert exe.ExecutorOptions("local").resolved_folder("r") == Path("r") / ".submitit"
+
+
+STUDY_ARGS = (
+    "--setting digits-mlp --lr 0.2 --batch-size 16 --seed 0 --steps 20 --measure-every 10 "
+    "--n-train 64 --n-test 16 --eval-size 16"
+).split()
+
+
+def test_setting_runs_land_where_the_chapters_read_them(
+    tmp_path: Path, fake_slurm: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``sweep --setting NAME``: an experiment chapter's runs, with the chapters' measurements,
+    in the store the chapters read (``flatbook.analysis.obtain(..., compute_missing=False)``
+    accepts them); a Slurm array task (run in-process) and the inline executor agree."""
+    from flatbook import analysis
+
+    setting = analysis.get_setting("digits-mlp")
+    a, b = tmp_path / "slurm", tmp_path / "inline"
+    assert main(["sweep", *STUDY_ARGS, "--results-dir", str(a), "--executor", "slurm",
+                 "--no-wait"]) == 0  # fmt: skip
+    script = (fake_slurm / "sbatch_script.sh").read_text()
+    _run_task_as_slurm(script, "4242", None, monkeypatch)  # a single job: not an array
+    assert main(["sweep", *STUDY_ARGS, "--results-dir", str(b), "--executor", "inline"]) == 0
+    assert "inline executor: 1 job(s) submitted" in capsys.readouterr().out
+    (cfg,) = analysis.study_configs("digits-mlp", lrs=[0.2], batch_sizes=[16], seeds=[0],
+                                    steps=20, measure_every=10, n_train=64, n_test=16,
+                                    eval_size=16)  # fmt: skip
+    (ra,) = analysis.obtain([cfg], setting, a, compute_missing=False)
+    (rb,) = analysis.obtain([cfg], setting, b, compute_missing=False)
+    assert "test_trace_hessian" in ra.records[-1] and "l1_kappa" in ra.records[-1]
+    _same_numbers(ra.records, rb.records)
+    assert main(["sweep", *STUDY_ARGS, "--results-dir", str(b), "--executor", "inline"]) == 0
+    assert "0 job(s) submitted, 1 finished run(s) skipped" in capsys.readouterr().out
