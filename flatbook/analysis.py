@@ -741,7 +741,7 @@ the network-wide NMLS, NVR) and the generalization gap (test loss − train loss
 
 LABELS: dict[str, str] = {
     "lambda_max": r"$\lambda_{\max}$", "trace_gn": r"$\mathrm{tr}\,H$",
-    "kappa_sum": r"$\sum_l\kappa_l$", "log_lvr_median": r"$\log\mathrm{LVR}$",
+    "kappa_sum": r"$\Sigma_l\,\kappa_l$", "log_lvr_median": r"$\log\mathrm{LVR}$",
     "mls_median": "MLS", "nmls": "NMLS", "nvr": "NVR", "ld_median": "LD",
     "gap_loss": "gen. gap", "pr_output": "PR (output)", "train_loss": "train loss",
     "test_acc": "test accuracy", "test_trace_hessian": r"test $\mathrm{tr}\,H$ (Hutch++)",

@@ -318,8 +318,7 @@ def sweep_figure(
         if ceilings and k in ceilings:
             ck, clab = ceilings[k]
             cs = np.array([float(s[ck]) for s in summaries])
-            same = all(np.allclose(cs[(gs == g) & (xs == v)], cs[xs == v])
-                       for g in groups for v in np.unique(xs))
+            same = all(np.allclose(cs[xs == v], cs[xs == v][0]) for v in np.unique(xs))
             for j, (g, c) in enumerate(zip(groups, colors, strict=True)):
                 m = (gs == g) & np.isfinite(cs)
                 if m.any():
