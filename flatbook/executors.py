@@ -12,7 +12,11 @@ same files::
 
 What a job does: ``SweepJob(results_dir)(config_dict)`` calls
 :func:`flatbook.experiment.run_one` — it trains (or resumes from ``checkpoint.pt``) and writes
-``results.json`` atomically; a failed run is recorded as ``status="failed"``.
+``results.json`` atomically; a failed run is recorded as ``status="failed"``. With
+``setting=NAME`` (CLI ``--setting``) the configs are an experiment chapter's sweep
+(``flatbook.analysis.study_configs``) and each job runs :func:`run_study_one` — the chapters'
+measurement function, into the chapters' store ``flatbook.analysis.store_for(results_dir,
+NAME)`` — so that the chapters read the cluster's runs with ``compute_missing=False``.
 
 Guarantees (tested with the local executor in ``tests/test_executors.py``):
 
