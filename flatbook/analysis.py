@@ -505,32 +505,32 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting(
             "digits-mlp", "ours (CPU scale)",
-            "MLP 64-64-64-10 (ReLU) on 600 scikit-learn digits, squared loss, plain SGD",
+            "an MLP with ReLU on scikit-learn digits, squared loss, plain SGD",
             {"model": "mlp", "model_kw": {"hidden": [64, 64]}, "dataset": "digits",
              "n_train": 600, "loss": "squared", "steps": 3000, "measure_every": 1000,
              "schedule": "late", "eval_size": 128, "checkpoint_every": None,
              "progress": False},
             (0.1, 0.2, 0.4, 0.6), (8, 32, 128), (0, 1), 1e-2, 128, "hidden",
             "every choice is ours: the paper has no digits experiment"),
-        _full("fashion-mlp", "v3 §5", "MLP 784-512-512-10 on Fashion-MNIST (60 000 images)",
+        _full("fashion-mlp", "v3 §5", "an MLP on Fashion-MNIST",
               {"model": "mlp", "model_kw": {"hidden": [512, 512]}, "dataset": "fashion_mnist",
                "steps": 30000, "measure_every": 1000},
               (0.01, 0.02, 0.05, 0.1), (32, 128, 512),
               "widths, steps, η and B grids are ours (not stated in the paper)", "hidden"),
-        _full("cifar2-vgg11", "v3 §5", "VGG-11 on two CIFAR-10 classes (cat, dog: 10 000 images)",
+        _full("cifar2-vgg11", "v3 §5", "VGG-11 on two CIFAR-10 classes (cat, dog)",
               {"model": "vgg11", "dataset": "cifar10", "classes": [3, 5], "steps": 30000,
                "measure_every": 1000},
               (0.005, 0.01, 0.02, 0.05), (32, 128, 512),
               "which two classes, steps, η and B grids are ours"),
-        _full("mnist-lenet", "v3 §5", "LeNet-5 on MNIST (60 000 images)",
+        _full("mnist-lenet", "v3 §5", "LeNet-5 on MNIST",
               {"model": "lenet5", "dataset": "mnist", "steps": 30000, "measure_every": 1000},
               (0.01, 0.02, 0.05, 0.1), (32, 128, 512),
               "the data set (MNIST), steps, η and B grids are ours"),
-        _full("cifar10-vit", "v3 §5", "small ViT (patch 4, width 64, depth 4) on CIFAR-10",
+        _full("cifar10-vit", "v3 §5", "a small ViT on CIFAR-10",
               {"model": "vit", "dataset": "cifar10", "steps": 50000, "measure_every": 2000},
               (0.005, 0.01, 0.02, 0.05), (32, 128, 512),
               "the ViT size, the data set, steps, η and B grids are ours"),
-        _full("cifar10-vgg10", "v1 §4", "VGG10 (8 conv + 2 dense) on CIFAR-10 (50 000 images)",
+        _full("cifar10-vgg10", "v1 §4", "VGG10 on CIFAR-10",
               {"model": "vgg10", "dataset": "cifar10", "steps": 50000, "measure_every": 2000},
               (0.005, 0.01, 0.02, 0.05), (32, 128, 512),
               "our reading of 'VGG10'; steps, η and B grids are ours"),
@@ -614,6 +614,8 @@ def default_results_dir() -> Path:
 
 
 MEASURE_VERSION = 1
+TEST_TRACE_HVPS = 30
+"""Hessian-vector products of the Hutch++ estimate of the test-loss Hessian trace."""
 """Bump when :func:`make_measure` changes what it records (a new store folder is used)."""
 
 
@@ -659,7 +661,7 @@ def make_measure(config: object, X_test: object, Y_test: object, test_size: int,
             if Xt is not None:
                 dev = next(model.parameters()).device
                 te = report(model, Xt.to(dev), Yt.to(dev), loss=loss, seed=seed,
-                            hessian_trace=True, n_hvp=30, **opts).as_dict()
+                            hessian_trace=True, n_hvp=TEST_TRACE_HVPS, **opts).as_dict()
                 out |= {f"test_{k}": v for k, v in te.items()}
         return {k: float(v) for k, v in out.items()}
 
@@ -922,6 +924,31 @@ class Study:
                          "frac_falling": float(np.mean(fin < 0)) if fin.size else math.nan})
         return rows
 
+
+    def describe(self) -> dict[str, str]:
+        """The sweep in words, for glued prose: ``lrs``, ``batch_sizes``, ``seeds`` (sets),
+        ``steps``, ``n_train``, ``eval_size``, ``test_size``, ``n_measure`` (measurements per
+        run), ``model`` and ``dataset``."""
+        def fmt(vals: Iterable[object]) -> str:
+            return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                                   for v in sorted(set(vals), key=_b)) + "}"
+
+        r0 = self.results[0]
+        c0 = r0.config
+        return {
+            "lrs": fmt(float(s["lr"]) for s in self.summaries),
+            "batch_sizes": fmt(s["batch_size"] for s in self.summaries),
+            "seeds": fmt(s["seed"] for s in self.summaries),
+            "steps": f"{int(max(s['final_step'] for s in self.summaries)):,}".replace(",", " "),
+            "n_train": f"{int(r0.data['n_train']):,}".replace(",", " "),
+            "eval_size": str(int(self.trajectories[0].get("n", [c0.eval_size])[0])),
+            "test_size": str(int(self.trajectories[0]["test_n"][0]))
+            if "test_n" in self.trajectories[0] else "0",
+            "n_measure": str(len(self.trajectories[0]["step"])),
+            "model": str(c0.model), "dataset": str(c0.dataset),
+            "arch": str(c0.model) + "".join(f", {k} = {v}" for k, v in c0.model_kw.items()),
+            "test_hvps": str(TEST_TRACE_HVPS),
+        }
 
     def late_trajectories(self) -> list[dict[str, np.ndarray]]:
         """The interpolation-phase part of each interpolating run's trajectory."""
