@@ -279,7 +279,7 @@ def download_file(
 def _bar(total: int | None, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: tqdm.auto warns (IProgress) in kernels without ipywidgets
 
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 

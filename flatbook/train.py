@@ -723,7 +723,7 @@ def train(
 
 
 def _progress(total: int, initial: int, desc: str | None, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: tqdm.auto warns (IProgress) in kernels without ipywidgets
 
     return tqdm(
         total=total, initial=initial, desc=desc or "train", disable=not enabled,
