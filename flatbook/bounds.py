@@ -986,6 +986,7 @@ def all_bounds(
     lambda_max: Number | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
+    n_train: int | None = None,
 ) -> dict[str, Bound]:
     """Every bound computable from ``q``, keyed by name.
 
@@ -993,7 +994,8 @@ def all_bounds(
     ``t5_lvr_{l}``. If the first layer is dense on the input: ``t1_per_sample``,
     ``t1_weighted``, ``t1_min``, ``t2_per_sample``, ``t2_min``, ``t2_gm``, ``t3_weighted``,
     ``t3_min``, ``t3_gm``. With ``lambda_max`` and ``lr``: ``t7_gd``; with ``lr`` and
-    ``batch_size``: ``t7_sgd``.
+    ``batch_size``: ``t7_sgd`` (with n = ``n_train``, the training-set size, when given;
+    else the rows of X).
     """
     out: dict[str, Bound] = {}
     if q.first is not None:
@@ -1019,5 +1021,6 @@ def all_bounds(
     if lr is not None and lambda_max is not None:
         out["t7_gd"] = t7_gd(lambda_max, lr)
     if lr is not None and batch_size is not None:
-        out["t7_sgd"] = t7_sgd(q.trace, lr, batch_size, q.n, q.k)
+        n_sgd = q.n if n_train is None else int(n_train)  # p depends on the training-set size
+        out["t7_sgd"] = t7_sgd(q.trace, lr, batch_size, n_sgd, q.k)
     return out

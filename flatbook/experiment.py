@@ -567,7 +567,7 @@ def run(
             B = _train.resolve_batch_size(config.batch_size, ds.n_train)
             measure = _train.make_measure(
                 config.measures, tol=config.sharpness_tol, lr=config.lr,
-                batch_size=None if config.batch_size == "full" else B,
+                batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
             )  # fmt: skip
         result = _train.train(
             net,

@@ -213,6 +213,7 @@ def report(
     *,
     lr: float | None = None,
     batch_size: int | None = None,
+    n_train: int | None = None,
     sharpness: bool = True,
     k: int = 1,
     tol: float = 1e-6,
@@ -236,6 +237,9 @@ def report(
             for the loss value and λ_max. The bounds always use the Gauss–Newton trace
             (1/n) Σ‖J_i‖_F² (see :mod:`flatbook.bounds`).
         lr, batch_size: step size η and batch B of the run, for the T7 bounds.
+        n_train: size n of the training set that SGD samples from, for p = (n−B)/(B(n−1)) of
+            the SGD bound ``t7_sgd`` (default: the rows of X — wrong when X is an evaluation
+            subset, so the training engine passes it).
         sharpness: compute λ_max (Lanczos: ``k``, ``tol``, ``seed``).
         hessian_trace: also estimate tr H itself by Hutch++ with ``n_hvp`` products.
         adaptive: also compute the elementwise adaptive sharpness Σ_j θ_j² H_jj (GN diagonal).
@@ -351,7 +355,8 @@ def report(
             }
 
         bl = _bounds.all_bounds(
-            q, lambda_max=None if math.isnan(lam) else lam, lr=lr, batch_size=batch_size
+            q, lambda_max=None if math.isnan(lam) else lam, lr=lr, batch_size=batch_size,
+            n_train=n_train,
         )
         if "t4_nmls" in bl:
             scalars["nmls"] = float(bl["t4_nmls"].lhs)  # type: ignore[arg-type]

@@ -208,13 +208,15 @@ def make_measure(
     max_hvp: int = 500,
     lr: float | None = None,
     batch_size: int | None = None,
+    n_train: int | None = None,
 ) -> MeasureFn:
     """Build a measurement function from names in ``MEASURES``.
 
     With ``"report"`` (and ``flatbook.report`` installed, see :func:`report_available`) one
     call of :func:`report_measure` gives λ_max (if ``"sharpness"`` is asked for; Lanczos with
     relative tolerance ``tol``), the Gauss–Newton trace and every geometry measure and bound;
-    ``lr`` and ``batch_size`` feed its linear-stability bounds (T7). Without the report,
+    ``lr``, ``batch_size`` and ``n_train`` (training-set size) feed its linear-stability
+    bounds (T7). Without the report,
     ``"sharpness"`` / ``"trace"`` use :func:`curvature_measure` (same keys: ``lambda_max``,
     ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged``, ``trace_gn``).
     """
@@ -234,7 +236,7 @@ def make_measure(
                 warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is recorded
                 return report_measure(
                     model, X, Y, loss, seed, sharpness=want_s, tol=tol, lr=lr,
-                    batch_size=batch_size,
+                    batch_size=batch_size, n_train=n_train,
                 )  # fmt: skip
         if want_s or want_t:
             return curvature_measure(

@@ -149,3 +149,18 @@ def test_rank_deficient_network_reports_minus_inf_without_crashing() -> None:
     assert d["trace_gn"] > 0  # the output bias still moves f
     assert all(v == 1.0 for k, v in d.items() if k.endswith("_holds"))
     assert "-inf" in str(rep)
+
+
+def test_t7_sgd_uses_the_training_set_size_not_the_evaluation_subset() -> None:
+    """p = (n − B)/(B(n − 1)) is a property of the sampling: n is the training-set size."""
+    net = models.mlp([4, 8, 3], seed=1, dtype=torch.float64)
+    X = torch.randn(16, 4, dtype=torch.float64)  # an evaluation subset of a larger set
+    lr, batch, n_train = 0.1, 8, 1000
+    d = flatbook.report(net, X, lr=lr, batch_size=batch, n_train=n_train, sharpness=False)
+    d = d.as_dict()
+    p = (n_train - batch) / (batch * (n_train - 1))
+    assert d["t7_sgd_rhs"] == pytest.approx(2 * 3 / (p * lr), rel=1e-12)
+    d16 = flatbook.report(net, X, lr=lr, batch_size=batch, sharpness=False).as_dict()
+    p16 = (16 - batch) / (batch * 15)
+    assert d16["t7_sgd_rhs"] == pytest.approx(2 * 3 / (p16 * lr), rel=1e-12)
+    assert d16["t7_sgd_rhs"] != pytest.approx(d["t7_sgd_rhs"])
