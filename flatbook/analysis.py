@@ -633,7 +633,7 @@ def hidden_representations(model: object) -> list[str]:
 
 
 def make_measure(config: object, X_test: object, Y_test: object, test_size: int,
-                 representations: str) -> Callable:
+                 representations: str, n_train: int | None = None) -> Callable:
     """Measurement function for :func:`flatbook.experiment.run`: one
     ``flatbook.report(...).as_dict()`` on the evaluation subset of the training set (λ_max,
     tr H, every measure and bound, with η and B for T7; hidden representations if asked)
@@ -648,7 +648,8 @@ def make_measure(config: object, X_test: object, Y_test: object, test_size: int,
         raise ValueError(f"representations must be 'hidden' or 'none'; got {representations!r}")
     cfg = config
     B = None if cfg.batch_size == "full" else int(cfg.batch_size)  # type: ignore[attr-defined]
-    opts = {"tol": cfg.sharpness_tol, "lr": cfg.lr, "batch_size": B}  # type: ignore[attr-defined]
+    opts = {"tol": cfg.sharpness_tol, "lr": cfg.lr, "batch_size": B,  # type: ignore[attr-defined]
+            "n_train": n_train}  # T7's p uses the training-set size, not the eval subset
     Xt = X_test[:test_size] if test_size else None  # type: ignore[index]
     Yt = Y_test[:test_size] if test_size else None  # type: ignore[index]
 
@@ -726,7 +727,7 @@ def obtain(
         for i, c, stale in todo:
             ds = E.prepare(c)[0]
             m = make_measure(c, ds.X_test, ds.Y_test, min(setting.test_size, ds.n_test),
-                             setting.representations)
+                             setting.representations, n_train=ds.n_train)
             out[i] = E.run(c, store, overwrite=stale, measure=m)
     return out
 
