@@ -341,13 +341,7 @@ def run_study_one(config: Mapping[str, Any], results_dir: str | Path, setting: s
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - recorded in results.json
-        error = f"{type(e).__name__}: {e}"
-        if not (rd / "results.json").is_file():  # failed before training (e.g. data missing)
-            doc = _ex._base_doc(cfg, None, None)
-            doc.update(status="failed", error=error)
-            write_json(rd / "results.json", doc)
-        return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
-                "final": {}}  # fmt: skip
+        return _ex.failure_outcome(cfg, rd, e)
 
 
 def _warning_signal() -> signal.Signals | None:

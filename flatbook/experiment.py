@@ -669,14 +669,24 @@ def run_one(
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - recorded in results.json
-        error = f"{type(e).__name__}: {e}"
-        if not (rd / "results.json").is_file():  # failed before training (e.g. data missing)
-            doc = _base_doc(cfg, None, None)
-            doc.update(status="failed", error=error, traceback=traceback.format_exc(limit=20))
-            doc["provenance"] = provenance()
-            write_json(rd / "results.json", doc)
-        return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
-                "final": {}}  # fmt: skip
+        return failure_outcome(cfg, rd, e)
+
+
+def failure_outcome(cfg: RunConfig, rd: Path, e: BaseException) -> dict[str, Any]:
+    """Record a run that raised (call inside the ``except`` block) and return its outcome.
+
+    A run that failed before training (e.g. data missing) has no ``results.json`` yet: one is
+    written atomically with ``status="failed"``, the error and its traceback, so a sweep can go
+    on and the failure is not lost. Returns the ``run_one`` outcome dict.
+    """
+    error = f"{type(e).__name__}: {e}"
+    if not (rd / "results.json").is_file():
+        doc = _base_doc(cfg, None, None)
+        doc.update(status="failed", error=error, traceback=traceback.format_exc(limit=20))
+        doc["provenance"] = provenance()
+        write_json(rd / "results.json", doc)
+    return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
+            "final": {}}  # fmt: skip
 
 
 def grid(base: RunConfig | None = None, **axes: Sequence[Any]) -> list[RunConfig]:
