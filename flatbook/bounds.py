@@ -21,8 +21,9 @@ Which statement is whose
   T7 (Ma & Ying 2021; Wu, Ma & E 2018) are the paper's (in our notation; its printed constants
   are not available to us, see paper.md).
 - The T1 weighted form, the per-sample forms, the T5 identity κ_l = (1/n) Σ ‖h‖²‖∂f/∂h‖_F²,
-  and the T6 construction are ours. NMLS and NVR in T4 are defined as the left-hand sides
-  below: **the normalisation by ‖W_l‖₂² is ours**.
+  the T6 construction and the shared-weight terms (:func:`shared_weight_terms`: convolutions,
+  patch embeddings, token-wise linear maps) are ours. NMLS and NVR in T4 are defined as the
+  left-hand sides below: **the normalisation by ‖W_l‖₂² is ours**.
 
 All functions work in the dtype of the model: use float64 for checks at 1e-9.
 """
@@ -30,22 +31,25 @@ All functions work in the dtype of the model: use float64 for checks at 1e-9.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import hessian, jacrev, vmap
 
 from flatbook import curvature, losses
 from flatbook import geometry as _geometry
 from flatbook import layers as _layers
-from flatbook._functional import forward_fn, named_params
+from flatbook import models as _models
+from flatbook._functional import flatten, forward_fn, named_params, unflatten
 
 __all__ = [
     "Bound",
     "Identity",
     "Quantities",
+    "SharedWeightTerms",
     "T6Network",
     "adaptive_sharpness",
     "all_bounds",
@@ -58,6 +62,7 @@ __all__ = [
     "quantities",
     "relative_flatness",
     "sgd_p",
+    "shared_weight_terms",
     "t1_min",
     "t1_per_sample",
     "t1_weighted",
@@ -680,6 +685,22 @@ def t5_identity(
     )
 
 
+def _select_params(
+    params: Mapping[str, Tensor], names: str | Iterable[str] | None, argname: str = "params"
+) -> dict[str, Tensor]:
+    """The entries of ``params`` named in ``names`` (all of them for ``None``), in model order."""
+    if names is None:
+        return dict(params)
+    wanted = {names} if isinstance(names, str) else set(names)
+    unknown = sorted(w for w in wanted if w not in params)
+    if unknown or not wanted:
+        raise ValueError(
+            f"{argname} must name at least one trainable parameter; "
+            f"{'unknown ' + str(unknown) if unknown else 'got none'}; allowed: {list(params)}"
+        )
+    return {n: v for n, v in params.items() if n in wanted}
+
+
 def adaptive_sharpness(
     model: nn.Module,
     X: Tensor,
@@ -687,6 +708,7 @@ def adaptive_sharpness(
     loss: str | Callable[[Tensor, Tensor], Tensor] = "squared",
     method: str = "gn",
     chunk: int = 256,
+    params: str | Iterable[str] | None = None,
 ) -> Tensor:
     """Elementwise adaptive sharpness Σ_j θ_j² H_jj (Kwon et al. 2021; Andriushchenko et al.
     2023, the second-order term of elementwise-adaptive worst-case sharpness with |θ| scaling).
@@ -696,31 +718,50 @@ def adaptive_sharpness(
     ``"hessian"`` — the diagonal of the exact dense Hessian (small models; ``Y`` defaults to
     f(X)). Like κ_l it is unchanged by the ReLU rescaling W_l → aW_l, b_l → ab_l,
     W_{l+1} → W_{l+1}/a (each θ_j² H_jj is). No Hutchinson estimate is provided.
+
+    Args:
+        params: names (``named_parameters``) of the parameters j to sum over, e.g.
+            ``["2.weight"]`` for S_ad(W_l) of the layer at item 2 (book eq. ``eq-adaptive``); a
+            single name may be given as a string. ``None`` (default): every trainable
+            parameter. Since H_jj involves only θ_j, this equals the adaptive sharpness of the
+            network in which only these parameters are trainable (the others held fixed).
+
+    Returns a 0-d tensor in the model's dtype.
     """
     if method not in ("gn", "hessian"):
         raise ValueError(f"unknown method {method!r}; allowed: ['gn', 'hessian']")
-    params = named_params(model)
+    everything = named_params(model)
+    sel = _select_params(everything, params)
     with curvature.eval_mode(model):
         if method == "hessian":
             if Y is None:
                 with torch.no_grad():
                     Y = model(X)
-            Hd = torch.diagonal(curvature.dense_hessian(model, loss, X, Y))
-            theta = torch.cat([p.reshape(-1) for p in params.values()])
+            if params is None:
+                Hd = torch.diagonal(curvature.dense_hessian(model, loss, X, Y))
+            else:  # Hessian with respect to the selected parameters only
+                loss_fn, fh = losses.get(loss), forward_fn(model)
+
+                def L(theta: Tensor) -> Tensor:
+                    return loss_fn(fh({**everything, **unflatten(theta, sel)}, X), Y)
+
+                Hd = torch.diagonal(hessian(L)(flatten(sel)).detach())
+            theta = torch.cat([p.reshape(-1) for p in sel.values()])
             return (theta**2 * Hd).sum()
         f = forward_fn(model)
+        fixed = {n: v for n, v in everything.items() if n not in sel}
 
         def f1(p: Mapping[str, Tensor], x: Tensor) -> Tensor:
-            return f(p, x.unsqueeze(0)).squeeze(0)
+            return f({**fixed, **p} if fixed else p, x.unsqueeze(0)).squeeze(0)
 
         jac = vmap(jacrev(f1), in_dims=(None, 0))
-        total = torch.zeros((), dtype=next(iter(params.values())).dtype)
+        total = torch.zeros((), dtype=next(iter(sel.values())).dtype)
         with torch.no_grad():
             for s in range(0, X.shape[0], chunk):
-                J = jac(params, X[s : s + chunk])
+                J = jac(sel, X[s : s + chunk])
                 for name, Jn in J.items():
                     diag = Jn.pow(2).sum((0, 1))  # Σ_i Σ_c over the chunk, shape of θ_name
-                    total = total + (params[name] ** 2 * diag).sum()
+                    total = total + (sel[name] ** 2 * diag).sum()
         return total / X.shape[0]
 
 
@@ -769,6 +810,163 @@ def l2_identity(
                 "paper (Ma & Ying 2021)",
             )
     return out
+
+
+# ----------------------------------------------------------------------------- shared weights
+
+
+@dataclass(frozen=True)
+class SharedWeightTerms:
+    """The terms of a shared-weight layer z_t = W h_t + b, t = 1…T (book ``lem-shared``; ours,
+    not the paper's), per sample. Computed by :func:`shared_weight_terms`.
+
+    Attributes:
+        tied: [n] ‖∇_W f(x_i)‖_F² from the parameter Jacobian (the block of J_i that the
+            Hessian of the tied network sees).
+        from_terms: [n] the same from G_t and h_t: ‖Σ_t G_tᵀ h_tᵀ‖_F² =
+            Σ_{t,t'} ⟨G_t, G_{t'}⟩_F ⟨h_t, h_{t'}⟩ (eq. ``eq-shared-grad``; equals ``tied``).
+        untied: [n] U = Σ_t ‖G_t‖_F² ‖h_t‖² (the squared gradient norm of the *untied* network,
+            one copy W_t = W per position).
+        sensitivity: [n] Σ_t ‖h_t‖² ‖G_t W‖_F² (position-wise input sensitivity).
+        weight_sqnorm: 0-d ‖W‖₂² (W reshaped to [m, p]).
+        T: number of positions.
+        weight_name: the parameter name of W (``named_parameters``).
+        patches: [n, p, T] the patches h_t (columns), in the order of the layer's outputs.
+        G: [n, k, m, T] the sensitivities G_t = ∂f/∂z_t.
+    """
+
+    tied: Tensor
+    from_terms: Tensor
+    untied: Tensor
+    sensitivity: Tensor
+    weight_sqnorm: Tensor
+    T: int
+    weight_name: str
+    patches: Tensor = field(repr=False)
+    G: Tensor = field(repr=False)
+
+    def grad_identity(self) -> Identity:
+        """``eq-shared-grad``: ‖∇_W f‖_F² (parameter Jacobian) = Σ_{t,t'}⟨G_t,G_t'⟩⟨h_t,h_t'⟩."""
+        return Identity(
+            "shared_grad", self.tied, self.from_terms,
+            "‖∇_W f‖_F² = Σ_{t,t'} ⟨G_t, G_t'⟩_F ⟨h_t, h_t'⟩", "ours",
+        )
+
+    def position_wise(self) -> Bound:
+        """``eq-shared-untied``, left: Σ_t ‖h_t‖² ‖G_t W‖_F² ≤ ‖W‖₂² U, per sample."""
+        return Bound(
+            "shared_position_wise", self.sensitivity, self.weight_sqnorm * self.untied,
+            "Σ_t ‖h_t‖² ‖G_t W‖_F² ≤ ‖W‖₂² Σ_t ‖G_t‖_F² ‖h_t‖²", "ours",
+        )
+
+    def tied_le_untied(self) -> Bound:
+        """``eq-shared-untied``, right: ‖∇_W f‖_F² ≤ T U, per sample."""
+        return Bound(
+            "shared_tied", self.tied, self.T * self.untied,
+            "‖∇_W f‖_F² ≤ T Σ_t ‖G_t‖_F² ‖h_t‖²", "ours",
+        )
+
+
+_SHARED_KINDS = (
+    "nn.Conv1d, nn.Conv2d (groups=1, zero padding), flatbook.models.PatchEmbed, nn.Linear"
+)
+
+
+def _shared_layer(item: nn.Module) -> tuple[nn.Conv1d | nn.Conv2d | nn.Linear, bool]:
+    """(the module holding W, whether the item's output is tokens [n, T', m] ending in z_t)."""
+    if isinstance(item, _models.PatchEmbed):
+        return item.proj, True
+    if isinstance(item, (nn.Conv1d, nn.Conv2d)):
+        if item.groups != 1 or item.padding_mode != "zeros" or isinstance(item.padding, str):
+            raise ValueError(
+                f"shared_weight_terms supports convolutions with groups=1, "
+                f"padding_mode='zeros' and integer padding; got groups={item.groups}, "
+                f"padding_mode={item.padding_mode!r}, padding={item.padding!r}"
+            )
+        return item, False
+    if isinstance(item, nn.Linear):
+        return item, True
+    raise ValueError(f"item must be one of {_SHARED_KINDS}; got {type(item).__name__}")
+
+
+def shared_weight_terms(
+    model: nn.Sequential, X: Tensor, item: int = 0, chunk: int | None = 256
+) -> SharedWeightTerms:
+    """Tied and untied gradient terms of the shared-weight layer ``model[item]`` (ours).
+
+    A shared-weight layer computes z_t = W h_t + b at positions t = 1…T, where h_t = P_t h ∈ R^p
+    is a linear read-out of the item's input h = ``model[:item](x)`` (a patch of a convolution,
+    as ``F.unfold`` extracts it; a token of a token-wise ``nn.Linear``; a patch of a ViT patch
+    embedding), W ∈ R^{m×p} and G_t = ∂f/∂z_t ∈ R^{k×m}. Then (book ``lem-shared``)
+
+        ∇_W f_c = Σ_t (G_t)_{c,:}ᵀ h_tᵀ,     ‖∇_W f‖_F² = Σ_{t,t'} ⟨G_t, G_{t'}⟩_F ⟨h_t, h_{t'}⟩,
+        Σ_t ‖h_t‖² ‖G_t W‖_F² ≤ ‖W‖₂² U,     ‖∇_W f‖_F² ≤ T U,     U = Σ_t ‖G_t‖_F² ‖h_t‖².
+
+    For T = 1 (a dense layer, or a convolution whose kernel covers its whole input) U is the
+    tied norm and this is the multiplicative identity L2. **This analysis is ours, not the
+    paper's**: the paper proves its bounds for dense layers only (paper.md "Shared weights");
+    the cross terms can cancel, so the *tied* norm — what the Hessian sees — does not bound
+    sensitivity in general (book ``thm-shared-counterexample``).
+
+    Args:
+        model: an ``nn.Sequential`` with output [n, k]; the network must depend on the layer only
+            through its output (true for every flatbook model).
+        X: inputs [n, …].
+        item: index of the layer in ``model``: an ``nn.Conv1d``/``nn.Conv2d`` (groups = 1, zero
+            integer padding; any stride and dilation), a :class:`flatbook.models.PatchEmbed`
+            (its ``proj``; z_t are the last T tokens, a class token and the position embedding
+            are additive), or an ``nn.Linear`` (on [n, p]: T = 1; on [n, …, p]: one position per
+            token). Its weight must be trainable.
+        chunk: samples per vectorised call (``None``: automatic) of the input Jacobian G and the
+            parameter Jacobian (:func:`flatbook.geometry.input_jacobian`,
+            :func:`flatbook.curvature.jacobian_sqnorms`).
+
+    Returns:
+        :class:`SharedWeightTerms` (tensors [n]; ``.grad_identity()``, ``.position_wise()``,
+        ``.tied_le_untied()`` give both sides as :class:`Identity` / :class:`Bound`).
+    """
+    model = _layers.check_sequential(model)
+    if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < len(model):
+        raise ValueError(f"item must be an index 0 … {len(model) - 1} of model; got {item!r}")
+    layer, tokens = _shared_layer(model[item])
+    wname = next((k for k, v in model.named_parameters() if v is layer.weight), None)
+    if wname is None or not layer.weight.requires_grad:
+        raise ValueError(f"the weight of model[{item}] must be a trainable parameter")
+    n, m = X.shape[0], layer.weight.shape[0]
+    with curvature.eval_mode(model):
+        with torch.no_grad():
+            H = model[:item](X)
+            Z = model[item](H)  # conv: [n, m, *spatial]; tokens: [n, …, m]
+        if isinstance(layer, nn.Linear):
+            h = H.reshape(n, -1, H.shape[-1]).transpose(1, 2)  # [n, p, T]
+        elif isinstance(layer, nn.Conv1d):
+            h = F.unfold(H.unsqueeze(2), (1, *layer.kernel_size), dilation=(1, *layer.dilation),
+                         padding=(0, *layer.padding), stride=(1, *layer.stride))
+        else:
+            h = F.unfold(H, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                         stride=layer.stride)
+        T, Wm = h.shape[2], layer.weight.detach().reshape(m, -1)  # W: [m, p]
+        G = _geometry.input_jacobian(model[item + 1 :], Z, chunk=chunk)
+        G = G.reshape(n, -1, *Z.shape[1:])
+        if tokens:
+            G = G.reshape(n, G.shape[1], -1, m)[:, :, -T:].transpose(2, 3)  # [n, k, m, T]
+        else:
+            G = G.flatten(3)
+        tied = curvature.jacobian_sqnorms(model, X, chunk)[wname]
+    from_terms = torch.einsum("nkmt,npt->nkmp", G, h).pow(2).sum((1, 2, 3))
+    hsq, gsq = h.pow(2).sum(1), G.pow(2).sum((1, 2))  # [n, T]
+    sens = (hsq * torch.einsum("nkmt,mp->nktp", G, Wm).pow(2).sum((1, 3))).sum(1)
+    return SharedWeightTerms(
+        tied=tied,
+        from_terms=from_terms,
+        untied=(gsq * hsq).sum(1),
+        sensitivity=sens,
+        weight_sqnorm=torch.linalg.matrix_norm(Wm, ord=2) ** 2,
+        T=int(T),
+        weight_name=wname,
+        patches=h,
+        G=G,
+    )
 
 
 # ----------------------------------------------------------------------------- T6

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flatbook import bounds as B
-from flatbook import curvature, models
+from flatbook import curvature, geometry, models
 
 DT = torch.float64
 ACTS = ["relu", "tanh", "gelu", "softplus", "sigmoid", "linear"]
@@ -237,3 +237,179 @@ def test_bad_arguments_raise() -> None:
         B.relative_flatness(net, X, "l9")
     with pytest.raises(TypeError, match="Sequential"):
         B.quantities(nn.Linear(3, 2), X)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- shared weights
+
+
+def _cross_term_sum(s: B.SharedWeightTerms) -> torch.Tensor:
+    """Σ_{t,t'} ⟨G_t, G_t'⟩_F ⟨h_t, h_t'⟩ literally, from Gram matrices over positions, [n]."""
+    gg = torch.einsum("nkmt,nkms->nts", s.G, s.G)
+    hh = torch.einsum("npt,nps->nts", s.patches, s.patches)
+    return (gg * hh).sum((1, 2))
+
+
+def _weight_jacobian(net: nn.Module, name: str, X: torch.Tensor) -> torch.Tensor:
+    """∂f(x_i)/∂W for the parameter ``name`` by vmap(jacrev), [n, k, *W.shape]."""
+    params = {n: p.detach() for n, p in net.named_parameters()}
+
+    def f1(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(net, {**params, name: w}, (x.unsqueeze(0),))
+        return out.squeeze(0)
+
+    return torch.func.vmap(torch.func.jacrev(f1), in_dims=(None, 0))(params[name], X)
+
+
+def test_shared_weight_terms_on_lenet_and_vit_match_the_parameter_jacobian() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 1, 8, 8, generator=g, dtype=DT)
+    lenet = models.lenet5((1, 8, 8), 3, activation="tanh", seed=0, dtype=DT)
+    vit = models.vit((1, 8, 8), 3, patch=2, dim=8, depth=1, heads=2, seed=0, dtype=DT)
+    for net, T in ((lenet, 64), (vit, 16)):
+        s = B.shared_weight_terms(net, X, 0)
+        m = net[0].proj.out_channels if net is vit else net[0].out_channels
+        assert s.T == T and s.patches.shape == (5, 1 * 4 if net is vit else 25, T)
+        assert s.G.shape == (5, 3, m, T)
+        assert s.grad_identity().holds(1e-10), str(s.grad_identity())
+        assert torch.allclose(s.tied, _cross_term_sum(s), rtol=1e-10)  # eq-shared-grad
+        assert s.position_wise().holds(1e-9) and s.tied_le_untied().holds(1e-9)
+        # the per-entry gradient Σ_t G_t h_tᵀ, against reverse-mode autodiff in W directly
+        JW = _weight_jacobian(net, s.weight_name, X)
+        grad = torch.einsum("nkmt,npt->nkmp", s.G, s.patches)
+        assert torch.allclose(JW.reshape(grad.shape), grad, rtol=1e-10, atol=1e-12)
+    # the ratio tied/U is not 1: the positions interact (cross terms)
+    assert (s.tied - s.untied).abs().max() > 1e-3 * s.untied.max()
+
+
+def test_shared_weight_cross_terms_cancel_on_the_flat_example() -> None:
+    # thm-shared-counterexample: f = ½ vᵀ(W x₁ + W x₂) on antisymmetric inputs (u, −u)
+    p, m = 3, 4
+    net = nn.Sequential(nn.Unflatten(1, (1, 2 * p)), nn.Conv1d(1, m, p, stride=p, bias=False),
+                        nn.AvgPool1d(2), nn.Flatten(), nn.Linear(m, 1, bias=False)).to(DT)
+    U = torch.randn(6, p, generator=torch.Generator().manual_seed(1), dtype=DT)
+    X = torch.cat([U, -U], dim=1)
+    s = B.shared_weight_terms(net, X, 1)
+    assert s.T == 2 and s.weight_name == "1.weight"
+    assert s.tied.abs().max() < 1e-28 and s.from_terms.abs().max() < 1e-28  # cancelled
+    v = net[4].weight.detach().reshape(m)
+    assert torch.allclose(s.untied, 0.5 * v.pow(2).sum() * U.pow(2).sum(1), rtol=1e-12)
+    assert (s.sensitivity > 0).all() and s.position_wise().holds(1e-12)
+    assert not B.Bound("untied_le_tied", s.untied, s.tied).holds()  # the direction we'd need
+
+
+def test_shared_weight_terms_with_one_position_are_the_dense_l2_identity() -> None:
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(7, 1, 3, 4, generator=g, dtype=DT)
+    conv = nn.Sequential(nn.Conv2d(1, 5, (3, 4)), nn.Tanh(), nn.Flatten(), nn.Linear(5, 2)).to(DT)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
+    with torch.no_grad():
+        dense[1].weight.copy_(conv[0].weight.reshape(5, 12))
+        dense[1].bias.copy_(conv[0].bias)
+        dense[3].load_state_dict(conv[3].state_dict())
+    assert torch.allclose(conv(X), dense(X), rtol=1e-13)
+    l2 = B.l2_identity(dense, X)["l1"]  # ‖∇_W f‖_F = ‖G‖_F ‖h‖, from independent code
+    for net, item in ((conv, 0), (dense, 1)):
+        s = B.shared_weight_terms(net, X, item)
+        assert s.T == 1
+        assert torch.allclose(s.untied, s.tied, rtol=1e-10)  # no cross terms
+        assert torch.allclose(s.tied, l2.lhs**2, rtol=1e-10)
+        assert torch.allclose(s.untied, l2.rhs**2, rtol=1e-10)
+        # T = 1: the position-wise form is ‖h‖² ‖∂f/∂h‖_F² ≤ ‖W‖₂² ‖∇_W f‖_F² (T3, layer form)
+        H = dense[:1](X)
+        Jh = geometry.input_jacobian(dense[1:], H)
+        assert torch.allclose(s.sensitivity, H.pow(2).sum(1) * Jh.pow(2).sum((1, 2)), rtol=1e-10)
+
+
+class _Untied(nn.Module):
+    """A token-wise linear map with its own copy W_t of the weight at each token t."""
+
+    def __init__(self, lin: nn.Linear, T: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(lin.weight.detach().clone().repeat(T, 1, 1))  # [T, m, p]
+        self.b = nn.Parameter(lin.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("tmp,ntp->ntm", self.w, x) + self.b
+
+
+def test_untied_sum_is_the_gradient_norm_of_the_untied_network() -> None:
+    T, p, m, k = 4, 3, 5, 2
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Unflatten(1, (T, p)), nn.Linear(p, m), nn.Tanh(), nn.Flatten(),
+                        nn.Linear(T * m, k)).to(DT)
+    untied = nn.Sequential(net[0], _Untied(net[1], T), net[2], net[3], net[4])
+    X = torch.randn(6, T * p, generator=torch.Generator().manual_seed(3), dtype=DT)
+    assert torch.allclose(net(X), untied(X), rtol=1e-13)
+    s = B.shared_weight_terms(net, X, 1)
+    assert s.T == T and s.grad_identity().holds(1e-10)
+    assert torch.allclose(s.tied, _cross_term_sum(s), rtol=1e-10)
+    assert s.position_wise().holds(1e-9) and s.tied_le_untied().holds(1e-9)
+    U = curvature.jacobian_sqnorms(untied, X)["1.w"]
+    assert torch.allclose(s.untied, U, rtol=1e-10)
+
+
+def test_shared_weight_terms_bad_arguments() -> None:
+    X = torch.randn(3, 1, 6, 6, dtype=DT)
+    net = models.lenet5((1, 6, 6), 2, seed=0, dtype=DT)
+    with pytest.raises(ValueError, match="item must be one of"):
+        B.shared_weight_terms(net, X, 1)  # the activation
+    with pytest.raises(ValueError, match="item must be an index"):
+        B.shared_weight_terms(net, X, 99)
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.LazyLinear(1))
+    with pytest.raises(ValueError, match="groups=1"):
+        B.shared_weight_terms(grouped, torch.randn(2, 2, 4, 4), 0)
+
+
+# ----------------------------------------------------------------------------- per-layer S_ad
+
+
+def _frozen_adaptive(net: nn.Sequential, X: torch.Tensor, names: set[str], **kw) -> float:  # noqa: ANN003
+    """Reference: adaptive sharpness of the network in which only ``names`` are trainable."""
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in names)
+    try:
+        return float(B.adaptive_sharpness(net, X, **kw))
+    finally:
+        for p in net.parameters():
+            p.requires_grad_(True)
+
+
+def test_per_layer_adaptive_sharpness_equals_the_frozen_computation() -> None:
+    net = models.mlp([4, 6, 5, 3], activation="tanh", seed=4, dtype=DT)
+    X = torch.randn(9, 4, generator=torch.Generator().manual_seed(4), dtype=DT)
+    Y = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=DT)
+    names = [n for n, _ in net.named_parameters()]
+    for method, kw in (("gn", {}), ("hessian", {"Y": Y})):
+        total = float(B.adaptive_sharpness(net, X, method=method, **kw))
+        parts = 0.0
+        for name in names:
+            s = float(B.adaptive_sharpness(net, X, method=method, params=[name], **kw))
+            ref = _frozen_adaptive(net, X, {name}, method=method, **kw)
+            assert s == pytest.approx(ref, rel=1e-12) and s != 0  # (H_jj < 0 possible off-fit)
+            parts += s
+        assert parts == pytest.approx(total, rel=1e-10)  # Σ_j over disjoint blocks
+        pair = {"0.weight", "2.bias"}
+        assert float(B.adaptive_sharpness(net, X, method=method, params=pair, **kw)) == (
+            pytest.approx(_frozen_adaptive(net, X, pair, method=method, **kw), rel=1e-12))
+    assert all(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="params .*unknown.*'9.weight'"):
+        B.adaptive_sharpness(net, X, params=["9.weight"])
+    with pytest.raises(ValueError, match="params"):
+        B.adaptive_sharpness(net, X, params=[])
+
+
+def test_rescale_layers_leaves_kappa_and_per_layer_adaptive_sharpness_invariant() -> None:
+    net = models.mlp([5, 7, 6, 3], activation="relu", seed=6, dtype=DT)
+    X = torch.randn(8, 5, generator=torch.Generator().manual_seed(6), dtype=DT)
+    q0 = B.quantities(net, X)
+    for idx, a in ((0, 0.2), (2, 4.5)):
+        na = models.rescale_layers(net, idx, a)
+        q = B.quantities(na, X)
+        for layer in q0.layers:
+            assert float(B.kappa(q, layer)) == pytest.approx(float(B.kappa(q0, layer)), rel=1e-10)
+            k_def = B.relative_flatness(na, X, layer, method="hessian")
+            assert float(k_def) == pytest.approx(float(B.kappa(q0, layer)), rel=1e-9)
+        for name in ("0.weight", "2.weight", "4.weight"):
+            assert float(B.adaptive_sharpness(na, X, params=name)) == pytest.approx(
+                float(B.adaptive_sharpness(net, X, params=name)), rel=1e-10)
+        assert abs(float(q.trace) - float(q0.trace)) > 0.05 * float(q0.trace)

@@ -145,3 +145,46 @@ def test_bad_arguments_give_clear_errors(call, match: str) -> None:  # noqa: ANN
 def test_aliases() -> None:
     assert models.canonical_name("VGG_small") == "vgg10"
     assert models.canonical_name("lenet") == "lenet5"
+
+
+def test_rescale_layers_keeps_the_function_and_moves_the_weights() -> None:
+    dt = torch.float64
+    X = torch.randn(11, 4, generator=torch.Generator().manual_seed(0), dtype=dt)
+    for act in ("relu", "linear"):
+        net = models.mlp([4, 6, 5, 2], activation=act, seed=1, dtype=dt)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        for idx, a in ((0, 0.1), (2, 7.0)):
+            na = models.rescale_layers(net, idx, a)
+            assert na is not net and torch.allclose(na(X), net(X), rtol=1e-12, atol=1e-14)
+            nxt = idx + 2
+            assert torch.allclose(na[idx].weight, a * net[idx].weight, rtol=1e-15)
+            assert torch.allclose(na[idx].bias, a * net[idx].bias, rtol=1e-15)
+            assert torch.allclose(na[nxt].weight, net[nxt].weight / a, rtol=1e-15)
+            assert torch.equal(na[nxt].bias, net[nxt].bias)
+            assert not torch.allclose(na[idx].weight, net[idx].weight)
+        for k, v in net.state_dict().items():  # the original is untouched
+            assert torch.equal(v, before[k])
+    # LeakyReLU between the layers and a bias-free first layer: still the same function
+    leaky = nn.Sequential(nn.Linear(4, 3, bias=False), nn.LeakyReLU(0.2), nn.Linear(3, 2)).to(dt)
+    assert torch.allclose(models.rescale_layers(leaky, 0, 3.0)(X), leaky(X), rtol=1e-12)
+
+
+def test_rescale_layers_refuses_what_would_change_the_function() -> None:
+    tanh = models.mlp([3, 4, 2], activation="tanh", seed=0)
+    with pytest.raises(ValueError, match=r"item 1 \(Tanh\).*not positively homogeneous.*ReLU"):
+        models.rescale_layers(tanh, 0, 2.0)
+    X = torch.randn(5, 3)
+    forced = models.rescale_layers(tanh, 0, 2.0, strict=False)  # allowed, and not the same f
+    assert not torch.allclose(forced(X), tanh(X), rtol=1e-3)
+    relu = models.mlp([3, 4, 2], seed=0)
+    for a in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="a must be a finite number > 0"):
+            models.rescale_layers(relu, 0, a)
+    with pytest.raises(ValueError, match="nn.Linear item"):
+        models.rescale_layers(relu, 1, 2.0)
+    with pytest.raises(ValueError, match="no nn.Linear follows"):
+        models.rescale_layers(relu, 2, 2.0)
+    with pytest.raises(ValueError, match="layer_index must be an item index"):
+        models.rescale_layers(relu, 5, 2.0)
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        models.rescale_layers(nn.Linear(2, 2), 0, 2.0)  # type: ignore[arg-type]
