@@ -60,6 +60,9 @@ def test_built_html_has_no_external_scripts() -> None:
         for src in re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", text):
             if re.match(r"(https?:)?//", src):
                 bad.append((page.name, src))
+        for host in ("unpkg.com", "cdn.jsdelivr.net", "cdnjs.cloudflare.com"):
+            if host in text:
+                bad.append((page.name, host))
     assert not bad, f"external scripts: {bad[:5]}"
     assert (html / "_static" / "mathjax" / "es5" / "tex-mml-chtml.js").is_file()
     chapter = html / "book" / f"{CHAPTERS[0].stem}.html"
