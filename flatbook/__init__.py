@@ -13,7 +13,10 @@ arXiv 2310.01770). One concept per module:
 - :mod:`flatbook.data`       — digits (offline default), MNIST / Fashion-MNIST / CIFAR-10 readers
 - :mod:`flatbook.train`      — SGD / GD training with a measurement schedule
 - :mod:`flatbook.experiment` — run configs, sweeps, the result store, the CLI
-- :mod:`flatbook.plots`      — the book's figures
+- :mod:`flatbook.executors`  — sweeps as submitit jobs (local processes or Slurm)
+- :mod:`flatbook.analysis`   — the experiment chapters' sweeps, correlations and verdicts
+- :mod:`flatbook.plots`, :mod:`flatbook.plots_experiments` — the book's figures
+- :mod:`flatbook.traceability` — lemma/theorem label → code → tests map of the book
 """
 
 from __future__ import annotations
