@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -446,17 +447,9 @@ def _build_mlp(
     return net
 
 
-def _build_vgg(config: str) -> Callable[..., nn.Sequential]:
-    def f(
-        input_shape: Sequence[int],
-        n_classes: int,
-        seed: int | None,
-        dtype: torch.dtype,
-        **kw: Any,
-    ) -> nn.Sequential:
-        return vgg(config, input_shape, n_classes, seed=seed, dtype=dtype, **kw)
-
-    return f
+def _build_vgg_cfg(config: str) -> Callable[..., nn.Sequential]:
+    """Registry builder for the VGG layout ``config`` ("vgg11", "vgg10")."""
+    return _build_image(functools.partial(vgg, config))
 
 
 def _build_image(fn: Callable[..., nn.Sequential]) -> Callable[..., nn.Sequential]:
@@ -475,8 +468,8 @@ def _build_image(fn: Callable[..., nn.Sequential]) -> Callable[..., nn.Sequentia
 MODELS: dict[str, Callable[..., nn.Sequential]] = {
     "mlp": _build_mlp,
     "lenet5": _build_image(lenet5),
-    "vgg11": _build_vgg("vgg11"),
-    "vgg10": _build_vgg("vgg10"),
+    "vgg11": _build_vgg_cfg("vgg11"),
+    "vgg10": _build_vgg_cfg("vgg10"),
     "vit": _build_image(vit),
 }
 """Registry of :func:`build` names."""
