@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import hessian, jacrev, vmap
+from torch.func import hessian, vmap
 
 from flatbook import curvature, losses
 from flatbook import geometry as _geometry
@@ -748,17 +748,9 @@ def adaptive_sharpness(
                 Hd = torch.diagonal(hessian(L)(flatten(sel)).detach())
             theta = torch.cat([p.reshape(-1) for p in sel.values()])
             return (theta**2 * Hd).sum()
-        f = forward_fn(model)
-        fixed = {n: v for n, v in everything.items() if n not in sel}
-
-        def f1(p: Mapping[str, Tensor], x: Tensor) -> Tensor:
-            return f({**fixed, **p} if fixed else p, x.unsqueeze(0)).squeeze(0)
-
-        jac = vmap(jacrev(f1), in_dims=(None, 0))
         total = torch.zeros((), dtype=next(iter(sel.values())).dtype)
         with torch.no_grad():
-            for s in range(0, X.shape[0], chunk):
-                J = jac(sel, X[s : s + chunk])
+            for J in curvature.per_sample_jacobians(model, X, chunk, names=list(sel)):
                 for name, Jn in J.items():
                     diag = Jn.pow(2).sum((0, 1))  # Σ_i Σ_c over the chunk, shape of θ_name
                     total = total + (sel[name] ** 2 * diag).sum()
@@ -1123,18 +1115,10 @@ def t7_sgd(trace: Number, lr: float, batch_size: int, n: int, k: int) -> Bound:
 
 def _ntk_terms(model: nn.Module, X: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """(tr H, ‖H‖_F², Σ_i ‖H_i‖_F²) for H = (1/n) Σ J_iᵀJ_i via the Gram matrix K = J Jᵀ."""
-    params = named_params(model)
-    f = forward_fn(model)
-
-    def f1(p: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        return f(p, x.unsqueeze(0)).squeeze(0)
-
-    jac = vmap(jacrev(f1), in_dims=(None, 0))
     rows = []
-    with torch.no_grad(), curvature.eval_mode(model):
-        for s in range(0, X.shape[0], chunk):
-            J = jac(params, X[s : s + chunk])
-            b = X[s : s + chunk].shape[0]
+    with torch.no_grad():
+        for J in curvature.per_sample_jacobians(model, X, chunk):
+            b = next(iter(J.values())).shape[0]
             rows.append(torch.cat([Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()], 2))
     Jall = torch.cat(rows)  # [n, k, P]
     n, k, _ = Jall.shape

@@ -452,12 +452,14 @@ def _auto_chunk(model: nn.Module, X: Tensor, n_params: int) -> int:
     return max(1, min(X.shape[0], (1 << 24) // max(1, k * n_params)))
 
 
-def _per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None,
-                          names: list[str] | None = None) -> Iterator[dict[str, Tensor]]:
-    """Yield per-sample parameter Jacobians chunk by chunk: ``{name: [b, k, *shape]}``.
+def per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None = None,
+                         names: list[str] | None = None) -> Iterator[dict[str, Tensor]]:
+    """Yield per-sample parameter Jacobians J_i = ∂f(x_i)/∂θ chunk by chunk:
+    ``{name: Tensor[b, k, *param_shape]}`` for the b samples of each chunk of X [n, …].
 
-    ``vmap(jacrev)`` over samples; ``names`` restricts the Jacobian to those parameters (the
-    others are held fixed).
+    ``vmap(jacrev)`` over samples, in eval mode; ``names`` restricts the Jacobian to those
+    parameters (the others are held fixed); ``chunk=None`` sizes chunks automatically.
+    Memory per chunk is b·k·P: for whole-network Gram/NTK quantities on small models.
     """
     params = named_params(model)
     _check_params(params)
@@ -576,7 +578,7 @@ def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: st
             rest = [name for name in params if name not in K]
             if rest:
                 parts: dict[str, list[Tensor]] = {name: [] for name in rest}
-                for J in _per_sample_jacobians(model, Xc, None, rest):
+                for J in per_sample_jacobians(model, Xc, None, rest):
                     for name, Jn in J.items():
                         Jf = Jn.reshape(Jn.shape[0], Jn.shape[1], -1)
                         parts[name].append(Jf @ Jf.transpose(1, 2))
@@ -666,7 +668,7 @@ def gauss_newton_matrix(model: nn.Module, X: Tensor, loss: LossLike = "squared",
         raise ValueError("gauss_newton_matrix needs targets Y for a loss other than 'squared'")
     start = 0
     G: Tensor | None = None
-    for J in _per_sample_jacobians(model, X, None):
+    for J in per_sample_jacobians(model, X, None):
         b = next(iter(J.values())).shape[0]
         Jf = torch.cat([Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()], dim=2)  # [b,k,P]
         if loss_fn is losses.squared:
