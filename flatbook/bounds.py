@@ -44,6 +44,7 @@ from flatbook import geometry as _geometry
 from flatbook import layers as _layers
 from flatbook import models as _models
 from flatbook._functional import flatten, forward_fn, named_params, unflatten
+from flatbook._validate import check_positive_float
 
 __all__ = [
     "Bound",
@@ -1088,15 +1089,9 @@ def sgd_p(n: int, batch_size: int) -> float:
     return (n - batch_size) / (batch_size * (n - 1))
 
 
-def _check_lr(lr: float) -> float:
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr (step size η) must be a finite number > 0; got {lr!r}")
-    return float(lr)
-
-
 def t7_gd(lambda_max: Number, lr: float) -> Bound:
     """T7 (GD linear stability): λ_max(H) ≤ 2/η near an interpolating minimum."""
-    lr = _check_lr(lr)
+    lr = check_positive_float(lr, "lr")
     return Bound("t7_gd", lambda_max, 2.0 / lr, "λ_max(H) ≤ 2/η", "paper (Wu, Ma & E 2018)")
 
 
@@ -1107,7 +1102,7 @@ def t7_sgd(trace: Number, lr: float, batch_size: int, n: int, k: int) -> Bound:
     From Σ_i ‖H_i‖_F² ≥ Σ_i (tr H_i)²/k ≥ n (tr H)²/k (H_i = J_iᵀJ_i has rank ≤ k) in the
     mean-square condition of :func:`t7_sgd_mean_square`.
     """
-    lr = _check_lr(lr)
+    lr = check_positive_float(lr, "lr")
     p = sgd_p(n, batch_size)
     rhs = math.inf if p == 0 else 2.0 * k / (p * lr)
     return Bound("t7_sgd", trace, rhs, "tr H ≤ 2k / (p η)", "paper (Ma & Ying 2021)")
@@ -1150,7 +1145,7 @@ def mean_square_lr(model: nn.Module, X: Tensor, batch_size: int, chunk: int = 25
 def t7_sgd_mean_square(model: nn.Module, X: Tensor, lr: float, batch_size: int) -> Bound:
     """T7 exact mean-square condition: η ≤ 2 tr H / [(1 − p)‖H‖_F² + (p/n) Σ_i ‖H_i‖_F²]
     (lhs η, rhs η* of :func:`mean_square_lr`)."""
-    lr = _check_lr(lr)
+    lr = check_positive_float(lr, "lr")
     return Bound(
         "t7_sgd_mean_square",
         lr,
