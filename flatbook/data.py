@@ -22,6 +22,7 @@ names the files to place and where. No torchvision.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -88,6 +89,7 @@ DIGITS_CLASSES = tuple(str(i) for i in range(10))
 
 DATASETS: dict[str, DatasetSpec | None] = {
     "digits": None,  # scikit-learn, ships with the package (1797 × 8×8, 10 classes)
+    "mnist1d": None,  # generated offline by mnist1d.data.make_dataset (4000 + 1000 × 40)
     "mnist": DatasetSpec(
         "mnist",
         _idx_files(
@@ -160,7 +162,7 @@ DATASETS: dict[str, DatasetSpec | None] = {
         "https://www.cs.toronto.edu/~kriz/cifar.html",
     ),
 }
-"""Known data sets; ``None`` marks the offline scikit-learn digits."""
+"""Known data sets; ``None`` marks the offline ones (scikit-learn digits, MNIST-1D)."""
 
 ALIASES = {"fashion": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar": "cifar10"}
 
@@ -544,6 +546,27 @@ def _subsample(n_have: int, n_want: int | None, rng: np.random.Generator, what: 
     return np.sort(rng.permutation(n_have)[: int(n_want)])
 
 
+@functools.lru_cache(maxsize=1)
+def mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-1D (Greydanus 2020) generated offline: ``mnist1d.data.make_dataset`` with its
+    default arguments (5000 sequences of length 40, seed 42, train split 0.8) — never the
+    downloading ``get_dataset``. Returns (X_train [4000, 1, 1, 40], y_train, X_test
+    [1000, 1, 1, 40], y_test), read-only copies cached in memory."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:  # pragma: no cover - pinned in requirements.txt
+        raise ImportError("dataset 'mnist1d' needs the package mnist1d (pinned in "
+                          "requirements.txt: pip install -r requirements.txt)") from e
+    d = make_dataset(get_dataset_args())
+    out = (np.asarray(d["x"], dtype=np.float64)[:, None, None, :],
+           np.asarray(d["y"], dtype=np.int64),
+           np.asarray(d["x_test"], dtype=np.float64)[:, None, None, :],
+           np.asarray(d["y_test"], dtype=np.int64))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def load(
     name: str = "digits",
     *,
@@ -568,7 +591,8 @@ def load(
     left unscaled), ``"none"``.
 
     Args:
-        name: ``"digits"`` (offline, default), ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``.
+        name: ``"digits"`` (offline, default), ``"mnist1d"`` (generated offline), ``"mnist"``,
+            ``"fashion_mnist"``, ``"cifar10"``.
         classes: keep only these original labels (re-indexed 0..k−1 in the given order), or a
             count c meaning labels 0..c−1; None keeps all.
         n_train, n_test: sizes after the class filter (a seeded random subset); None keeps all.
@@ -592,7 +616,13 @@ def load(
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     rng = np.random.default_rng(int(seed))
     spec = DATASETS[key]
-    if spec is None:
+    if key == "mnist1d":
+        Xtr, ytr, Xte, yte = mnist1d_arrays()
+        keep = _check_classes(classes, 10)
+        mtr, mte = np.isin(ytr, keep), np.isin(yte, keep)
+        Xtr, ytr, Xte, yte = Xtr[mtr], ytr[mtr], Xte[mte], yte[mte]
+        class_names, input_shape = DIGITS_CLASSES, (1, 1, 40)
+    elif spec is None:
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
         from sklearn.datasets import load_digits

@@ -91,7 +91,9 @@ class RunConfig:
     Optimisation: ``loss`` (``"squared"`` / ``"cross_entropy"``), ``optimizer`` (``"sgd"`` /
     ``"adam"``), ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``batch_size`` (int or
     ``"full"`` = gradient descent), ``steps`` *or* ``epochs`` (default ``DEFAULT_STEPS``
-    steps), ``seed`` (initialisation and batch order), ``divergence_threshold``.
+    steps), ``seed`` (initialisation and batch order), ``label_noise`` (σ of label-noise SGD:
+    targets y + σξ, ξ ~ N(0, I) afresh each step; 0 = plain SGD; squared loss only),
+    ``divergence_threshold``.
 
     Measurement: ``measure_every`` and ``schedule`` (``"linear"``, ``"late"``, ``"log"``; see
     ``flatbook.train.measurement_steps``), ``measures`` (subset of ``("sharpness", "trace",
@@ -122,6 +124,7 @@ class RunConfig:
     steps: int | None = None
     epochs: float | None = None
     seed: int = 0
+    label_noise: float = 0.0
     dtype: str = "float32"
     measure_every: int = 1000
     schedule: str = "late"
@@ -195,6 +198,7 @@ class RunConfig:
         else:
             _train.check_positive_int(self.steps, "steps")
         _train.check_seed(self.seed)
+        s(self, "label_noise", _train.check_label_noise(self.label_noise, self.loss))
         s(self, "dtype", str(_data.as_dtype(self.dtype)).replace("torch.", ""))
         _train.check_positive_int(self.measure_every, "measure_every")
         _train.check_choice(self.schedule, "schedule", _train.SCHEDULES)
@@ -231,8 +235,12 @@ class RunConfig:
         return d
 
     def semantic_dict(self) -> dict[str, Any]:
-        """The fields that determine the numbers (``to_dict`` minus ``OPERATIONAL``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+        """The fields that determine the numbers (``to_dict`` minus ``OPERATIONAL``;
+        ``label_noise`` only when it is not 0, so plain-SGD run ids predate the field)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+        if d.get("label_noise") == 0.0:
+            del d["label_noise"]
+        return d
 
     @property
     def config_hash(self) -> str:
@@ -241,9 +249,10 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Folder name: ``{model}-{dataset}-lr{lr}-b{batch}-s{seed}-{hash[:10]}``."""
+        """Folder name: ``{model}-{dataset}-lr{lr}-b{batch}[-ln{σ}]-s{seed}-{hash[:10]}``."""
+        ln = f"-ln{self.label_noise:g}" if self.label_noise else ""
         return (
-            f"{self.model}-{self.dataset}-lr{self.lr:g}-b{self.batch_size}-s{self.seed}-"
+            f"{self.model}-{self.dataset}-lr{self.lr:g}-b{self.batch_size}{ln}-s{self.seed}-"
             f"{self.config_hash[:10]}"
         )
 
@@ -589,6 +598,7 @@ def run(
             eval_size=config.eval_size,
             eval_seed=config.data_seed,
             seed=config.seed,
+            label_noise=config.label_noise,
             target_loss=config.target_loss,
             divergence_threshold=config.divergence_threshold,
             checkpoint_path=ckpt,

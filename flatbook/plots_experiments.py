@@ -154,19 +154,99 @@ def forest(
     return ax
 
 
+VERDICT_COLORS = {"reproduced": "tab:green", "contradicted": "tab:red",
+                  "inconclusive": "tab:orange", "not tested": "0.7"}
+"""Colour of each verdict word in the report figures."""
+
+
 def verdict_bar(ax: Axes, labels: Sequence[str], verdicts: Sequence[str]) -> Axes:
-    """A one-column chart of claims coloured by verdict (green reproduced, amber partly,
-    red not reproduced, grey not tested)."""
-    colors = {"reproduced": "tab:green", "partly": "tab:orange",
-              "not reproduced": "tab:red", "not tested": "0.7"}
+    """A one-column chart of claims coloured by verdict (green reproduced, red contradicted,
+    amber inconclusive, grey not tested)."""
     y = np.arange(len(labels))[::-1]
-    ax.barh(y, np.ones(len(labels)), color=[colors.get(v, "0.7") for v in verdicts])
+    ax.barh(y, np.ones(len(labels)), color=[VERDICT_COLORS.get(v, "0.7") for v in verdicts])
     for yi, v in zip(y, verdicts, strict=True):
         ax.text(0.5, yi, v, ha="center", va="center", fontsize=8)
     ax.set_yticks(y, list(labels))
     ax.set_xticks([])
     ax.set_xlim(0, 1)
     return ax
+
+
+def claims_forest(ax: Axes, claims: Sequence[Mapping[str, object]],
+                  fmt: str = "{:+.3g} [{:+.3g}, {:+.3g}]") -> Axes:
+    """Forest plot of every tested part of every claim (rows of
+    :func:`flatbook.analysis.evaluate_claims`): the effect and its 95% interval divided by the
+    part's minimum detectable effect (so parts in different units share one axis; |x| = 1 is
+    the MDE, dotted), signed so that the claimed direction is to the right, coloured by the
+    part's verdict; the numbers in their own units are written at the right."""
+    rows = []
+    for c in claims:
+        for p in c["parts"]:  # type: ignore[union-attr]
+            if not np.isfinite(p["effect"]) or not np.isfinite(p.get("mde", np.nan)):
+                continue
+            rows.append((f"{c['key']}: {p['name']}" + ("" if p["essential"] else " (n.e.)"), p))
+    y = np.arange(len(rows))[::-1]
+    xmax = 1.0
+    for yi, (_, p) in zip(y, rows, strict=True):
+        sign = float(p.get("expected", 1) or 1)
+        scale = float(p["mde"]) if p["mde"] > 0 else 1.0
+        e, lo, hi = (sign * float(p[k]) / scale for k in ("effect", "lo", "hi"))
+        lo, hi = min(lo, hi), max(lo, hi)
+        col = VERDICT_COLORS.get(str(p["verdict"]), "0.5")
+        ax.plot([lo, hi], [yi, yi], color=col, lw=2)
+        ax.plot([e], [yi], "o", color=col, ms=5)
+        xmax = max(xmax, abs(lo), abs(hi), abs(e))
+        ax.text(1.02, yi, fmt.format(float(p["effect"]), float(p["lo"]), float(p["hi"])),
+                transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    for v in (-1, 1):
+        ax.axvline(v, color="0.5", ls=":", lw=0.8)
+    ax.set_yticks(y, [r[0] for r in rows])
+    ax.set_xlim(-1.1 * xmax, 1.1 * xmax)
+    ax.set_xlabel("effect / MDE (claimed direction → right; dotted: ±1 MDE)")
+    return ax
+
+
+def late_comparison_figure(
+    groups: Mapping[str, Sequence[Mapping[str, ArrayLike]]],
+    keys: Sequence[str],
+    labels: Sequence[str],
+    log: Sequence[bool],
+    size: float = 2.8,
+) -> object:
+    """The interpolation phase only, every run: for each key a panel of the change since the
+    onset (log ratio for positive quantities, difference otherwise) against the steps since
+    the onset, one colour per group (e.g. plain vs label-noise SGD), thin lines per run and
+    the group mean bold. The y-range is the late phase's own. ``groups[name]`` holds the
+    late-phase trajectories (:meth:`flatbook.analysis.Study.late_trajectories`)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(size * 1.15 * len(keys), size),
+                             squeeze=False)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    for ax, k, lab, lg in zip(axes[0], keys, labels, log, strict=True):
+        for (name, trajs), col in zip(groups.items(), colors, strict=False):
+            curves = []
+            for t in trajs:
+                if k not in t or np.asarray(t["step"]).size < 2:
+                    continue
+                st = np.asarray(t["step"], dtype=float)
+                v = np.asarray(t[k], dtype=float)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    d = np.log(v / v[0]) if lg else v - v[0]
+                ax.plot(st - st[0], d, color=col, lw=0.6, alpha=0.5)
+                curves.append((st - st[0], d))
+            if curves:
+                n = min(c[0].size for c in curves)
+                mean = np.nanmean([c[1][:n] for c in curves], axis=0)
+                ax.plot(curves[0][0][:n], mean, color=col, lw=2.2,
+                        label=f"{name} (mean of {len(curves)})")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xlabel("steps since the onset")
+        ax.set_ylabel(("Δ log " if lg else "Δ ") + lab)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def _lr_ticks(ax: Axes, xs: ArrayLike, fmt: str = "{:g}") -> None:
@@ -223,11 +303,14 @@ def late_phase_figure(
     hidden_ld_keys: Sequence[str] = (),
     hidden_pr_keys: Sequence[str] = (),
     size: float = 3.0,
+    late_zoom: bool = True,
 ) -> object:
     """The nine panels of the late-phase chapter for one run: train loss (log) with the
     threshold, accuracies, λ_max with 2/η, tr H with 2k/(pη), log LVR, MLS, LD (output and
     hidden layers), global PR, and both sides of the bounds. The interpolation onset is the
-    dashed vertical line in every panel. Returns the figure."""
+    dashed vertical line in every panel. With ``late_zoom`` the panels of λ_max … PR take
+    their y-range from the interpolation phase (the drop before it runs off the axis), so
+    the late-phase movement is visible. Returns the figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 3, figsize=(3 * size * 1.1, 3 * size * 0.85))
@@ -258,8 +341,36 @@ def late_phase_figure(
         time_course(a[7], s, traj[k], "global PR", phase_start, label=f"hidden {i + 1}")
     a[7].legend(fontsize=7, frameon=False)
     bounds_panel(a[8], traj, phase_start)
+    if late_zoom and phase_start is not None and np.isfinite(phase_start):
+        late = np.asarray(s, dtype=float) >= float(phase_start)
+        for ax in a[2:8]:
+            _zoom_to(ax, late)
     fig.tight_layout()
     return fig
+
+
+def _zoom_to(ax: Axes, mask: np.ndarray, margin: float = 0.15) -> None:
+    """Set the y-limits of ``ax`` to the range of its lines' points where ``mask`` holds
+    (plus ``margin`` of that range; multiplicative on a log axis), noting the clipping."""
+    vals = []
+    for ln in ax.get_lines():
+        y = np.asarray(ln.get_ydata(), dtype=float)
+        if y.size == mask.size:
+            vals.append(y[mask])
+    v = np.concatenate(vals) if vals else np.array([])
+    v = v[np.isfinite(v)]
+    if ax.get_yscale() == "log":
+        v = v[v > 0]
+    if v.size < 2 or np.ptp(v) == 0:
+        return
+    if ax.get_yscale() == "log":
+        lo, hi = np.log(v.min()), np.log(v.max())
+        pad = margin * (hi - lo)
+        ax.set_ylim(np.exp(lo - pad), np.exp(hi + pad))
+    else:
+        pad = margin * np.ptp(v)
+        ax.set_ylim(v.min() - pad, v.max() + pad)
+    ax.set_title("y: late phase (earlier values off-scale)", fontsize=7)
 
 
 def trend_dots(ax: Axes, values: Sequence[ArrayLike], labels: Sequence[str],

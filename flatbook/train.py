@@ -411,6 +411,28 @@ def check_train_args(
     check_positive_int(eval_size, "eval_size", allow_none=True)
 
 
+def check_label_noise(label_noise: float, loss: str) -> float:
+    """Validate σ of label-noise SGD: a finite number ≥ 0, and only with the squared loss
+    (the noise is added to the one-hot / real targets)."""
+    if isinstance(label_noise, bool) or not isinstance(label_noise, int | float):
+        _fail("label_noise", label_noise, "a number ≥ 0 (σ of the target noise)")
+    if not (math.isfinite(label_noise) and label_noise >= 0):
+        _fail("label_noise", label_noise, "a finite number ≥ 0 (σ of the target noise)")
+    if label_noise > 0 and loss != "squared":
+        raise ValueError(
+            f"label_noise={label_noise} needs loss='squared' (noise is added to the targets); "
+            f"got loss={loss!r}"
+        )
+    return float(label_noise)
+
+
+def _label_noise(yb: Tensor, seed: int, step: int) -> Tensor:
+    """ξ ~ N(0, I) of the shape of the minibatch targets [B, k], from a CPU generator seeded
+    by (seed, step): the same noise on every device and after a resume."""
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
+    return torch.randn(yb.shape, generator=g, dtype=torch.float64).to(yb.device, yb.dtype)
+
+
 def _check_data(X: Tensor, Y: Tensor, which: str, loss: str) -> None:
     if not isinstance(X, Tensor) or not isinstance(Y, Tensor):
         raise TypeError(f"X_{which} and Y_{which} must be tensors")
@@ -447,6 +469,7 @@ def train(
     eval_size: int | None = 256,
     eval_seed: int = 0,
     seed: int = 0,
+    label_noise: float = 0.0,
     target_loss: float | None = 1e-3,
     divergence_threshold: float = 1e6,
     checkpoint_path: str | Path | None = None,
@@ -478,6 +501,10 @@ def train(
         eval_size, eval_seed: the fixed evaluation subset of the training set
             (:func:`eval_subset`) on which ``measure`` runs.
         seed: batch-order seed (and the seed passed to ``measure``).
+        label_noise: σ ≥ 0 of *label-noise SGD* (Blanc et al. 2020): every minibatch is
+            trained on the targets y + σξ, ξ ~ N(0, I) drawn afresh at each step (a generator
+            seeded by (seed, step), so a resumed run draws the same noise); squared loss only.
+            Records (train loss/accuracy, every measure) use the clean targets y.
         target_loss: record ``target_step``, the first measured step with train loss below it.
         divergence_threshold: a minibatch loss above this (or any non-finite loss or
             parameter) ends the run as ``"diverged"``.
@@ -503,6 +530,7 @@ def train(
         checkpoint_every=checkpoint_every, eval_size=eval_size,
     )  # fmt: skip
     check_positive_int(chunk, "chunk")
+    label_noise = check_label_noise(label_noise, loss)
     _check_data(X_train, Y_train, "train", loss)
     has_test = X_test is not None and Y_test is not None
     if has_test:
@@ -635,6 +663,8 @@ def train(
                         perm_epoch = epoch
                     idx = perm[pos * B : (pos + 1) * B]
                     xb, yb = X_train[idx], Y_train[idx]
+                if label_noise:
+                    yb = yb + label_noise * _label_noise(yb, seed, step)
                 opt.zero_grad(set_to_none=True)
                 lb = loss_fn(model(xb), yb)
                 lb.backward()

@@ -283,3 +283,23 @@ def test_offline_message_names_files_and_folder(tmp_path: Path) -> None:
     assert "download failed" in msg and "\n" not in msg
     with pytest.raises(data.DataUnavailableError, match="download=False"):
         data.load("cifar10", data_dir=tmp_path, download=False)
+
+
+def test_mnist1d_is_generated_offline_and_subsampled_by_seed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mnist1d.data as m1d
+
+    def no_download(*a: object, **k: object) -> None:
+        raise AssertionError("get_dataset downloads; flatbook must never call it")
+
+    monkeypatch.setattr(m1d, "get_dataset", no_download)
+    a = data.load("mnist1d", n_train=300, n_test=100, seed=1, flatten=True)
+    b = data.load("mnist1d", n_train=300, n_test=100, seed=1, flatten=True)
+    c = data.load("mnist1d", n_train=300, n_test=100, seed=2, flatten=True)
+    assert a.X_train.shape == (300, 40) and a.n_classes == 10 and a.Y_train.shape == (300, 10)
+    assert torch.equal(a.X_train, b.X_train) and not torch.equal(a.X_train, c.X_train)
+    # standardised with training statistics: mean 0, unit std over the training inputs
+    assert abs(float(a.X_train.mean())) < 1e-5 and abs(float(a.X_train.std()) - 1) < 0.05
+    Xtr, ytr, Xte, yte = data.mnist1d_arrays()
+    assert Xtr.shape == (4000, 1, 1, 40) and Xte.shape == (1000, 1, 1, 40)
+    assert set(np.unique(ytr)) == set(range(10)) and not Xtr.flags.writeable

@@ -271,3 +271,15 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     write_json(target, {"x": float("nan"), "y": float("-inf")})
     assert "NaN" not in target.read_text() and read_json(target)["y"] == float("-inf")
+
+
+def test_label_noise_is_part_of_the_run_identity_only_when_used() -> None:
+    plain = ex.RunConfig(steps=10, measure_every=5)
+    noisy = plain.replace(label_noise=0.1)
+    assert "label_noise" not in plain.semantic_dict()     # plain-SGD ids predate the field
+    assert noisy.semantic_dict()["label_noise"] == 0.1
+    assert noisy.config_hash != plain.config_hash and "-ln0.1-" in noisy.run_id
+    with pytest.raises(ValueError, match="label_noise"):
+        plain.replace(label_noise=-1.0)
+    with pytest.raises(ValueError, match="needs loss='squared'"):
+        plain.replace(label_noise=0.1, loss="cross_entropy")

@@ -55,25 +55,50 @@ def fake_cifar(path: Path, per_batch: int = 20) -> None:
 
 @pytest.fixture
 def no_checksums(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Synthetic files cannot match the published MD5s: skip that check (only here)."""
+    """Synthetic files cannot match the published MD5s: skip that check (only here; by the
+    environment too, which the worker processes of a parallel sweep inherit)."""
     monkeypatch.setattr(data, "_expected", lambda f: None)
     monkeypatch.setenv("FLATBOOK_OFFLINE", "1")
+    monkeypatch.setenv("FLATBOOK_TRUST_DATA", "1")
 
 
 # ------------------------------------------------------------------ settings and parameters
 def test_every_setting_is_a_valid_sweep_of_the_paper_models() -> None:
-    want = {"digits-mlp": ("mlp", "digits"), "fashion-mlp": ("mlp", "fashion_mnist"),
-            "cifar2-vgg11": ("vgg11", "cifar10"), "mnist-lenet": ("lenet5", "mnist"),
-            "cifar10-vit": ("vit", "cifar10"), "cifar10-vgg10": ("vgg10", "cifar10")}
-    assert set(A.SETTINGS) == set(want)
-    for name, (model, dataset) in want.items():
+    paper = {"fashion-mlp": ("mlp", "fashion_mnist"), "cifar2-vgg11": ("vgg11", "cifar10"),
+             "mnist-lenet": ("lenet5", "mnist"), "cifar10-vit": ("vit", "cifar10"),
+             "cifar10-vgg10": ("vgg10", "cifar10")}
+    ours = {"digits-mlp": ("mlp", "digits"), "digits-mlp-label-noise": ("mlp", "digits"),
+            "digits-lenet": ("lenet5", "digits"), "mnist1d-mlp": ("mlp", "mnist1d")}
+    assert set(A.SETTINGS) == set(paper) | set(ours)
+    for name, (model, dataset) in (paper | ours).items():
         cfgs = A.study_configs(name)
         s = A.get_setting(name)
         assert len(cfgs) == len(s.lrs) * len(s.batch_sizes) * len(s.seeds)
-        assert len(s.lrs) >= 4 and len(s.batch_sizes) >= 3 and len(s.seeds) >= 2
+        if name in paper:      # the paper's design: a wide grid, cells sharing each seed
+            assert len(s.lrs) >= 4 and len(s.batch_sizes) >= 3 and len(s.seeds) >= 2
+            assert not s.independent
+        else:                  # ours: long runs on a small grid, every run independent
+            assert s.independent and len(cfgs) >= 12
+            assert len({(c.seed, c.data_seed) for c in cfgs}) == len(cfgs)
+            assert all(c.seed == c.data_seed for c in cfgs)
         assert {(c.model, c.dataset) for c in cfgs} == {(model, dataset)}
         assert len({c.run_id for c in cfgs}) == len(cfgs)
     assert A.study_configs("cifar2-vgg11")[0].classes == (3, 5)   # two CIFAR-10 classes
+
+
+def test_label_noise_twin_pairs_every_run() -> None:
+    assert A.label_noise_twin("digits-mlp") == "digits-mlp-label-noise"
+    assert A.label_noise_twin("fashion-mlp") is None
+    plain = A.study_configs("digits-mlp")
+    noisy = A.study_configs("digits-mlp-label-noise")
+    assert [(c.lr, c.batch_size, c.seed, c.data_seed) for c in plain] == [
+        (c.lr, c.batch_size, c.seed, c.data_seed) for c in noisy]
+    assert {c.label_noise for c in plain} == {0.0}
+    assert {c.label_noise for c in noisy} == {A.DIGITS_LABEL_NOISE}
+    # the default setting measures curvature and geometry on every training point
+    assert {c.eval_size for c in plain} == {plain[0].n_train}
+    small = A.study_configs("digits-mlp", n_train=200, seeds=[0])
+    assert {c.eval_size for c in small} == {200}
 
 
 @pytest.mark.parametrize("kwargs, param", [

@@ -320,3 +320,53 @@ def test_squared_loss_needs_one_hot_targets(digits: data.Dataset) -> None:
     with pytest.raises(ValueError, match="one-hot"):
         train.train(small_net(), digits.X_train, digits.labels_train, steps=2, measure_every=1,
                     progress=False)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- label noise
+def test_label_noise_sgd_update_and_clean_records(digits: data.Dataset) -> None:
+    """One label-noise SGD step equals a plain step on the targets y + σξ with ξ from the
+    (seed, step) generator; records use the clean targets."""
+    sigma, lr = 0.3, 0.1
+    net = small_net(seed=3)
+    ref = small_net(seed=3)
+    r = train.train(net, digits.X_train, digits.Y_train, lr=lr, batch_size="full", steps=1,
+                    measure_every=1, measure=None, progress=False, label_noise=sigma, seed=5)
+    xi = train._label_noise(digits.Y_train, 5, 0)
+    assert xi.shape == digits.Y_train.shape and abs(float(xi.std()) - 1) < 0.15
+    loss = train.losses.get("squared")(ref(digits.X_train), digits.Y_train + sigma * xi)
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), grads, strict=True):
+            p -= lr * g
+    assert all(torch.allclose(a, b, atol=1e-14) for a, b in
+               zip(net.parameters(), ref.parameters(), strict=True))
+    clean = train.evaluate(net, digits.X_train, digits.Y_train, "squared")[0]
+    assert r.records[-1]["train_loss"] == pytest.approx(clean, rel=1e-12)
+
+
+def test_label_noise_resumes_bit_for_bit_and_differs_from_plain(
+        digits: data.Dataset, tmp_path: Path) -> None:
+    ref = _run(digits, None, label_noise=0.2)
+    plain = _run(digits, None)
+    assert not same(ref.records, plain.records)
+    ckpt = tmp_path / "ln.pt"
+
+    def kill_at_27(step: int, model: nn.Module, rec: dict | None) -> None:
+        if step == 27:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(digits, ckpt, kill_at_27, label_noise=0.2)
+    assert same(_run(digits, ckpt, label_noise=0.2).records, ref.records)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), "0.1", True])
+def test_label_noise_bad_values_are_named(digits: data.Dataset, value: object) -> None:
+    with pytest.raises(ValueError, match="label_noise"):
+        _run(digits, None, label_noise=value)
+
+
+def test_label_noise_needs_the_squared_loss(digits: data.Dataset) -> None:
+    with pytest.raises(ValueError, match="label_noise=0.1 needs loss='squared'"):
+        train.train(small_net(), digits.X_train, digits.labels_train, loss="cross_entropy",
+                    steps=2, measure_every=1, progress=False, label_noise=0.1)
