@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from flatbook import losses
+from flatbook import curvature, losses
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
 
@@ -339,27 +339,8 @@ class _HookState:
         self.capture: dict[str, Tensor] | None = None  # layer name → captured input
 
 
-@contextlib.contextmanager
-def measurement_context(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (every submodule's flag restored), math SDPA kernel, no fused MHA fast path.
-
-    Fused CPU attention (``_scaled_dot_product_flash_attention_for_cpu``) and the fused
-    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast path have no (double)
-    backward under ``torch.func``; the math kernel computes the same function with one.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    flags = [(m, m.training) for m in model.modules()]
-    fast = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield model
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-        for m, t in flags:
-            m.training = t
+measurement_context = curvature.eval_mode
+"""Eval mode, math SDPA kernel and no fused MHA fast path (:func:`flatbook.curvature.eval_mode`)."""
 
 
 def _param_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -509,9 +490,7 @@ class Probe:
             eps = torch.finfo(self.dtype).eps
             if not torch.allclose(self.F, F2, rtol=64 * eps, atol=64 * eps * float(
                     self.F.abs().max().clamp_min(1e-30))):
-                from flatbook.curvature import NondeterminismError
-
-                raise NondeterminismError(
+                raise curvature.NondeterminismError(
                     "the model output differs between two identical passes in eval mode "
                     f"(max |Δf| = {float((self.F - F2).abs().max()):.3g}): dropout called with "
                     "training=True, noise injection or batch statistics inside forward. "
