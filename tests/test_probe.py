@@ -1,0 +1,409 @@
+"""Issue 13: any nn.Module, any data container — flatbook.report without rewriting the model.
+
+Every per-layer number of the report is checked against an independent autograd reference
+(per sample, per output component: ∂f_c/∂z_l and ∂f_c/∂W_l from the module's actual output
+z_l, never through the probe's δ hooks or the ghost norms), in float64 at 1e-8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import flatbook
+from flatbook import bounds as B
+from flatbook import curvature, losses
+from flatbook.probe import Probe, resolve_data
+
+DT = torch.float64
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class ResCNN(nn.Module):
+    """conv → BatchNorm → pool → flatten → tanh, then h + tanh(fc(h)) (skip around fc), head."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.flat = nn.Flatten()
+        self.act = nn.Tanh()
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.flat(self.pool(self.bn(self.conv(x)))))
+        h = h + torch.tanh(self.fc(h))
+        return self.head(h)
+
+
+class TBlock(nn.Module):
+    """Pre-LN transformer block (MultiheadAttention, need_weights=False), mean pool, MLP head."""
+
+    def __init__(self, D: int = 8, k: int = 3) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(D)
+        self.attn = nn.MultiheadAttention(D, 2, batch_first=True)
+        self.ln2 = nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, 16), nn.GELU(), nn.Linear(16, D))
+        self.pool_ln = nn.LayerNorm(D)
+        self.fc = nn.Linear(D, D)
+        self.head = nn.Linear(D, k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.mlp(self.ln2(x))
+        h = self.pool_ln(x).mean(1)
+        return self.head(torch.tanh(self.fc(h)))
+
+
+class TwoOut(nn.Module):
+    """Returns (logits, features)."""
+
+    def __init__(self, d: int = 5, k: int = 3) -> None:
+        super().__init__()
+        self.enc = nn.Linear(d, 7)
+        self.cls = nn.Linear(7, k)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.tanh(self.enc(x))
+        return self.cls(z), z
+
+
+def _res_cnn(seed: int = 0) -> ResCNN:
+    torch.manual_seed(seed)
+    m = ResCNN().to(DT)
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+        m.bn.weight.uniform_(0.5, 1.5)
+        m.bn.bias.uniform_(-0.3, 0.3)
+    return m
+
+
+def _tblock(seed: int = 0) -> TBlock:
+    torch.manual_seed(seed)
+    m = TBlock().to(DT)
+    with torch.no_grad():
+        for ln in (m.ln1, m.ln2, m.pool_ln):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.uniform_(-0.3, 0.3)
+    return m
+
+
+CASES = {
+    "rescnn": (lambda: _res_cnn(), lambda g: torch.randn(6, 1, 6, 6, generator=g, dtype=DT),
+               None, ["fc", "head"]),
+    "tblock": (lambda: _tblock(), lambda g: torch.randn(5, 4, 8, generator=g, dtype=DT),
+               None, ["fc", "head"]),
+    "two_out": (lambda: (torch.manual_seed(0), TwoOut().to(DT))[1],
+                lambda g: torch.randn(6, 5, generator=g, dtype=DT), 0, ["enc", "cls"]),
+}
+
+
+def _select(out: object, output: int | None) -> Tensor:
+    return out[output] if output is not None else out  # type: ignore[index,return-value]
+
+
+def _reference(model: nn.Module, X: Tensor, names: list[str], output: int | None
+               ) -> dict[str, dict[str, Tensor]]:
+    """Per sample: h_{l−1}, ‖∇_{W_l} f‖_F², MLS of G_l W_l (G_l = ∂f/∂z_l), by plain autograd."""
+    model.eval()
+    mods = {n: model.get_submodule(n) for n in names}
+    ref: dict[str, dict[str, list[Tensor]]] = {n: {"h": [], "gw": [], "mls": []} for n in names}
+    for i in range(X.shape[0]):
+        cap: dict[str, tuple[Tensor, Tensor]] = {}
+        hs = [m.register_forward_hook(lambda mod, inp, out, n=n: cap.__setitem__(n, (inp[0], out)))
+              for n, m in mods.items()]
+        try:
+            f = _select(model(X[i : i + 1]), output).reshape(-1)
+        finally:
+            for h in hs:
+                h.remove()
+        for n, m in mods.items():
+            h_in, z = cap[n]
+            G, gw = [], 0.0
+            for c in range(f.numel()):
+                gz, gW = torch.autograd.grad(f[c], [z, m.weight], retain_graph=True)
+                G.append(gz.reshape(-1))
+                gw = gw + gW.pow(2).sum()
+            J = torch.stack(G) @ m.weight.detach()  # ∂f/∂(layer input) along the layer, [k, p]
+            ref[n]["h"].append(h_in.detach().pow(2).sum())
+            ref[n]["gw"].append(gw.detach())
+            ref[n]["mls"].append(torch.linalg.matrix_norm(J, ord=2))
+    return {n: {k: torch.stack(v) for k, v in d.items()} for n, d in ref.items()}
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_report_on_non_sequential_models_matches_autograd_references(case: str) -> None:
+    make, data, output, names = CASES[case]
+    model = make()
+    X = data(torch.Generator().manual_seed(1))
+    rep = flatbook.report(model, X, output=output, sharpness=False)
+    assert set(names) <= set(rep.layers), (names, list(rep.layers))
+    ref = _reference(model, X, names, output)
+    for n in names:
+        v, r = rep.layers[n], ref[n]
+        assert v["h_sqnorm_mean"] == pytest.approx(float(r["h"].mean()), rel=1e-8, abs=0)
+        assert v["grad_w_sqnorm_mean"] == pytest.approx(float(r["gw"].mean()), rel=1e-8, abs=0)
+        assert v["mls_mean"] == pytest.approx(float(r["mls"].mean()), rel=1e-8, abs=0)
+        W = model.get_submodule(n).weight.detach()
+        assert v["weight_norm"] == pytest.approx(float(torch.linalg.matrix_norm(W, ord=2)),
+                                                 rel=1e-12)
+    assert rep.bounds["t4_nmls"].holds(1e-9) and rep.bounds["t4_nvr"].holds(1e-9)
+    for n in names:
+        assert rep.bounds[f"t5_mls_{n}"].holds(1e-9) and rep.bounds[f"t5_lvr_{n}"].holds(1e-9)
+        assert rep.bounds[f"lem2_{n}"].holds(1e-9)
+    assert rep.bounds["lem3"].holds(1e-9)
+    d = rep.as_dict()
+    assert d["t4_nmls_holds"] == 1.0 and d["n_dense"] == float(len(rep.layers))
+
+
+def test_attention_out_proj_and_token_wise_linears_are_listed_not_skipped() -> None:
+    model = _tblock()
+    X = torch.randn(4, 4, 8, dtype=DT)
+    with Probe(model, X) as p:
+        assert [L.name for L in p.layers()] == ["fc", "head"]
+        assert "never called" in p.skipped["attn.out_proj"]
+        assert "token-wise" in p.skipped["mlp.0"] and "token-wise" in p.skipped["mlp.2"]
+    rep = flatbook.report(model, X, sharpness=False)
+    assert any("attn.out_proj" in n for n in rep.notes)
+
+
+def test_dataloader_gives_the_report_of_the_concatenated_tensors() -> None:
+    model = _res_cnn()
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(10, 1, 6, 6, generator=g, dtype=DT)
+    Y = torch.randn(10, 3, generator=g, dtype=DT)
+    a = flatbook.report(model, X, Y, seed=0).as_dict()
+    loader = DataLoader(TensorDataset(X, Y), batch_size=3, shuffle=False)
+    b = flatbook.report(model, loader, seed=0).as_dict()
+    c = flatbook.report(model, TensorDataset(X, Y), seed=0).as_dict()
+    assert set(a) == set(b) == set(c)
+    for key, va in a.items():
+        for other in (b, c):
+            vb = other[key]
+            if math.isnan(va):
+                assert math.isnan(vb), key
+            else:
+                assert vb == pytest.approx(va, rel=1e-6, abs=1e-12), key
+
+
+def test_shuffling_or_augmenting_data_is_refused() -> None:
+    X, Y = torch.randn(8, 5, dtype=DT), torch.randn(8, 3, dtype=DT)
+    with pytest.raises(ValueError, match="shuffle"):
+        resolve_data(DataLoader(TensorDataset(X, Y), batch_size=4, shuffle=True))
+
+    class Noisy:
+        def __iter__(self):  # noqa: ANN204 - an iterable of batches with random augmentation
+            yield X + 0.01 * torch.randn_like(X), Y
+
+    with pytest.raises(ValueError, match="two passes"):
+        resolve_data(Noisy())
+    with pytest.raises(ValueError, match="Y must be None"):
+        resolve_data(DataLoader(TensorDataset(X, Y)), Y)
+    with pytest.raises(TypeError, match="dict"):
+        resolve_data([({"a": X}, Y)])
+
+
+def test_sequential_wrap_finds_the_nested_layers_and_empty_bounds_never_hold() -> None:
+    model = _res_cnn()
+    X = torch.randn(5, 1, 6, 6, dtype=DT)
+    direct = flatbook.report(model, X, sharpness=False)
+    wrapped = flatbook.report(nn.Sequential(model), X, sharpness=False)
+    assert list(wrapped.layers) == ["0.fc", "0.head"]
+    for a, b in (("fc", "0.fc"), ("head", "0.head")):
+        assert wrapped.layers[b]["mls_mean"] == pytest.approx(direct.layers[a]["mls_mean"],
+                                                              rel=1e-12)
+    # no dense layer at all: lem3 / t4 are empty sums — not applicable, never "holds"
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten()).to(DT)
+    Xc = torch.randn(4, 1, 4, 4, dtype=DT)
+    for net in (conv, nn.Sequential(conv)):
+        rep = flatbook.report(net, Xc, sharpness=False)
+        d = rep.as_dict()
+        assert d["n_dense"] == 0.0
+        for name in ("lem3", "t4_nmls", "t4_nvr"):
+            assert not rep.bounds[name].applicable and not rep.bounds[name].holds()
+            assert math.isnan(d[f"{name}_holds"])
+        text = str(rep)
+        rows = [ln for ln in text.splitlines() if ln.strip().startswith(("lem3", "t4_"))]
+        assert rows and all("n/a" in ln and " yes " not in ln for ln in rows), rows
+        assert "inf" not in "".join(rows)
+
+
+def test_skip_connection_path_and_total_sensitivity_differ() -> None:
+    model = _res_cnn()
+    X = torch.randn(5, 1, 6, 6, dtype=DT)
+    rep = flatbook.report(model, X, sharpness=False)
+    v = rep.layers["fc"]
+    assert v["skip"] == 1.0 and v["total_mls_mean"] != pytest.approx(v["mls_mean"], rel=1e-3)
+    # the total ∂f/∂h (h = act's output) by autograd: J_total = J_path + ∂f/∂h through the skip
+    model.eval()
+    tot = []
+    for i in range(5):
+        cap = {}
+        hk = model.act.register_forward_hook(lambda m, i_, o: cap.__setitem__("h", o))
+        f = model(X[i : i + 1]).reshape(-1)
+        hk.remove()
+        rows = [torch.autograd.grad(f[c], cap["h"], retain_graph=True)[0].reshape(-1)
+                for c in range(f.numel())]
+        tot.append(torch.linalg.matrix_norm(torch.stack(rows), ord=2))
+    assert v["total_mls_mean"] == pytest.approx(float(torch.stack(tot).mean()), rel=1e-8)
+    # without a skip the two coincide
+    two = flatbook.report(TwoOut().to(DT), torch.randn(4, 5, dtype=DT), output=0,
+                          sharpness=False)
+    assert two.layers["enc"]["skip"] == 0.0  # x reaches f only through enc
+    assert two.layers["enc"]["total_mls_mean"] == pytest.approx(
+        two.layers["enc"]["mls_mean"], rel=1e-10)
+    assert two.scalars["first_layer_dense"] == 1.0 and two.bounds["t1_weighted"].holds(1e-9)
+    assert math.isnan(two.layers["cls"]["skip"])  # input from a functional op: not measured
+
+
+# ----------------------------------------------------------------------------- inputs, outputs
+
+
+def test_output_selectors_regression_targets_and_dtype_policy() -> None:
+    torch.manual_seed(0)
+    model = TwoOut().to(DT)
+    X = torch.randn(6, 5, dtype=DT)
+    with pytest.raises(TypeError, match="output="):
+        flatbook.report(model, X, sharpness=False)
+    a = flatbook.report(model, X, output=0, sharpness=False).as_dict()
+    b = flatbook.report(model, X, output=lambda out: out[0], sharpness=False).as_dict()
+    assert a["mls_mean"] == b["mls_mean"]
+
+    class Dict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: Tensor) -> dict[str, Tensor]:
+            o, z = self.net(x)
+            return {"logits": o, "features": z}
+
+    c = flatbook.report(Dict(), X, output="logits", sharpness=False).as_dict()
+    assert c["mls_mean"] == pytest.approx(a["mls_mean"], rel=1e-12)
+    # 1-D regression: output [n], targets [n]
+    reg = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1), nn.Flatten(0)).to(DT)
+    y = torch.randn(6, dtype=DT)
+    d = flatbook.report(reg, X, y).as_dict()
+    with torch.no_grad():
+        ref = 0.5 * (reg(X) - y).pow(2).mean()
+    assert d["k"] == 1.0 and d["loss"] == pytest.approx(float(ref), rel=1e-12)
+    # float64 inputs on a float32 model: cast, with a note; half precision refused
+    m32 = nn.Sequential(nn.Linear(5, 3)).float()
+    rep = flatbook.report(m32, X, sharpness=False)
+    assert any("cast" in n for n in rep.notes)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        flatbook.report(nn.Sequential(nn.Linear(5, 3)).half(), X)
+    with pytest.raises(ValueError, match="one-hot"):
+        flatbook.report(nn.Sequential(nn.Linear(5, 3)).to(DT), X, torch.tensor([0, 1, 2] * 2))
+
+
+def test_integer_inputs_have_no_input_jacobian_but_dense_layers_are_measured() -> None:
+    torch.manual_seed(0)
+
+    class Tok(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 6)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, t: Tensor) -> Tensor:
+            return self.fc(self.emb(t).mean(1))
+
+    model = Tok().to(DT)
+    T = torch.randint(0, 10, (7, 4))
+    rep = flatbook.report(model, T, sharpness=False)
+    d = rep.as_dict()
+    assert math.isnan(d["mls_mean"]) and d["fc_mls_mean"] > 0
+    assert rep.bounds["t4_nmls"].holds(1e-9)
+    ref = _reference(model, T, ["fc"], None)
+    assert d["fc_mls_mean"] == pytest.approx(float(ref["fc"]["mls"].mean()), rel=1e-8)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_torch_loss_instances_are_recognised_with_their_normalisation() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    X, Y = torch.randn(8, 4, dtype=DT), torch.randn(8, 3, dtype=DT)
+    ours = flatbook.report(net, X, Y, "squared", tol=1e-10)
+    mse = flatbook.report(net, X, Y, nn.MSELoss(), tol=1e-10)
+    assert mse.scalars["lambda_max"] == pytest.approx(ours.scalars["lambda_max"], rel=1e-8)
+    assert any("2/k" in n for n in mse.notes)
+    # the factor the note states is right: λ_max of nn.MSELoss() is (2/k) λ_max of ours
+    H = curvature.dense_hessian(net, lambda f, y: nn.functional.mse_loss(f, y), X, Y)
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    assert lam == pytest.approx(2 / 3 * ours.scalars["lambda_max"], rel=1e-8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ce = flatbook.report(net, X, labels, nn.CrossEntropyLoss(), sharpness=False)
+    ce2 = flatbook.report(net, X, labels, "cross_entropy", sharpness=False)
+    assert ce.scalars["loss"] == ce2.scalars["loss"]
+    for bad in (nn.MSELoss(reduction="none"), nn.CrossEntropyLoss(label_smoothing=0.1),
+                nn.L1Loss()):
+        with pytest.raises(TypeError, match="loss"):
+            losses.resolve(bad)
+    with pytest.raises(TypeError, match="nn.MSELoss|MSELoss"):
+        curvature.sharpness(net, nn.MSELoss(), X, Y)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- curvature
+
+
+def test_dense_hessian_off_interpolation_on_layernorm_matches_finite_differences() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)).to(DT)
+    with torch.no_grad():
+        net[1].weight.normal_()
+        net[1].bias.normal_()
+    X, Y = torch.randn(7, 4, dtype=DT), torch.randn(7, 3, dtype=DT)
+    H = curvature.dense_hessian(net, "squared", X, Y)
+    params = dict(net.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def grad(t: Tensor) -> Tensor:
+        t = t.clone().requires_grad_(True)
+        ps, i = {}, 0
+        for n, p in params.items():
+            ps[n] = t[i : i + p.numel()].view_as(p)
+            i += p.numel()
+        out = torch.func.functional_call(net, ps, (X,))
+        return torch.autograd.grad(losses.squared(out, Y), t)[0]
+
+    h = 1e-5
+    E = torch.eye(theta.numel(), dtype=DT)
+    Hfd = torch.stack([(grad(theta + h * e) - grad(theta - h * e)) / (2 * h) for e in E], 1)
+    assert float((H - Hfd).norm() / H.norm()) < 1e-7
+    assert float((H - H.T).norm() / H.norm()) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["mha", "encoder_layer"])
+def test_second_derivatives_through_attention(kind: str) -> None:
+    torch.manual_seed(0)
+    if kind == "mha":
+        net: nn.Module = _tblock()
+    else:
+        net = nn.Sequential(
+            nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+            nn.Flatten(), nn.Linear(32, 3)).to(DT)
+    X, Y = torch.randn(5, 4, 8, dtype=DT), torch.randn(5, 3, dtype=DT)
+    s = curvature.sharpness(net, "squared", X, Y, tol=1e-10)
+    H = curvature.dense_hessian(net, "squared", X, Y)
+    assert s.lambda_max == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-8)
+    rep = flatbook.report(net, X, Y, sharpness=False)
+    assert all(rep.bounds[n].holds(1e-9) for n in rep.bounds if rep.bounds[n].applicable)
+    q = B.quantities(net, X)
+    assert q.layers and q.trace > 0
