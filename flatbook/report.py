@@ -23,13 +23,21 @@ Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     whose J_x has full numerical rank; the others have log LVR = −inf, which makes
     ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
     ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
-Per dense layer ``l1``, ``l2``, … (the map h_{l−1} ↦ f; prefix ``"{layer}_"``)
-    ``index`` (item in the Sequential), ``width_in`` (p = dim h_{l−1}), ``r``,
+Per dense layer (prefix ``"{layer}_"``; layers keyed ``l1``, ``l2``, … for top-level items of an
+``nn.Sequential``, else by qualified module name, e.g. ``"block.fc_mls_mean"``; see
+:mod:`flatbook.probe`). The measures are those of the *path* Jacobian J_l = ∂f/∂δ = G_l W_l (δ
+added to the layer's input), which is the paper's ∂f/∂h_{l−1} whenever h_{l−1} reaches f only
+through layer l (every ``nn.Sequential`` model):
+    ``index`` (item in the Sequential; NaN otherwise), ``width_in`` (p = dim h_{l−1}), ``r``,
     ``mls_mean``, ``mls_median``, ``log_lvr_mean``, ``log_lvr_median``, ``ld_mean``,
     ``ld_median``, ``frob_sq_mean``, ``log_lvr_finite_frac``, ``h_sqnorm_mean`` (‖h_{l−1}‖²),
     ``weight_norm`` (‖W_l‖₂),
     ``grad_w_sqnorm_mean`` (‖∇_{W_l} f‖_F²), ``kappa`` (κ_l by the T5 identity),
     ``pr`` (global participation ratio of h_{l−1}). E.g. ``"l1_mls_mean"``, ``"l2_kappa"``.
+    Layers that are not ``nn.Sequential`` items also have ``total_mls_mean``,
+    ``total_log_lvr_mean``, ``total_ld_mean`` (of the total ∂f/∂h_{l−1}, where h_{l−1} is a
+    module's output or x; NaN otherwise) and ``skip`` (1.0 if the total differs from the path
+    Jacobian — a skip connection —, 0.0 if equal, NaN if not measured).
 Named representations (``representations=[...]``; the map x ↦ h, prefix ``"rep_{name}_"``)
     ``log_lvr_mean``, ``log_lvr_finite_frac``, ``mls_mean``, ``ld_mean``, ``pr``.
 Bounds (``flatbook.bounds.all_bounds``; prefix = bound name)
@@ -46,6 +54,9 @@ Numerical rank: log LVR counts singular values ≤ eps·max(N, d)·σ_1 as zero 
 ``torch.linalg.matrix_rank`` convention (``rtol`` overrides it). In float32 that floor is
 ≈ 1e-4·σ_1 for d = 784: wide hidden maps (``representations=``) are then often −inf — a
 statement about float32, not about the network; measure in float64 or pass ``rtol=0``.
+
+Bounds that are empty (``lem3``, ``t4_nmls``, ``t4_nvr`` of a network without dense layers) are
+*not applicable*: every key NaN, "n/a" in the table, :meth:`flatbook.bounds.Bound.holds` False.
 
 The bounds are proven for dense layers (paper.md §2); for CNNs and ViTs the report gives the
 output-level measures, the dense layers present (T4 then sums over those only — still a valid
@@ -187,6 +198,12 @@ class Report:
                     f"{v['h_sqnorm_mean']:>11.4g}{v['weight_norm']:>9.4g}{v['kappa']:>11.4g}"
                     f"{v['pr']:>8.3g}"
                 )
+            for name, v in self.layers.items():
+                if v.get("skip") == 1.0:
+                    lines.append(
+                        f"  {name}: skip connection around the layer — path MLS_l "
+                        f"{v['mls_mean']:.4g}, total ‖∂f/∂h_(l−1)‖₂ {v['total_mls_mean']:.4g}"
+                    )
         if self.representations:
             lines.append("")
             lines.append("Named representations (map x ↦ h):")
