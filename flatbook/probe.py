@@ -25,7 +25,7 @@
   (input [b, T, p]) or repeated calls and tied weights are listed as *shared weights*;
   ``nn.Linear`` modules never called although their weight is used (``MultiheadAttention``'s
   ``out_proj``) or frozen as *not measured* — none is skipped silently
-  (:attr:`Probe.skipped`).
+  (``Probe.skipped``).
 
 Names: layers are named by qualified module name (``model.named_modules()``, e.g.
 ``"block.fc"``); in an ``nn.Sequential`` a top-level ``nn.Linear`` item keeps the alias
@@ -36,14 +36,14 @@ Per-layer path sensitivity
 --------------------------
 A forward-pre-hook adds δ to the input of dense layer l: z = W_l (h_{l−1} + δ) + b_l. Then
 
-    J_l(x) = ∂f/∂δ |_{δ=0} = G_l W_l ∈ R^{k×p},   G_l = ∂f/∂z_l,
+    J_l(x) = ∂f/∂δ at δ = 0 = G_l W_l ∈ R^{k×p},   G_l = ∂f/∂z_l,
 
 exactly, for any architecture, so L2 (‖h‖ ‖J_l‖_F ≤ ‖W_l‖₂ ‖∇_{W_l} f‖_F), L3, T4 and T5 hold
 with it. MLS_l, LVR_l, LD_l are computed from J_l. J_l equals the paper's ∂f/∂h_{l−1} when
 h_{l−1} reaches f only through layer l (every ``nn.Sequential`` model). Where h_{l−1} is the
 output of a module (or the input x), the *total* sensitivity ∂f/∂h_{l−1} is measured too, by a
 forward hook adding ε to that module's output; where the two differ, a skip connection carries
-h_{l−1} around the layer (:attr:`LayerResult.skip`). All Jacobians of a chunk — J_x, every J_l
+h_{l−1} around the layer (``LayerResult.skip``). All Jacobians of a chunk — J_x, every J_l
 and every total — come from **one** ``vmap(jacrev)`` call, i.e. k reverse passes per chunk
 (the shape issue 14 builds on to share them with the parameter-Jacobian norms).
 """
@@ -289,7 +289,7 @@ class ProbedLayer:
 
     @property
     def input_name(self) -> str | None:
-        """Alias of :attr:`producer` (the name of h_{l−1})."""
+        """Alias of ``producer`` (the name of h_{l−1})."""
         return self.producer
 
 
@@ -379,12 +379,12 @@ class Probe:
         chunk: samples per vectorised Jacobian call (``None``: automatic, ≲ 2^24 entries).
         check: run the forward determinism probe.
 
-    Attributes (after entering):
-        fn: the module every estimator differentiates, x ↦ f ∈ R^{[b, k]} (``model`` itself
-            when its output is already a [b, k] tensor).
-        X, Y: the resolved data (Y never ``None``: f(X) when not given).
-        F: f(X), [n, k]. n, k, d: samples, outputs, input entries.
-        loss: the resolved loss (name or callable); loss_notes: notes on its normalisation.
+    Attributes:
+        fn: (after entering) the module every estimator differentiates, x ↦ f of shape
+            [b, k] (``model`` itself when its output is already a [b, k] tensor).
+        X: the resolved inputs [n, …]; ``Y``: the targets (f(X) when not given).
+        F: (after entering) f(X), [n, k]; ``n``, ``k``, ``d``: samples, outputs, input entries.
+        loss: the resolved loss (name or callable); ``loss_notes``: notes on its normalisation.
         notes: the caveats found (dtype casts, shared weights, not-measured layers, …).
     """
 
