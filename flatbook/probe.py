@@ -376,6 +376,9 @@ class Probe:
             instance (recognised with its normalisation, :func:`flatbook.losses.resolve`) or a
             callable ``loss(f, y)`` averaging over samples.
         output: selector of f for tuple/dict outputs (index, key or callable).
+        layers: which dense layers to measure: ``None`` (all), names (qualified module names or
+            the ``"l{l}"`` aliases), an ``nn.Module`` subclass, or a predicate
+            ``(name, module) -> bool``. Unselected dense layers are listed in ``skipped``.
         chunk: samples per vectorised Jacobian call (``None``: automatic, ≲ 2^24 entries).
         check: run the forward determinism probe.
 
@@ -396,6 +399,7 @@ class Probe:
         loss: object = "squared",
         *,
         output: OutputSelector = None,
+        layers: object = None,
         chunk: int | None = None,
         check: bool = True,
     ) -> None:
@@ -406,6 +410,7 @@ class Probe:
             raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
         self.model = model
         self._output = output
+        self._select = layers
         self._chunk = chunk
         self._check = check
         self.notes: list[str] = []
@@ -619,9 +624,34 @@ class Probe:
             wname = next(n for n, p in self.fn.named_parameters() if p is m.weight)
             out.append(ProbedLayer(name=name, qualname=qn, module=m, weight_name=wname, l=l,
                                    index=idx, producer=produced.get(id(h))))
+        out = self._filter(out)
         self._layers = out
         for qn, why in self.skipped.items():
             self.notes.append(f"nn.Linear {qn!r}: {why}")
+
+    def _filter(self, found: list[ProbedLayer]) -> list[ProbedLayer]:
+        sel = self._select
+        if sel is None:
+            return found
+        if isinstance(sel, type) and issubclass(sel, nn.Module):
+            keep = [L for L in found if isinstance(L.module, sel)]
+        elif callable(sel):
+            keep = [L for L in found if sel(L.name, L.module)]
+        elif isinstance(sel, str) or not isinstance(sel, Iterable):
+            raise TypeError("layers must be None, a list of names, an nn.Module subclass or a "
+                            f"predicate (name, module) -> bool; got {sel!r}")
+        else:
+            names = set(sel)
+            known = {L.name for L in found} | {L.qualname for L in found}
+            unknown = names - known
+            if unknown:
+                raise ValueError(f"layers: unknown dense layer(s) {sorted(unknown)}; dense layers "
+                                 f"of this model: {[L.name for L in found]}")
+            keep = [L for L in found if L.name in names or L.qualname in names]
+        for L in found:
+            if L not in keep:
+                self.skipped[L.qualname] = "dense layer not selected (layers=)"
+        return keep
 
     # -------------------------------------------------------------- layers & Jacobians
 

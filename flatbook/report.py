@@ -240,6 +240,7 @@ def report(
     loss: object = "squared",
     *,
     output: int | str | Callable[[object], Tensor] | None = None,
+    layers: object = None,
     lr: float | None = None,
     batch_size: int | None = None,
     n_train: int | None = None,
@@ -278,6 +279,8 @@ def report(
             the loss value and λ_max. The bounds always use the Gauss–Newton trace
             (1/n) Σ‖J_i‖_F² (see :mod:`flatbook.bounds`).
         output: selects f from a tuple/dict output: an index, a key or a callable.
+        layers: restrict the dense layers measured: names, an ``nn.Module`` subclass or a
+            predicate ``(name, module) -> bool`` (see :class:`flatbook.probe.Probe`).
         lr, batch_size: step size η and batch B of the run, for the T7 bounds.
         n_train: size n of the training set that SGD samples from, for p = (n−B)/(B(n−1)) of
             the SGD bound ``t7_sgd`` (default: the rows of X — wrong when X is an evaluation
@@ -295,7 +298,7 @@ def report(
     from flatbook.probe import Probe
 
     notes: list[str] = []
-    with Probe(model, X, Y, loss, output=output, chunk=chunk) as p:  # type: ignore[arg-type]
+    with Probe(model, X, Y, loss, output=output, layers=layers, chunk=chunk) as p:  # type: ignore[arg-type]
         F, Y, X = p.F, p.Y, p.X
         loss_spec = p.loss
         notes += p.loss_notes

@@ -121,8 +121,9 @@ def _reference(model: nn.Module, X: Tensor, names: list[str], output: int | None
     ref: dict[str, dict[str, list[Tensor]]] = {n: {"h": [], "gw": [], "mls": []} for n in names}
     for i in range(X.shape[0]):
         cap: dict[str, tuple[Tensor, Tensor]] = {}
-        hs = [m.register_forward_hook(lambda mod, inp, out, n=n: cap.__setitem__(n, (inp[0], out)))
-              for n, m in mods.items()]
+        hs = [m.register_forward_hook(
+            lambda mod, inp, out, n=n, cap=cap: cap.__setitem__(n, (inp[0], out)))
+            for n, m in mods.items()]
         try:
             f = _select(model(X[i : i + 1]), output).reshape(-1)
         finally:
@@ -253,7 +254,7 @@ def test_skip_connection_path_and_total_sensitivity_differ() -> None:
     tot = []
     for i in range(5):
         cap = {}
-        hk = model.act.register_forward_hook(lambda m, i_, o: cap.__setitem__("h", o))
+        hk = model.act.register_forward_hook(lambda m, i_, o, cap=cap: cap.__setitem__("h", o))
         f = model(X[i : i + 1]).reshape(-1)
         hk.remove()
         rows = [torch.autograd.grad(f[c], cap["h"], retain_graph=True)[0].reshape(-1)
@@ -407,3 +408,21 @@ def test_second_derivatives_through_attention(kind: str) -> None:
     assert all(rep.bounds[n].holds(1e-9) for n in rep.bounds if rep.bounds[n].applicable)
     q = B.quantities(net, X)
     assert q.layers and q.trace > 0
+
+
+def test_layers_are_selectable_by_name_type_or_predicate() -> None:
+    model = _res_cnn()
+    X = torch.randn(4, 1, 6, 6, dtype=DT)
+    full = flatbook.report(model, X, sharpness=False)
+    only = flatbook.report(model, X, layers=["head"], sharpness=False)
+    assert list(only.layers) == ["head"] and "not selected" in " ".join(only.notes)
+    assert only.layers["head"]["mls_mean"] == pytest.approx(full.layers["head"]["mls_mean"],
+                                                            rel=1e-12)
+    # T4 sums over the selected layers only: a smaller left side, the same trace
+    assert only.bounds["t4_nmls"].lhs < full.bounds["t4_nmls"].lhs
+    assert only.bounds["t4_nmls"].rhs == full.bounds["t4_nmls"].rhs
+    assert list(flatbook.report(model, X, layers=lambda n, m: n == "fc",
+                                sharpness=False).layers) == ["fc"]
+    assert len(flatbook.report(model, X, layers=nn.Linear, sharpness=False).layers) == 2
+    with pytest.raises(ValueError, match="unknown dense layer"):
+        flatbook.report(model, X, layers=["conv"], sharpness=False)
