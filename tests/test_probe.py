@@ -426,3 +426,34 @@ def test_layers_are_selectable_by_name_type_or_predicate() -> None:
     assert len(flatbook.report(model, X, layers=nn.Linear, sharpness=False).layers) == 2
     with pytest.raises(ValueError, match="unknown dense layer"):
         flatbook.report(model, X, layers=["conv"], sharpness=False)
+
+
+def test_geometry_and_named_representations_of_any_module() -> None:
+    from flatbook import geometry
+
+    model = _res_cnn()
+    X = torch.randn(4, 1, 6, 6, dtype=DT)
+    rep = flatbook.report(model, X, sharpness=False, representations=["act"])
+    lm = geometry.layer_measures(model, X)
+    assert list(lm) == ["fc", "head"]
+    assert float(lm["fc"].measures.mls.mean()) == pytest.approx(rep.layers["fc"]["mls_mean"],
+                                                                 rel=1e-12)
+    # x ↦ h = act(…) by autograd, sample by sample
+    model.eval()
+    ref = []
+    for i in range(4):
+        def h_of(x: Tensor) -> Tensor:
+            cap = {}
+            hk = model.act.register_forward_hook(lambda m, i_, o: cap.__setitem__("h", o))
+            model(x.reshape(1, 1, 6, 6))
+            hk.remove()
+            return cap["h"].reshape(-1)
+        J = torch.autograd.functional.jacobian(h_of, X[i].reshape(-1))
+        ref.append(torch.linalg.matrix_norm(J, ord=2))
+    assert rep.representations["act"]["mls_mean"] == pytest.approx(
+        float(torch.stack(ref).mean()), rel=1e-8)
+    m = geometry.representation_measures(model, X, "act")
+    assert float(m.mls.mean()) == pytest.approx(rep.representations["act"]["mls_mean"],
+                                                rel=1e-12)
+    with pytest.raises(ValueError, match="unknown representation"):
+        flatbook.report(model, X, sharpness=False, representations=["nope"])
