@@ -111,6 +111,7 @@ class Report:
         quantities: the :class:`flatbook.bounds.Quantities` everything was computed from.
         sharpness: the :class:`flatbook.curvature.SharpnessResult` (or ``None``).
         notes: caveats that apply to this model / data (interpolation, loss, architecture).
+        aliases: ``{qualified module name: key in layers}`` (see :meth:`layer`).
     """
 
     scalars: dict[str, float]
@@ -120,6 +121,17 @@ class Report:
     quantities: _bounds.Quantities
     sharpness: curvature.SharpnessResult | None = None
     notes: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def layer(self, name: str) -> dict[str, float]:
+        """The entry of :attr:`layers` for ``name``: its key (``"l1"``, ``"block.fc"``) or the
+        qualified module name of the ``nn.Linear`` (``"4"`` for item 4 of an ``nn.Sequential``).
+        """
+        key = name if name in self.layers else self.aliases.get(name)
+        if key is None:
+            raise ValueError(f"unknown dense layer {name!r}; layers: {list(self.layers)} "
+                             f"(module names {list(self.aliases)})")
+        return self.layers[key]
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{str: float}`` with the stable keys listed in the module docstring."""
@@ -431,4 +443,5 @@ def report(
         quantities=q,
         sharpness=sharp,
         notes=notes,
+        aliases={r.qualname: r.name for r in p.layers()},
     )

@@ -224,6 +224,9 @@ def test_sequential_wrap_finds_the_nested_layers_and_empty_bounds_never_hold() -
     direct = flatbook.report(model, X, sharpness=False)
     wrapped = flatbook.report(nn.Sequential(model), X, sharpness=False)
     assert list(wrapped.layers) == ["0.fc", "0.head"]
+    seq = flatbook.report(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT),
+                          torch.randn(5, 3, dtype=DT), sharpness=False)
+    assert list(seq.layers) == ["l1", "l2"] and seq.layer("2") is seq.layers["l2"]
     for a, b in (("fc", "0.fc"), ("head", "0.head")):
         assert wrapped.layers[b]["mls_mean"] == pytest.approx(direct.layers[a]["mls_mean"],
                                                               rel=1e-12)
