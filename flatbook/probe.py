@@ -261,7 +261,8 @@ class ProbedLayer:
         l: 1-based position among the dense layers, in forward order.
         index: item index for a top-level item of an ``nn.Sequential``, else ``None``.
         producer: qualified name of the module whose output is h_{l−1}, ``"input"`` if
-            h_{l−1} is the model input x itself, ``None`` if h_{l−1} comes from a functional op.
+            h_{l−1} is the model input x itself, ``None`` if h_{l−1} comes from a functional op
+            or from a module called more than once per forward (e.g. a reused ``nn.ReLU``).
     """
 
     name: str
@@ -482,8 +483,17 @@ class Probe:
 
     def _resolve(self) -> None:
         x1 = self.X[:1]
-        with torch.no_grad():
-            out = self.model(x1)
+        try:
+            with torch.no_grad():
+                out = self.model(x1)
+        except (RuntimeError, TypeError) as e:
+            if self.X.is_floating_point():
+                raise
+            raise TypeError(
+                f"X holds integers ({self.X.dtype}) and the model fails on them ({e}). Integer "
+                "inputs are kept as they are (token ids for an embedding); for pixel or feature "
+                f"values pass floating inputs, e.g. X.to({self.dtype})"
+            ) from e
         if isinstance(out, Tensor) and self._output is None and out.ndim == 2:
             self.fn = self.model
         else:
@@ -622,8 +632,11 @@ class Probe:
                 name = qn
             h = calls[id(m)][0][0]
             wname = next(n for n, p in self.fn.named_parameters() if p is m.weight)
+            prod = produced.get(id(h))
+            if prod not in (None, "input") and counts.get(id(self._module(prod)), 0) != 1:
+                prod = None  # a module called several times (a reused nn.ReLU): no single output
             out.append(ProbedLayer(name=name, qualname=qn, module=m, weight_name=wname, l=l,
-                                   index=idx, producer=produced.get(id(h))))
+                                   index=idx, producer=prod))
         out = self._filter(out)
         self._layers = out
         for qn, why in self.skipped.items():

@@ -311,6 +311,8 @@ def test_output_selectors_regression_targets_and_dtype_policy() -> None:
     assert any("cast" in n for n in rep.notes)
     with pytest.raises(TypeError, match="float32 or float64"):
         flatbook.report(nn.Sequential(nn.Linear(5, 3)).half(), X)
+    with pytest.raises(TypeError, match="integers"):
+        flatbook.report(nn.Sequential(nn.Linear(5, 3)).to(DT), torch.randint(0, 9, (4, 5)))
     with pytest.raises(ValueError, match="one-hot"):
         flatbook.report(nn.Sequential(nn.Linear(5, 3)).to(DT), X, torch.tensor([0, 1, 2] * 2))
 
@@ -460,3 +462,25 @@ def test_geometry_and_named_representations_of_any_module() -> None:
                                                 rel=1e-12)
     with pytest.raises(ValueError, match="unknown representation"):
         flatbook.report(model, X, sharpness=False, representations=["nope"])
+
+
+def test_a_reused_activation_module_is_not_taken_as_the_producer() -> None:
+    class Reuse(nn.Module):  # torchvision's BasicBlock calls self.relu twice
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.relu = nn.Linear(4, 6), nn.Linear(6, 2), nn.Tanh()
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.relu(self.a(self.relu(x)))
+            return self.b(h) + h[:, :2]
+
+    torch.manual_seed(0)
+    model = Reuse().to(DT)
+    X = torch.randn(5, 4, dtype=DT)
+    with Probe(model, X) as p:
+        assert {L.name: L.producer for L in p.layers()} == {"a": None, "b": None}
+    rep = flatbook.report(model, X, sharpness=False)
+    ref = _reference(model, X, ["a", "b"], None)
+    for n in ("a", "b"):
+        assert rep.layers[n]["mls_mean"] == pytest.approx(float(ref[n]["mls"].mean()), rel=1e-8)
+        assert math.isnan(rep.layers[n]["skip"])
