@@ -178,8 +178,8 @@ def resolve_data(data: object, Y: object = None) -> DataSet:
         source, batches = "DataLoader", data
     elif isinstance(data, IterableDataset):
         source, batches = "IterableDataset", DataLoader(data, batch_size=256)
-    elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        source, batches = "Dataset", DataLoader(data, batch_size=256, shuffle=False)  # type: ignore[arg-type]
+    elif isinstance(data, Dataset):  # samples (x, y), batched in order
+        source, batches = "Dataset", DataLoader(data, batch_size=256, shuffle=False)
     elif isinstance(data, Iterable):
         source, batches = "iterable", data
     else:

@@ -191,6 +191,8 @@ def test_dataloader_gives_the_report_of_the_concatenated_tensors() -> None:
     loader = DataLoader(TensorDataset(X, Y), batch_size=3, shuffle=False)
     b = flatbook.report(model, loader, seed=0).as_dict()
     c = flatbook.report(model, TensorDataset(X, Y), seed=0).as_dict()
+    batches = [(X[:4], Y[:4]), (X[4:], Y[4:])]  # a plain list of (x, y) batches
+    assert flatbook.report(model, batches, seed=0).as_dict()["lambda_max"] == a["lambda_max"]
     assert set(a) == set(b) == set(c)
     for key, va in a.items():
         for other in (b, c):
