@@ -451,6 +451,8 @@ class Probe:
                                and not Y.is_floating_point()):
                 return Y.reshape(n).long()
             return Y.reshape(n, -1).to(self.dtype)
+        if not isinstance(self.loss, str):  # a callable loss gets Y as given (dtype policy only)
+            return Y.to(self.dtype) if Y.is_floating_point() else Y
         if not Y.is_floating_point():
             if Y.ndim == 1 and k > 1:
                 raise ValueError(
@@ -459,7 +461,7 @@ class Probe:
                     "loss='cross_entropy'"
                 )
         Y = Y.to(self.dtype).reshape(n, -1)
-        if isinstance(self.loss, str) and Y.shape[1] != k:
+        if Y.shape[1] != k:
             raise ValueError(f"Y must have k = {k} entries per sample like the output f; got "
                              f"shape {tuple(Y.shape)}")
         return Y
