@@ -73,11 +73,16 @@ OutputSelector = int | str | Callable[[Any], Tensor] | None
 @dataclass(frozen=True)
 class DataSet:
     """A fixed evaluation set: X [n, …], Y [n, …] or ``None`` (then Y = f(X)); ``source`` says
-    what it was made from (``"tensors"``, ``"DataLoader"``, ``"Dataset"``, ``"iterable"``)."""
+    what it was made from (``"tensors"``, ``"DataLoader"``, ``"Dataset"``, ``"iterable"``).
+
+    Dict inputs ``{name: Tensor[n, …]}`` are packed into one float64 tensor X [n, D] (fields in
+    key order, flattened; integers are exact up to 2^53); ``fields`` = ``((name, shape, dtype),
+    …)`` unpacks them (``None`` for tensor inputs)."""
 
     X: Tensor
     Y: Tensor | None
     source: str
+    fields: tuple[tuple[str, tuple[int, ...], torch.dtype], ...] | None = None
 
 
 def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
@@ -86,12 +91,10 @@ def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
     if isinstance(item, tuple | list) and len(item) == 2:
         x, y = item
         if isinstance(x, Mapping):
-            raise TypeError(
-                f"{where}: inputs are a dict ({sorted(x)[:4]}); flatbook differentiates with "
-                "respect to one input tensor. Wrap your network in an nn.Module whose forward "
-                "takes one tensor (e.g. `class Net(nn.Module): forward(self, x): return "
-                "net(**unpack(x))`) and give batches (x, y) with x a tensor"
-            )
+            bad = [k for k, v in x.items() if not isinstance(v, Tensor)]
+            if bad:
+                raise TypeError(f"{where}: dict input fields {bad} are not tensors")
+            return x, (None if y is None else torch.as_tensor(y))  # type: ignore[return-value]
         if not isinstance(x, Tensor):
             raise TypeError(f"{where}: x must be a torch.Tensor; got {type(x).__name__}")
         if y is not None and not isinstance(y, Tensor):
@@ -108,12 +111,50 @@ def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
     )
 
 
-def _read(batches: Iterable[object], where: str) -> tuple[Tensor, Tensor | None]:
+Fields = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+
+def _pack(x: Mapping[str, Tensor], where: str) -> tuple[Tensor, Fields]:
+    """{name: [b, …]} → (float64 [b, D], fields) (see :class:`DataSet`)."""
+    keys = sorted(x)
+    if not keys:
+        raise ValueError(f"{where}: the dict input is empty")
+    b = x[keys[0]].shape[0] if x[keys[0]].ndim else 0
+    if any(x[k].ndim == 0 or x[k].shape[0] != b for k in keys):
+        raise ValueError(f"{where}: every field of a dict input needs the same leading batch axis; "
+                         f"got {[(k, tuple(x[k].shape)) for k in keys]}")
+    if any(x[k].is_complex() for k in keys):
+        raise TypeError(f"{where}: complex input fields are not supported")
+    fields = tuple((k, tuple(x[k].shape[1:]), x[k].dtype) for k in keys)
+    X = torch.cat([x[k].detach().reshape(b, -1).to(torch.float64) for k in keys], dim=1)
+    return X, fields
+
+
+def _unpack(X: Tensor, fields: Fields, float_dtype: torch.dtype) -> dict[str, Tensor]:
+    out, a = {}, 0
+    for k, shape, dt in fields:
+        m = math.prod(shape)
+        v = X[:, a : a + m].reshape(X.shape[0], *shape)
+        out[k] = v.to(float_dtype) if dt.is_floating_point else v.round().to(dt)
+        a += m
+    return out
+
+
+def _read(batches: Iterable[object], where: str) -> tuple[Tensor, Tensor | None, Fields | None]:
+    fields: Fields | None = None
     xs: list[Tensor] = []
     ys: list[Tensor] = []
     has_y: bool | None = None
     for i, item in enumerate(batches):
         x, y = _as_batch(item, f"{where} batch {i}")
+        if isinstance(x, Mapping):
+            x, fb = _pack(x, f"{where} batch {i}")
+            if fields is not None and fb != fields:
+                raise ValueError(f"{where} batch {i}: dict fields {fb} differ from the first "
+                                 f"batch's {fields}")
+            fields = fb
+        elif fields is not None:
+            raise ValueError(f"{where} batch {i}: a tensor input after dict inputs")
         if has_y is None:
             has_y = y is not None
         elif has_y != (y is not None):
@@ -127,10 +168,11 @@ def _read(batches: Iterable[object], where: str) -> tuple[Tensor, Tensor | None]
         raise ValueError(f"{where} is empty (no batch): the report needs at least one sample")
     X = torch.cat(xs)
     Y = torch.cat(ys) if has_y else None
-    return X, Y
+    return X, Y, fields
 
 
-def _same(a: tuple[Tensor, Tensor | None], b: tuple[Tensor, Tensor | None]) -> bool:
+def _same(a: tuple[Tensor, Tensor | None, object], b: tuple[Tensor, Tensor | None, object]
+          ) -> bool:
     if a[0].shape != b[0].shape or not torch.equal(a[0], b[0]):
         return False
     if (a[1] is None) != (b[1] is None):
@@ -158,6 +200,11 @@ def resolve_data(data: object, Y: object = None) -> DataSet:
         if Y is not None and not isinstance(Y, Tensor):
             raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
         return DataSet(data.detach(), None if Y is None else Y.detach(), "tensors")
+    if isinstance(data, Mapping) and all(isinstance(v, Tensor) for v in data.values()):
+        if Y is not None and not isinstance(Y, Tensor):
+            raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
+        Xp, fields = _pack(data, "X")  # type: ignore[arg-type]
+        return DataSet(Xp, None if Y is None else Y.detach(), "dict of tensors", fields)
     if Y is not None:
         raise ValueError(
             "Y must be None when X is a DataLoader / Dataset / iterable of batches: the batches "
@@ -189,7 +236,7 @@ def resolve_data(data: object, Y: object = None) -> DataSet:
         )
     first = _read(batches, f"X ({source})")
     if iter(batches) is batches:  # a one-shot iterator cannot be read twice
-        return DataSet(first[0], first[1], source)
+        return DataSet(first[0], first[1], source, first[2])
     second = _read(batches, f"X ({source})")
     if not _same(first, second):
         raise ValueError(
@@ -197,7 +244,7 @@ def resolve_data(data: object, Y: object = None) -> DataSet:
             "subsampling): the report needs a fixed evaluation set. Use a loader without "
             "shuffle and without random transforms, or pass the tensors"
         )
-    return DataSet(first[0], first[1], source)
+    return DataSet(first[0], first[1], source, first[2])
 
 
 # ----------------------------------------------------------------------------- output
@@ -229,6 +276,24 @@ def select_output(out: Any, output: OutputSelector) -> Tensor:
             "tuple's first item), output='logits' (a dict key) or a callable output=lambda out: …"
         )
     return sel
+
+
+class _Call(nn.Module):
+    """x ↦ ``forward(model, x)``, x unpacked from the packed dict tensor when ``fields``."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Any] | None,
+                 fields: Fields | None, float_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self._forward = forward
+        self._fields = fields
+        self._float = float_dtype
+
+    def forward(self, x: Tensor) -> Any:
+        inp: Any = x if self._fields is None else _unpack(x, self._fields, self._float)
+        if self._forward is None:
+            return self.model(inp)
+        return self._forward(self.model, inp)
 
 
 class _Output(nn.Module):
@@ -377,6 +442,10 @@ class Probe:
             instance (recognised with its normalisation, :func:`flatbook.losses.resolve`) or a
             callable ``loss(f, y)`` averaging over samples.
         output: selector of f for tuple/dict outputs (index, key or callable).
+        forward: how to call the model, ``forward(model, x) -> output`` (default
+            ``model(x)``); needed for dict inputs, e.g. ``lambda model, x: model(**x)``: x is then
+            the dict of the batch's fields (packed into one tensor for chunking and unpacked,
+            dtypes restored, before the call).
         layers: which dense layers to measure: ``None`` (all), names (qualified module names or
             the ``"l{l}"`` aliases), an ``nn.Module`` subclass, or a predicate
             ``(name, module) -> bool``. Unselected dense layers are listed in ``skipped``.
@@ -389,6 +458,7 @@ class Probe:
         X: the resolved inputs [n, …]; ``Y``: the targets (f(X) when not given).
         F: (after entering) f(X), [n, k]; ``n``, ``k``, ``d``: samples, outputs, input entries.
         loss: the resolved loss (name or callable); ``loss_notes``: notes on its normalisation.
+        fields: for dict inputs, the packed fields ``((name, shape, dtype), …)``, else ``None``.
         notes: the caveats found (dtype casts, shared weights, not-measured layers, …).
     """
 
@@ -401,6 +471,7 @@ class Probe:
         *,
         output: OutputSelector = None,
         layers: object = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
         chunk: int | None = None,
         check: bool = True,
     ) -> None:
@@ -418,19 +489,33 @@ class Probe:
         self.dtype, self.device = _param_dtype(model)
         data = resolve_data(X, Y)
         self.source = data.source
+        self.fields = data.fields
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be a callable forward(model, x) -> output; got "
+                            f"{type(forward).__name__}")
+        if self.fields is not None and forward is None:
+            raise TypeError(
+                f"X holds dict inputs (fields {[f[0] for f in self.fields]}): pass "
+                "forward=lambda model, x: model(**x) (or any callable (model, x) -> output)"
+            )
         self.X = self._cast_x(data.X)
         self._Y_given = data.Y
         self.loss, self.loss_notes = losses.resolve(loss)
         self._ctx: contextlib.ExitStack | None = None
         self._layers: list[ProbedLayer] | None = None
         self.skipped: dict[str, str] = {}
-        self.fn: nn.Module = model
+        self._base: nn.Module = (
+            model if forward is None and self.fields is None
+            else _Call(model, forward, self.fields, self.dtype))
+        self.fn: nn.Module = self._base
 
     # -------------------------------------------------------------- resolution
 
     def _cast_x(self, X: Tensor) -> Tensor:
         if X.ndim < 1 or X.shape[0] == 0:
             raise ValueError(f"X must have shape [n, …] with n ≥ 1; got {tuple(X.shape)}")
+        if self.fields is not None:  # packed dict inputs: float64, unpacked by the model call
+            return X.to(self.device)
         if X.is_floating_point():
             if X.dtype != self.dtype:
                 self.notes.append(f"inputs cast from {X.dtype} to the model's {self.dtype}")
@@ -487,7 +572,7 @@ class Probe:
         x1 = self.X[:1]
         try:
             with torch.no_grad():
-                out = self.model(x1)
+                out = self._base(x1)
         except (RuntimeError, TypeError) as e:
             if self.X.is_floating_point():
                 raise
@@ -497,10 +582,10 @@ class Probe:
                 f"values pass floating inputs, e.g. X.to({self.dtype})"
             ) from e
         if isinstance(out, Tensor) and self._output is None and out.ndim == 2:
-            self.fn = self.model
+            self.fn = self._base
         else:
             select_output(out, self._output)  # raises a clear error for tuple/dict outputs
-            self.fn = _Output(self.model, self._output)
+            self.fn = _Output(self._base, self._output)
         self.F = self.forward(self.X)
         if self._check:
             F2 = self.forward(self.X)
@@ -540,11 +625,15 @@ class Probe:
     def is_sequential(self) -> bool:
         """Whether the model is a plain ``nn.Sequential`` (the ``l{l}`` naming applies)."""
         m = self.model
-        return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+        return (self._base is m and isinstance(m, nn.Sequential)
+                and type(m).forward is nn.Sequential.forward)
 
     @property
     def float_input(self) -> bool:
-        """Whether X is floating point (else there is no input Jacobian)."""
+        """Whether X is floating point (else there is no input Jacobian); for dict inputs,
+        whether every field is."""
+        if self.fields is not None:
+            return all(dt.is_floating_point for _, _, dt in self.fields)
         return self.X.is_floating_point()
 
     def _discover(self) -> None:
@@ -570,7 +659,7 @@ class Probe:
                 calls[id(mod)].append((inp[0], out))
 
         x = self.X[:2].clone()
-        if x.is_floating_point():
+        if self.float_input:
             x.requires_grad_(True)
         produced[id(x)] = "input"
         handles = [m.register_forward_hook(any_hook) for m in model.modules()]
@@ -843,7 +932,7 @@ class Probe:
             raise _Stop
 
         shape = self.X.shape[1:]
-        model = self.model
+        model = self._base
 
         def h1(x: Tensor) -> Tensor:
             try:

@@ -253,6 +253,7 @@ def report(
     *,
     output: int | str | Callable[[object], Tensor] | None = None,
     layers: object = None,
+    forward: Callable[[nn.Module, object], object] | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     n_train: int | None = None,
@@ -291,6 +292,8 @@ def report(
             the loss value and λ_max. The bounds always use the Gauss–Newton trace
             (1/n) Σ‖J_i‖_F² (see :mod:`flatbook.bounds`).
         output: selects f from a tuple/dict output: an index, a key or a callable.
+        forward: how to call the model, ``forward(model, x)``; for dict inputs (a dict of
+            tensors, or batches ``({name: tensor}, y)``), e.g. ``lambda model, x: model(**x)``.
         layers: restrict the dense layers measured: names, an ``nn.Module`` subclass or a
             predicate ``(name, module) -> bool`` (see :class:`flatbook.probe.Probe`).
         lr, batch_size: step size η and batch B of the run, for the T7 bounds.
@@ -310,7 +313,8 @@ def report(
     from flatbook.probe import Probe
 
     notes: list[str] = []
-    with Probe(model, X, Y, loss, output=output, layers=layers, chunk=chunk) as p:  # type: ignore[arg-type]
+    with Probe(model, X, Y, loss, output=output, layers=layers, forward=forward,
+               chunk=chunk) as p:  # type: ignore[arg-type]
         F, Y, X = p.F, p.Y, p.X
         loss_spec = p.loss
         notes += p.loss_notes

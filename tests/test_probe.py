@@ -216,8 +216,8 @@ def test_shuffling_or_augmenting_data_is_refused() -> None:
         resolve_data(Noisy())
     with pytest.raises(ValueError, match="Y must be None"):
         resolve_data(DataLoader(TensorDataset(X, Y)), Y)
-    with pytest.raises(TypeError, match="dict"):
-        resolve_data([({"a": X}, Y)])
+    with pytest.raises(TypeError, match="forward="):  # dict inputs need a call convention
+        flatbook.report(nn.Linear(5, 3).to(DT), [({"a": X}, Y)])
 
 
 def test_sequential_wrap_finds_the_nested_layers_and_empty_bounds_never_hold() -> None:
@@ -486,3 +486,54 @@ def test_a_reused_activation_module_is_not_taken_as_the_producer() -> None:
     for n in ("a", "b"):
         assert rep.layers[n]["mls_mean"] == pytest.approx(float(ref[n]["mls"].mean()), rel=1e-8)
         assert math.isnan(rep.layers[n]["skip"])
+
+
+def test_dict_inputs_through_a_forward_callable() -> None:
+    class Masked(nn.Module):  # forward(input_ids, mask), as a tokenizer's output is consumed
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(12, 6)
+            self.fc = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+            e = self.emb(input_ids) * mask.unsqueeze(-1)
+            pooled = e.sum(1) / mask.sum(1, keepdim=True)
+            return self.head(torch.tanh(self.fc(pooled)))
+
+    torch.manual_seed(0)
+    model = Masked().to(DT)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 12, (8, 5), generator=g)
+    mask = (torch.rand(8, 5, generator=g) > 0.3).to(DT)
+    mask[:, 0] = 1.0
+    Y = torch.randn(8, 3, generator=g, dtype=DT)
+    call = lambda m, x: m(**x)  # noqa: E731
+    batches = [({"input_ids": ids[:5], "mask": mask[:5]}, Y[:5]),
+               ({"input_ids": ids[5:], "mask": mask[5:]}, Y[5:])]
+    rep = flatbook.report(model, batches, forward=call)
+    rep_t = flatbook.report(model, {"input_ids": ids, "mask": mask}, Y, forward=call)
+    assert rep.as_dict()["lambda_max"] == pytest.approx(rep_t.as_dict()["lambda_max"], rel=1e-10)
+    assert math.isnan(rep.scalars["mls_mean"])  # integer ids: no input Jacobian
+    # references: the same model called directly, per sample, by autograd
+    model.eval()
+    for n in ("fc", "head"):
+        mod = model.get_submodule(n)
+        mls, gw = [], []
+        for i in range(8):
+            cap = {}
+            hk = mod.register_forward_hook(lambda m_, a, z, cap=cap: cap.__setitem__("z", z))
+            f = model(ids[i : i + 1], mask[i : i + 1]).reshape(-1)
+            hk.remove()
+            rows, g2 = [], 0.0
+            for c in range(3):
+                gz, gW = torch.autograd.grad(f[c], [cap["z"], mod.weight], retain_graph=True)
+                rows.append(gz.reshape(-1))
+                g2 = g2 + gW.pow(2).sum()
+            mls.append(torch.linalg.matrix_norm(torch.stack(rows) @ mod.weight.detach(), ord=2))
+            gw.append(g2.detach())
+        assert rep.layers[n]["mls_mean"] == pytest.approx(float(torch.stack(mls).mean()),
+                                                          rel=1e-8)
+        assert rep.layers[n]["grad_w_sqnorm_mean"] == pytest.approx(
+            float(torch.stack(gw).mean()), rel=1e-8)
+    assert rep.bounds["t4_nmls"].holds(1e-9)
