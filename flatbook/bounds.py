@@ -230,8 +230,9 @@ class Quantities:
         first: name of the dense layer whose input is the (flattened) input x — the W_1 of
             T1–T3 — or ``None`` when the network does not start with a dense layer (CNN, ViT).
         notes: caveats (shared weights, layers not measured, skip connections, …).
-        total: ``{layer: Measures}`` of the *total* ∂f/∂h_{l−1} where measured and different
-            from the path Jacobian's layer (see :mod:`flatbook.probe`).
+        total: ``{layer: Measures}`` of the *total* ∂f/∂h_{l−1}, for the layers where it was
+            measured (not ``nn.Sequential`` items; h_{l−1} a module's output or x; see
+            :mod:`flatbook.probe`).
         skip: ``{layer: True/False/None}``: whether a skip connection carries h_{l−1} around
             layer l (``None``: not measured; always ``None`` for ``nn.Sequential`` items).
         inputs: ``{layer: Tensor[n, p]}``, h_{l−1}(x_i) (flattened).
