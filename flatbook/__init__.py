@@ -5,6 +5,7 @@ arXiv 2310.01770). One concept per module:
 
 - :mod:`flatbook.losses`     — squared loss (the bounds' loss) and cross-entropy
 - :mod:`flatbook.curvature`  — Hessian-vector products, λ_max (Lanczos), tr H (exact GN, Hutch++)
+- :mod:`flatbook.probe`      — any ``nn.Module`` and its data (tensors, DataLoader), resolved once
 - :mod:`flatbook.layers`     — naming layer boundaries of an ``nn.Sequential``, dense layers
 - :mod:`flatbook.geometry`   — input Jacobians, log LVR, MLS, LD, participation ratio
 - :mod:`flatbook.bounds`     — both sides of every inequality of the derivation chain

@@ -39,6 +39,7 @@ NUMERIC_MODULES = (
     "geometry.py",
     "bounds.py",
     "report.py",
+    "probe.py",
 )
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "tqdm")

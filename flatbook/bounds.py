@@ -113,10 +113,20 @@ class Bound:
     rhs: Number
     statement: str = ""
     source: str = ""
+    note: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lhs", _as_value(self.lhs))
         object.__setattr__(self, "rhs", _as_value(self.rhs))
+
+    @property
+    def applicable(self) -> bool:
+        """False for an empty bound (e.g. T4 of a network without dense layers): then lhs is
+        NaN, ``note`` says why, :meth:`holds` is False and a report prints "n/a"."""
+        if self.note:
+            return False
+        lhs = torch.as_tensor(self.lhs, dtype=torch.float64)
+        return not bool(torch.isnan(lhs).all())
 
     @property
     def slack(self) -> Number:
@@ -132,8 +142,11 @@ class Bound:
     def holds(self, rtol: float = 1e-9) -> bool:
         """lhs ≤ rhs·(1 + rtol) (for every sample of a per-sample bound).
 
-        NaN on either side counts as a failure.
+        NaN on either side counts as a failure; a bound that is not :attr:`applicable`
+        never holds.
         """
+        if self.note:
+            return False
         if isinstance(self.lhs, Tensor) or isinstance(self.rhs, Tensor):
             lhs = torch.as_tensor(self.lhs, dtype=torch.float64)
             rhs = torch.as_tensor(self.rhs, dtype=torch.float64)
@@ -216,6 +229,13 @@ class Quantities:
         trace: (1/n) Σ_i ‖J_i‖_F² (the Gauss–Newton trace; = tr H at interpolation, L1).
         first: name of the dense layer whose input is the (flattened) input x — the W_1 of
             T1–T3 — or ``None`` when the network does not start with a dense layer (CNN, ViT).
+        notes: caveats (shared weights, layers not measured, skip connections, …).
+        total: ``{layer: Measures}`` of the *total* ∂f/∂h_{l−1}, for the layers where it was
+            measured (not ``nn.Sequential`` items; h_{l−1} a module's output or x; see
+            :mod:`flatbook.probe`).
+        skip: ``{layer: True/False/None}``: whether a skip connection carries h_{l−1} around
+            layer l (``None``: not measured; always ``None`` for ``nn.Sequential`` items).
+        inputs: ``{layer: Tensor[n, p]}``, h_{l−1}(x_i) (flattened).
     """
 
     n: int
@@ -229,69 +249,127 @@ class Quantities:
     trace: Tensor
     first: str | None = None
     notes: list[str] = field(default_factory=list)
+    total: dict[str, _geometry.Measures] = field(default_factory=dict)
+    skip: dict[str, bool | None] = field(default_factory=dict)
+    inputs: dict[str, Tensor] = field(default_factory=dict)
 
 
 def quantities(
-    model: nn.Sequential, X: Tensor, chunk: int | None = None, rtol: float | None = None
+    model: nn.Module, X: object, chunk: int | None = None, rtol: float | None = None,
+    *, output: object = None,
 ) -> Quantities:
-    """Compute :class:`Quantities` for ``model`` (an ``nn.Sequential``) on inputs X [n, …].
+    """Compute :class:`Quantities` for any ``nn.Module`` on inputs X [n, …].
 
-    Per-sample input Jacobians of f and of every dense layer's tail (``vmap``), per-sample
-    parameter-Jacobian norms (:func:`flatbook.curvature.jacobian_sqnorms`). The model is
-    evaluated in eval mode (flags restored).
+    The model and data are resolved once by a :class:`flatbook.probe.Probe` (eval mode, dense
+    layers found by hooks, see :mod:`flatbook.probe`): one Jacobian sweep gives J_x and every
+    dense layer's path Jacobian J_l = ∂f/∂δ = G_l W_l (δ added to the layer's input; = the
+    paper's ∂f/∂h_{l−1} for ``nn.Sequential`` models), and per-sample parameter-Jacobian norms
+    come from :func:`flatbook.curvature.jacobian_sqnorms`.
 
     Args:
+        X: inputs [n, …] (or a ``DataLoader`` / iterable of batches / ``Dataset``, as
+            :func:`flatbook.probe.resolve_data` reads them).
         chunk: samples per vectorised call (``None``: automatic, bounding the size of each
-            Jacobian block; see :func:`flatbook.geometry.input_jacobian` and
-            :func:`flatbook.curvature.jacobian_sqnorms`).
+            Jacobian block).
         rtol: rank tolerance of log LVR (see :func:`flatbook.geometry.log_lvr`).
+        output: selector of f for tuple/dict outputs (see :class:`flatbook.probe.Probe`).
     """
-    model = _layers.check_sequential(model)
-    if X.ndim < 2 or X.shape[0] == 0:
+    from flatbook.probe import Probe
+
+    if isinstance(X, Tensor) and (X.ndim < 2 or X.shape[0] == 0):
         raise ValueError(f"X must have shape [n, …] with n ≥ 1; got {tuple(X.shape)}")
-    with curvature.eval_mode(model):
-        n = X.shape[0]
+    with Probe(model, X, output=output, chunk=chunk) as p:  # type: ignore[arg-type]
+        return probe_quantities(p, rtol)
+
+
+def probe_quantities(p: object, rtol: float | None = None) -> Quantities:
+    """:class:`Quantities` from an entered :class:`flatbook.probe.Probe` ``p``."""
+    from flatbook.probe import Probe
+
+    assert isinstance(p, Probe)
+    n = p.n
+    X = p.X
+    meas = p.measure()
+    nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
+    if meas.J_x is not None:
         x_sq = X.detach().reshape(n, -1).pow(2).sum(1)
-        J = _geometry.input_jacobian(model, X, chunk=chunk)
-        out = _geometry.measures(J, rtol)
-        sq = curvature.jacobian_sqnorms(model, X, chunk)
-        jac_sq = torch.stack(list(sq.values())).sum(0)
-        lm: dict[str, _geometry.LayerMeasures] = {}
-        gw: dict[str, Tensor] = {}
-        first: str | None = None
-        for layer in _layers.dense_layers(model, X):
-            reshape_only = all(isinstance(m, _RESHAPE_ONLY) for m in model[: layer.index])
-            with torch.no_grad():
-                H = layer.head(X)
-            if reshape_only:  # h_0 = flatten(x): ∂f/∂h_0 is J_x
-                first = first or layer.name
-                m = out
-            else:
-                m = _geometry.measures(_geometry.input_jacobian(layer.tail, H, chunk=chunk), rtol)
-            lm[layer.name] = _geometry.LayerMeasures(
-                layer=layer,
-                h_sqnorm=H.reshape(n, -1).pow(2).sum(1),
-                measures=m,
-                weight_norm=torch.linalg.matrix_norm(layer.weight.detach(), ord=2),
+        out = _geometry.measures(meas.J_x, rtol)
+    else:  # integer inputs: no input Jacobian
+        x_sq = nan
+        r0 = min(p.k, p.d)
+        out = _geometry.Measures(sigma=torch.full((n, r0), math.nan, dtype=p.dtype), log_lvr=nan,
+                                 mls=nan, ld=nan, frob_sq=nan, r=r0, N=p.k, d=p.d)
+    sq = curvature.jacobian_sqnorms(p.fn, X, p._chunk)
+    jac_sq = torch.stack(list(sq.values())).sum(0)
+    lm: dict[str, _geometry.LayerMeasures] = {}
+    gw: dict[str, Tensor] = {}
+    total: dict[str, _geometry.Measures] = {}
+    skip: dict[str, bool | None] = {}
+    H_in: dict[str, Tensor] = {}
+    first: str | None = None
+    seq = p.is_sequential
+    eps = torch.finfo(p.dtype).eps
+    for name, res in meas.layers.items():
+        L = res.layer
+        layer: object = L
+        if seq and L.index is not None:
+            i = L.index
+            model = p.model
+            layer = _layers.DenseLayer(
+                name=name, index=i, module=L.module, weight_name=f"{i}.weight",
+                head=model[:i], tail=model[i:], input_name="input" if i == 0 else str(i - 1),
+                l=int(name[1:]),
             )
-            if layer.weight_name not in sq:
-                raise ValueError(
-                    f"dense layer {layer.name} (item {layer.index}) has a frozen weight "
-                    f"{layer.weight_name!r}; the bounds need it among the trainable parameters"
-                )
-            gw[layer.name] = sq[layer.weight_name]
-    notes = []
+            reshape_only = all(isinstance(m, _RESHAPE_ONLY) for m in model[:i])
+        else:
+            reshape_only = (
+                meas.J_x is not None and res.H.shape[1] == p.d
+                and torch.equal(res.H, X.reshape(n, -1))
+                and float((meas.J_x - res.J).norm())
+                <= math.sqrt(eps) * max(float(meas.J_x.norm()), 1e-300)
+            )
+        if reshape_only and meas.J_x is not None and first is None:
+            first = name  # h_0 = flatten(x), reaching f only through this layer: ∂f/∂h_0 = J_x
+            m = out
+        else:
+            m = _geometry.measures(res.J, rtol)
+        lm[name] = _geometry.LayerMeasures(
+            layer=layer,  # type: ignore[arg-type]
+            h_sqnorm=res.H.pow(2).sum(1),
+            measures=m,
+            weight_norm=torch.linalg.matrix_norm(L.weight.detach(), ord=2),
+        )
+        gw[name] = sq[L.weight_name]
+        H_in[name] = res.H
+        skip[name] = res.skip
+        if res.J_total is not None:
+            total[name] = _geometry.measures(res.J_total, rtol)
+    notes = list(p.notes)
     if first is None:
         notes.append(
             "T1–T3 not applicable: the network does not start with a dense layer on the input"
         )
-    if any(
-        not isinstance(m, nn.Linear | nn.Flatten | nn.Identity) and _has_params(m) for m in model
-    ):
+    dense_ids = {id(r.layer.weight) for r in meas.layers.values()}
+    others = [n_ for n_, q_ in p.fn.named_parameters() if q_.requires_grad
+              and id(q_) not in dense_ids and not n_.endswith("bias")]
+    if others:
         notes.append(
-            "parameters outside dense layers (conv / attention / norm): T4 sums over dense "
-            "layers only (still a valid bound, by L3); L2 is not exact for shared weights"
+            "parameters outside dense layers (conv / attention / norm / shared weights): T4 "
+            "sums over dense layers only (still a valid bound, by L3); L2 is not exact for "
+            "shared weights"
         )
+    if not meas.layers:
+        notes.append("no dense layer found: lem3, t4_nmls and t4_nvr are not applicable "
+                     "(empty sums), reported as NaN")
+    for name, s_ in skip.items():
+        if s_:
+            notes.append(
+                f"dense layer {name}: h_{{l−1}} also reaches f around the layer (skip "
+                "connection): its mls/log_lvr/ld are the path sensitivity ∂f/∂δ = G_l W_l; "
+                "the total ∂f/∂h_{l−1} is reported as total_mls/total_log_lvr/total_ld"
+            )
+    if meas.J_x is None:
+        notes.append("integer inputs: no input Jacobian, output-level measures are NaN")
     return Quantities(
         n=n,
         k=out.N,
@@ -304,6 +382,9 @@ def quantities(
         trace=jac_sq.mean(),
         first=first,
         notes=notes,
+        total=total,
+        skip=skip,
+        inputs=H_in,
     )
 
 
@@ -345,13 +426,18 @@ def l2_bound(q: Quantities, layer: str) -> Bound:
     )
 
 
+_EMPTY = "not applicable: no dense layer (an empty sum says nothing)"
+
+
 def l3_bound(q: Quantities) -> Bound:
-    """L3, per sample: Σ_l ‖∇_{W_l} f(x_i)‖_F² ≤ ‖J_θ(x_i)‖_F² (dense layers only). [n]."""
-    lhs = (
-        torch.stack(list(q.grad_w_sqnorm.values())).sum(0)
-        if q.grad_w_sqnorm
-        else (torch.zeros_like(q.jac_sqnorm))
-    )
+    """L3, per sample: Σ_l ‖∇_{W_l} f(x_i)‖_F² ≤ ‖J_θ(x_i)‖_F² (dense layers only). [n].
+
+    Without dense layers the sum is empty: lhs NaN, ``note`` set (not applicable).
+    """
+    if not q.grad_w_sqnorm:
+        return Bound("lem3", torch.full_like(q.jac_sqnorm, math.nan), q.jac_sqnorm,
+                     "Σ_l ‖∇_{W_l} f‖_F² ≤ ‖J_θ‖_F²", "paper", note=_EMPTY)
+    lhs = torch.stack(list(q.grad_w_sqnorm.values())).sum(0)
     return Bound("lem3", lhs, q.jac_sqnorm, "Σ_l ‖∇_{W_l} f‖_F² ≤ ‖J_θ‖_F²", "paper")
 
 
@@ -505,10 +591,11 @@ def t4_nmls(q: Quantities) -> Bound:
     )
     return Bound(
         "t4_nmls",
-        torch.as_tensor(lhs),
+        torch.as_tensor(lhs if q.layers else math.nan, dtype=q.trace.dtype),
         q.trace,
         "NMLS = (1/n) Σ_i Σ_l ‖h_{l−1}‖² MLS_l² / ‖W_l‖₂² ≤ tr H",
         "paper v5 (normalisation ours)",
+        note="" if q.layers else _EMPTY,
     )
 
 
@@ -522,10 +609,11 @@ def t4_nvr(q: Quantities) -> Bound:
     )
     return Bound(
         "t4_nvr",
-        torch.as_tensor(lhs),
+        torch.as_tensor(lhs if q.layers else math.nan, dtype=q.trace.dtype),
         q.trace,
         "NVR = (1/n) Σ_i Σ_l r_l ‖h_{l−1}‖² LVR_l^{2/r_l} / ‖W_l‖₂² ≤ tr H",
         "paper v5 (normalisation ours)",
+        note="" if q.layers else _EMPTY,
     )
 
 

@@ -88,12 +88,25 @@ class NondeterminismError(RuntimeError):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (every submodule) in eval mode; restore each submodule's flag on exit."""
+    """Put ``model`` (every submodule) in eval mode; restore each submodule's flag on exit.
+
+    For the body, scaled-dot-product attention also uses its math kernel
+    (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``) and the fused
+    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast path is off
+    (``torch.backends.mha.set_fastpath_enabled(False)``): the fused CPU kernels have no double
+    backward, the math kernel computes the same function with one. Both are restored on exit.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     flags = [(m, m.training) for m in model.modules()]
+    fast = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield model
+        with sdpa_kernel(SDPBackend.MATH):
+            yield model
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
         for m, t in flags:
             m.training = t
 
@@ -419,10 +432,17 @@ def hvp_operator(
 # --------------------------------------------------------------------------------------------
 
 
-def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor) -> Tensor:
+def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
+                  block: int = 64) -> Tensor:
     """Exact Hessian H = ∇²_θ L(θ) of the full-data loss, shape [P, P].
 
     For small models only (memory P²): the exact reference every estimator is checked against.
+    Built column by column from double-backward Hessian-vector products, H e_j =
+    ∂(∇L · e_j)/∂θ (Pearlmutter; ``block`` columns per batched product). Not
+    ``torch.func.hessian``: its second derivatives through ``F.layer_norm`` with learned
+    weights are wrong in torch 2.x (tests compare against finite differences off
+    interpolation), double backward is right. Attention uses the math SDPA kernel
+    (:func:`eval_mode`).
 
     Args:
         model: any module; its trainable parameters define θ (flattened in
@@ -430,19 +450,17 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor) -> Ten
         loss: ``"squared"``, ``"cross_entropy"`` or a callable ``loss(output, target)``.
         X: inputs, shape [n, ...].
         Y: targets, shape [n, k] (or [n] class indices for cross-entropy).
+        block: columns per batched double-backward product.
     """
     _check_data(X, Y)
-    loss_fn = losses.get(loss)
-    params = named_params(model)
-    _check_params(params)
-    f = forward_fn(model)
-    theta0 = flatten(params)
-
-    def L(theta: Tensor) -> Tensor:
-        return loss_fn(f(unflatten(theta, params), X), Y)
-
-    with eval_mode(model):
-        return hessian(L)(theta0).detach()
+    if isinstance(block, bool) or int(block) != block or block < 1:
+        raise ValueError(f"block must be a positive integer; got {block!r}")
+    fl = _FlatLoss(model, loss, X, Y, chunk=None, backend="revrev")
+    P = fl.P
+    eye = torch.eye(P, dtype=fl.theta.dtype, device=fl.theta.device)
+    cols = [fl.hvp_batch(eye[s : s + int(block)]) for s in range(0, P, int(block))]
+    fl._graph = None
+    return torch.cat(cols).T.contiguous().detach()
 
 
 def _auto_chunk(model: nn.Module, X: Tensor, n_params: int) -> int:

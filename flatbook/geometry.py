@@ -372,7 +372,20 @@ def representation_measures(
         direction: ``"from_input"`` — the map x ↦ h (how the network has compressed the input
             by this layer); ``"to_output"`` — the map h ↦ f at h(x_i) (the sensitivity of the
             output to this representation; for a dense layer's input this is MLS_l / LVR_l).
+
+    For a model that is not a plain ``nn.Sequential``, ``name`` is a qualified module name
+    (h = that module's output, captured by a hook) and only ``"from_input"`` is available.
     """
+    if not (isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward):
+        if direction != "from_input":
+            raise ValueError("direction='to_output' needs an nn.Sequential (a split point); for "
+                             "other models use the dense layers' path sensitivity "
+                             "(layer_measures / flatbook.report)")
+        from flatbook.probe import Probe
+
+        with Probe(model, X, chunk=chunk) as p:
+            _, Jr = p.representation_jacobian(name)
+        return measures(Jr, rtol)
     head, tail = _layers.split(model, name)
     if direction == "from_input":
         return measures(input_jacobian(head, X, chunk=chunk), rtol)
@@ -410,7 +423,24 @@ def layer_measures(
     h_{l−1}(x_i) = ``layer.head(x_i)`` (flattened per sample) and J = ∂f/∂h_{l−1} at it.
     Dense layers are those of :func:`flatbook.layers.dense_layers` (with ``X``, so token-wise
     linear maps are excluded).
+
+    Any other ``nn.Module`` is measured through a :class:`flatbook.probe.Probe`: layers keyed
+    by qualified module name, J the path Jacobian ∂f/∂δ = G_l W_l (δ added to the layer's
+    input; see :mod:`flatbook.probe`).
     """
+    if not (isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward):
+        from flatbook.probe import Probe
+
+        res: dict[str, LayerMeasures] = {}
+        with Probe(model, X, chunk=chunk) as p:
+            for name, r in p.measure(total=False).layers.items():
+                res[name] = LayerMeasures(
+                    layer=r.layer,  # type: ignore[arg-type]
+                    h_sqnorm=r.H.pow(2).sum(1),
+                    measures=measures(r.J, rtol),
+                    weight_norm=torch.linalg.matrix_norm(r.layer.weight.detach(), ord=2),
+                )
+        return res
     out: dict[str, LayerMeasures] = {}
     for layer in _layers.dense_layers(model, X):
         with torch.no_grad():

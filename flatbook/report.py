@@ -23,13 +23,21 @@ Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     whose J_x has full numerical rank; the others have log LVR = −inf, which makes
     ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
     ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
-Per dense layer ``l1``, ``l2``, … (the map h_{l−1} ↦ f; prefix ``"{layer}_"``)
-    ``index`` (item in the Sequential), ``width_in`` (p = dim h_{l−1}), ``r``,
+Per dense layer (prefix ``"{layer}_"``; layers keyed ``l1``, ``l2``, … for top-level items of an
+``nn.Sequential``, else by qualified module name, e.g. ``"block.fc_mls_mean"``; see
+:mod:`flatbook.probe`). The measures are those of the *path* Jacobian J_l = ∂f/∂δ = G_l W_l (δ
+added to the layer's input), which is the paper's ∂f/∂h_{l−1} whenever h_{l−1} reaches f only
+through layer l (every ``nn.Sequential`` model):
+    ``index`` (item in the Sequential; NaN otherwise), ``width_in`` (p = dim h_{l−1}), ``r``,
     ``mls_mean``, ``mls_median``, ``log_lvr_mean``, ``log_lvr_median``, ``ld_mean``,
     ``ld_median``, ``frob_sq_mean``, ``log_lvr_finite_frac``, ``h_sqnorm_mean`` (‖h_{l−1}‖²),
     ``weight_norm`` (‖W_l‖₂),
     ``grad_w_sqnorm_mean`` (‖∇_{W_l} f‖_F²), ``kappa`` (κ_l by the T5 identity),
     ``pr`` (global participation ratio of h_{l−1}). E.g. ``"l1_mls_mean"``, ``"l2_kappa"``.
+    Layers that are not ``nn.Sequential`` items also have ``total_mls_mean``,
+    ``total_log_lvr_mean``, ``total_ld_mean`` (of the total ∂f/∂h_{l−1}, where h_{l−1} is a
+    module's output or x; NaN otherwise) and ``skip`` (1.0 if the total differs from the path
+    Jacobian — a skip connection —, 0.0 if equal, NaN if not measured).
 Named representations (``representations=[...]``; the map x ↦ h, prefix ``"rep_{name}_"``)
     ``log_lvr_mean``, ``log_lvr_finite_frac``, ``mls_mean``, ``ld_mean``, ``pr``.
 Bounds (``flatbook.bounds.all_bounds``; prefix = bound name)
@@ -46,6 +54,9 @@ Numerical rank: log LVR counts singular values ≤ eps·max(N, d)·σ_1 as zero 
 ``torch.linalg.matrix_rank`` convention (``rtol`` overrides it). In float32 that floor is
 ≈ 1e-4·σ_1 for d = 784: wide hidden maps (``representations=``) are then often −inf — a
 statement about float32, not about the network; measure in float64 or pass ``rtol=0``.
+
+Bounds that are empty (``lem3``, ``t4_nmls``, ``t4_nvr`` of a network without dense layers) are
+*not applicable*: every key NaN, "n/a" in the table, :meth:`flatbook.bounds.Bound.holds` False.
 
 The bounds are proven for dense layers (paper.md §2); for CNNs and ViTs the report gives the
 output-level measures, the dense layers present (T4 then sums over those only — still a valid
@@ -100,6 +111,7 @@ class Report:
         quantities: the :class:`flatbook.bounds.Quantities` everything was computed from.
         sharpness: the :class:`flatbook.curvature.SharpnessResult` (or ``None``).
         notes: caveats that apply to this model / data (interpolation, loss, architecture).
+        aliases: ``{qualified module name: key in layers}`` (see :meth:`layer`).
     """
 
     scalars: dict[str, float]
@@ -109,6 +121,17 @@ class Report:
     quantities: _bounds.Quantities
     sharpness: curvature.SharpnessResult | None = None
     notes: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def layer(self, name: str) -> dict[str, float]:
+        """The entry of :attr:`layers` for ``name``: its key (``"l1"``, ``"block.fc"``) or the
+        qualified module name of the ``nn.Linear`` (``"4"`` for item 4 of an ``nn.Sequential``).
+        """
+        key = name if name in self.layers else self.aliases.get(name)
+        if key is None:
+            raise ValueError(f"unknown dense layer {name!r}; layers: {list(self.layers)} "
+                             f"(module names {list(self.aliases)})")
+        return self.layers[key]
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{str: float}`` with the stable keys listed in the module docstring."""
@@ -126,6 +149,12 @@ class Report:
             for s in ("slack_min", "slack_median", "holds"):
                 out[f"{name}_{s}"] = math.nan
         for name, b in self.bounds.items():
+            if not b.applicable:  # an empty bound: never "holds"
+                keys = (("slack_min", "slack_median") if isinstance(b.lhs, Tensor)
+                        else ("lhs", "rhs", "slack"))
+                for s_ in (*keys, "holds"):
+                    out[f"{name}_{s_}"] = math.nan
+                continue
             if isinstance(b.slack, Tensor):
                 s = b.slack.to(torch.float64)
                 out[f"{name}_slack_min"] = float(torch.nan_to_num(s, nan=math.inf).min())
@@ -167,18 +196,26 @@ class Report:
         if self.layers:
             lines.append("")
             lines.append("Dense layers (map h_{l−1} ↦ f; means over samples):")
+            w = max(6, *(len(n) + 1 for n in self.layers))
             hdr = (
-                f"  {'layer':<6}{'item':>5}{'p':>6}{'MLS_l':>11}{'log LVR_l':>11}{'LD_l':>8}"
+                f"  {'layer':<{w}}{'item':>5}{'p':>6}{'MLS_l':>11}{'log LVR_l':>11}{'LD_l':>8}"
                 f"{'‖h‖²':>11}{'‖W‖₂':>9}{'κ_l':>11}{'PR(h)':>8}"
             )
             lines.append(hdr)
             for name, v in self.layers.items():
+                item = "—" if math.isnan(v["index"]) else str(int(v["index"]))
                 lines.append(
-                    f"  {name:<6}{int(v['index']):>5}{int(v['width_in']):>6}"
+                    f"  {name:<{w}}{item:>5}{int(v['width_in']):>6}"
                     f"{v['mls_mean']:>11.4g}{v['log_lvr_mean']:>11.4g}{v['ld_mean']:>8.3g}"
                     f"{v['h_sqnorm_mean']:>11.4g}{v['weight_norm']:>9.4g}{v['kappa']:>11.4g}"
                     f"{v['pr']:>8.3g}"
                 )
+            for name, v in self.layers.items():
+                if v.get("skip") == 1.0:
+                    lines.append(
+                        f"  {name}: skip connection around the layer — path MLS_l "
+                        f"{v['mls_mean']:.4g}, total ‖∂f/∂h_(l−1)‖₂ {v['total_mls_mean']:.4g}"
+                    )
         if self.representations:
             lines.append("")
             lines.append("Named representations (map x ↦ h):")
@@ -191,6 +228,9 @@ class Report:
         lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
         lines.append(f"  {'bound':<16}{'lhs':>12}{'rhs':>12}{'slack':>11}  holds  source")
         for name, b in self.bounds.items():
+            if not b.applicable:
+                lines.append(f"  {name:<16}{'—':>12}{'—':>12}{'—':>11}  n/a    {b.note}")
+                continue
             lhs, rhs, slack = b.worst()
             lines.append(
                 f"  {name:<16}{lhs:>12.4g}{rhs:>12.4g}{slack:>11.4g}  "
@@ -206,11 +246,14 @@ class Report:
 
 
 def report(
-    model: nn.Sequential,
-    X: Tensor,
+    model: nn.Module,
+    X: object,
     Y: Tensor | None = None,
-    loss: str | Callable[[Tensor, Tensor], Tensor] = "squared",
+    loss: object = "squared",
     *,
+    output: int | str | Callable[[object], Tensor] | None = None,
+    layers: object = None,
+    forward: Callable[[nn.Module, object], object] | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     n_train: int | None = None,
@@ -227,15 +270,32 @@ def report(
 ) -> Report:
     """Measure everything for ``model`` on (X, Y): curvature, measures, bounds with slack.
 
+    ``flatbook.report(model, X, Y)`` with tensors, or ``flatbook.report(model, data)`` with a
+    ``DataLoader`` / iterable of ``(x, y)`` batches / ``Dataset`` (a fixed evaluation set; a
+    shuffling loader is refused). Model and data are resolved once by a
+    :class:`flatbook.probe.Probe`: eval mode, determinism check, dense layers found by hooks,
+    dtype/device policy (floating inputs are cast to the model's dtype and device).
+
     Args:
-        model: an ``nn.Sequential`` (MLP, CNN, ViT; see :mod:`flatbook.layers`). Measured in
-            eval mode (flags restored).
-        X: inputs [n, …].
-        Y: targets ([n, k] for the squared loss, one-hot for classes; [n] or [n, k] for
-            cross-entropy). ``None``: Y = f(X), an exact interpolating minimum.
-        loss: ``"squared"`` (the loss of the bounds), ``"cross_entropy"`` or a callable; used
-            for the loss value and λ_max. The bounds always use the Gauss–Newton trace
+        model: any ``nn.Module`` whose output (after ``output``) is f ∈ R^{[n, k]} ([n] is read
+            as [n, 1]). Dense layers are the ``nn.Linear`` modules applied once per sample
+            (:mod:`flatbook.probe`); they are keyed by qualified module name, and top-level
+            ``nn.Linear`` items of an ``nn.Sequential`` keep the aliases ``"l1"``, ``"l2"``, ….
+            Measured in eval mode (flags restored).
+        X: inputs [n, …], or the data as a loader / iterable / dataset (then ``Y=None``).
+        Y: targets ([n, k] for the squared loss, one-hot for classes; [n] class indices or
+            [n, k] for cross-entropy; [n] real values for a 1-output regression).
+            ``None`` (with tensors): Y = f(X), an exact interpolating minimum.
+        loss: ``"squared"`` (the loss of the bounds, (1/2n) Σ‖f−y‖²), ``"cross_entropy"``,
+            ``nn.MSELoss()`` / ``nn.CrossEntropyLoss()`` (recognised, the factor to your
+            normalisation is noted; :func:`flatbook.losses.resolve`) or a callable; used for
+            the loss value and λ_max. The bounds always use the Gauss–Newton trace
             (1/n) Σ‖J_i‖_F² (see :mod:`flatbook.bounds`).
+        output: selects f from a tuple/dict output: an index, a key or a callable.
+        forward: how to call the model, ``forward(model, x)``; for dict inputs (a dict of
+            tensors, or batches ``({name: tensor}, y)``), e.g. ``lambda model, x: model(**x)``.
+        layers: restrict the dense layers measured: names, an ``nn.Module`` subclass or a
+            predicate ``(name, module) -> bool`` (see :class:`flatbook.probe.Probe`).
         lr, batch_size: step size η and batch B of the run, for the T7 bounds.
         n_train: size n of the training set that SGD samples from, for p = (n−B)/(B(n−1)) of
             the SGD bound ``t7_sgd`` (default: the rows of X — wrong when X is an evaluation
@@ -243,28 +303,32 @@ def report(
         sharpness: compute λ_max (Lanczos: ``k``, ``tol``, ``seed``).
         hessian_trace: also estimate tr H itself by Hutch++ with ``n_hvp`` products.
         adaptive: also compute the elementwise adaptive sharpness Σ_j θ_j² H_jj (GN diagonal).
-        representations: names (``flatbook.layers.representations``) whose map x ↦ h to
-            measure (log LVR, MLS, LD, global PR).
+        representations: representations whose map x ↦ h to measure (log LVR, MLS, LD,
+            global PR): for an ``nn.Sequential`` the names of
+            :func:`flatbook.layers.representations`, otherwise qualified module names (h is
+            that module's output).
         chunk: samples per vectorised call (``None``: automatic, bounding each Jacobian
             block to ~2^24 entries; lower it for large CNNs); rtol: rank tolerance of log LVR.
     """
-    model = _layers.check_sequential(model)
+    from flatbook.probe import Probe
+
     notes: list[str] = []
-    with curvature.eval_mode(model):
-        with torch.no_grad():
-            F = model(X)
-        if Y is None:
-            Y = F.detach().clone()
-        loss_fn = losses.get(loss)
+    with Probe(model, X, Y, loss, output=output, layers=layers, forward=forward,
+               chunk=chunk) as p:  # type: ignore[arg-type]
+        F, Y, X = p.F, p.Y, p.X
+        loss_spec = p.loss
+        notes += p.loss_notes
+        loss_fn = losses.get(loss_spec)  # type: ignore[arg-type]
         with torch.no_grad():
             loss_val = float(loss_fn(F, Y))
-        q = _bounds.quantities(model, X, chunk=chunk, rtol=rtol)
+        q = _bounds.probe_quantities(p, rtol)
         notes += q.notes
+        fn = p.fn
         scalars: dict[str, float] = {
             "n": float(q.n),
             "d": float(q.d),
             "k": float(q.k),
-            "n_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "n_params": float(sum(t.numel() for t in fn.parameters() if t.requires_grad)),
             "n_dense": float(len(q.layers)),
             "first_layer_dense": 1.0 if q.first is not None else 0.0,
             "loss": loss_val,
@@ -296,7 +360,7 @@ def report(
             lambda_max_converged=math.nan,
         )
         if sharpness:
-            sharp = curvature.sharpness(model, loss, X, Y, k=k, tol=tol, seed=seed)
+            sharp = curvature.sharpness(fn, loss_spec, X, Y, k=k, tol=tol, seed=seed)
             lam = sharp.lambda_max
             scalars.update(
                 lambda_max=lam,
@@ -306,11 +370,11 @@ def report(
             )
         scalars["trace_gn"] = _f(q.trace)
         if hessian_trace:
-            tr = curvature.trace(model, loss, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
+            tr = curvature.trace(fn, loss_spec, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
             scalars["trace_hessian"] = float(tr.value)
             scalars["trace_hessian_stderr"] = float(tr.stderr)
         if adaptive:
-            scalars["adaptive_sharpness"] = _f(_bounds.adaptive_sharpness(model, X))
+            scalars["adaptive_sharpness"] = _f(_bounds.adaptive_sharpness(fn, X))
 
         o = q.output
         for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
@@ -323,8 +387,9 @@ def report(
         layer_vals: dict[str, dict[str, float]] = {}
         for name, lm in q.layers.items():
             m = lm.measures
+            index = getattr(lm.layer, "index", None)
             v: dict[str, float] = {
-                "index": float(lm.layer.index),
+                "index": math.nan if index is None else float(index),
                 "width_in": float(lm.layer.in_features),
                 "r": float(m.r),
             }
@@ -336,16 +401,27 @@ def report(
             v["weight_norm"] = _f(lm.weight_norm)
             v["grad_w_sqnorm_mean"] = _f(q.grad_w_sqnorm[name].mean())
             v["kappa"] = _f(_bounds.kappa(q, name))
-            with torch.no_grad():
-                H = lm.layer.head(X)
+            H = q.inputs[name]
             v["pr"] = _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan
+            if index is None:  # not an nn.Sequential item: the total sensitivity, if measured
+                tm = q.total.get(name)
+                for key in ("mls", "log_lvr", "ld"):
+                    v[f"total_{key}_mean"] = (
+                        math.nan if tm is None else _f(getattr(tm, key).mean()))
+                sk = q.skip.get(name)
+                v["skip"] = math.nan if sk is None else float(sk)
             layer_vals[name] = v
 
         rep_vals: dict[str, dict[str, float]] = {}
         for rname in representations:
-            m = _geometry.representation_measures(model, X, rname, chunk=chunk, rtol=rtol)
-            with torch.no_grad():
-                H = _layers.representation(model, X, rname)
+            if p.is_sequential:
+                m = _geometry.representation_measures(fn, X, rname, chunk=chunk,  # type: ignore[arg-type]
+                                                      rtol=rtol)
+                with torch.no_grad():
+                    H = _layers.representation(fn, X, rname)  # type: ignore[arg-type]
+            else:
+                H, Jr = p.representation_jacobian(rname)
+                m = _geometry.measures(Jr, rtol)
             rep_vals[rname] = {
                 "log_lvr_mean": _f(m.log_lvr.mean()),
                 "log_lvr_finite_frac": _finite_frac(m.log_lvr),
@@ -371,4 +447,5 @@ def report(
         quantities=q,
         sharpness=sharp,
         notes=notes,
+        aliases={r.qualname: r.name for r in p.layers()},
     )

@@ -235,8 +235,8 @@ def test_bad_arguments_raise() -> None:
         B.relative_flatness(net, X, "l1", method="exact")
     with pytest.raises(ValueError, match="unknown dense layer"):
         B.relative_flatness(net, X, "l9")
-    with pytest.raises(TypeError, match="Sequential"):
-        B.quantities(nn.Linear(3, 2), X)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        B.quantities(lambda x: x, X)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- shared weights

@@ -133,8 +133,9 @@ def test_report_is_the_function_and_rejects_unsupported_models() -> None:
     mod = importlib.import_module("flatbook.report")  # must not replace the function
     assert isinstance(mod, types.ModuleType) and mod.report is flatbook.report
     assert isinstance(flatbook.report, types.FunctionType) and flatbook.Report is mod.Report
-    with pytest.raises(TypeError, match="Sequential"):
-        flatbook.report(nn.Linear(3, 2), torch.randn(4, 3))  # type: ignore[arg-type]
+    # any nn.Module is measured (issue 13); a non-module is refused, naming the parameter
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        flatbook.report(lambda x: x, torch.randn(4, 3))  # type: ignore[arg-type]
 
 
 def test_rank_deficient_network_reports_minus_inf_without_crashing() -> None:
