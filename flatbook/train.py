@@ -19,10 +19,14 @@ a fixed evaluation subset of the training set — by default λ_max
 Gauss–Newton) and every geometry measure and bound of ``flatbook.report(...).as_dict()``.
 
 Robustness: arguments are validated up front (one-line ValueErrors naming the parameter and the
-allowed values); a non-finite (or exploding) loss or parameter ends the run with
+allowed values); so is the data — NaN/inf in X or Y, a wrong dtype or shape raise
+:class:`BadDataError` ("bad data: …", naming the tensor) before any step, so that bad data is
+never reported as a diverging run; a non-finite (or exploding) loss or parameter ends the run with
 ``status="diverged"`` and the step; the complete state (parameters, optimizer buffers, records,
 RNG state) is checkpointed atomically every ``checkpoint_every`` steps, at the end, and when the
-run is interrupted (Ctrl-C / SIGTERM are deferred to the next step boundary); re-running with the
+run is interrupted (with a digest, verified on disk before it replaces the previous checkpoint,
+which is kept as ``<name>.prev.pt``: :func:`flatbook._io.save_checkpoint`; a damaged file is
+named, never loaded unsafely; Ctrl-C / SIGTERM are deferred to the next step boundary); re-running with the
 same checkpoint path resumes bit-identically.
 """
 
@@ -45,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import losses
-from flatbook._io import atomic_write
+from flatbook import _io
 from flatbook._validate import (  # noqa: F401 - re-exported (experiment, executors)
     _fail,
     check_choice,
@@ -411,17 +415,92 @@ def check_train_args(
     check_positive_int(eval_size, "eval_size", allow_none=True)
 
 
-def _check_data(X: Tensor, Y: Tensor, which: str, loss: str) -> None:
+def _meta_differences(stored: Any, meta: Mapping[str, Any]) -> list[str]:
+    """Keys on which a checkpoint's stored meta and the requested one disagree (a key the
+    stored meta lacks — written by an older version — is not a difference)."""
+    if not isinstance(stored, Mapping):
+        return sorted(meta) or ["meta"]
+    return sorted(k for k in set(stored) | set(meta) if k in stored and stored.get(k) != meta.get(k))
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint at ``checkpoint_path`` belongs to another run (its meta differs in
+    ``differ``; ``stored`` is its meta)."""
+
+    def __init__(self, message: str, differ: list[str], stored: Any) -> None:
+        super().__init__(message)
+        self.differ, self.stored = differ, stored
+
+
+class BadDataError(ValueError):
+    """The training / test data cannot be trained on (NaN/inf, wrong dtype or shape); raised
+    before any training or measurement, naming the tensor."""
+
+
+def _check_data(X: Tensor, Y: Tensor, which: str, loss: str,
+                model: nn.Module | None = None) -> None:  # fmt: skip
+    """Bad data named as bad data, before any step: X [n, ...] floating (the model's dtype),
+    Y [n, k] floating (squared loss) or [n] integer labels / [n, k] (cross-entropy), both
+    finite, equal n ≥ 1, and X fits the model (one forward pass on one sample)."""
     if not isinstance(X, Tensor) or not isinstance(Y, Tensor):
-        raise TypeError(f"X_{which} and Y_{which} must be tensors")
-    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise ValueError(
-            f"X_{which} ({X.shape[0]} samples) and Y_{which} ({Y.shape[0]}) must be non-empty "
-            "and of equal length"
+        raise TypeError(
+            f"bad data: X_{which} and Y_{which} must be torch tensors; got "
+            f"{type(X).__name__} and {type(Y).__name__}"
         )
-    if loss == "squared" and Y.ndim != 2:
-        raise ValueError(
-            f"loss='squared' needs one-hot targets Y_{which} of shape [n, k]; got {tuple(Y.shape)}"
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise BadDataError(
+            f"bad data: X_{which} must have shape [n, ...] with n ≥ 1 samples; got {tuple(X.shape)}"
+        )
+    if Y.ndim not in (1, 2) or X.shape[0] != Y.shape[0]:
+        raise BadDataError(
+            f"bad data: X_{which} ({X.shape[0]} samples) and Y_{which} (shape {tuple(Y.shape)}) "
+            "must have the same number of samples, Y of shape [n, k] or [n]"
+        )
+    if not X.is_floating_point():
+        raise BadDataError(
+            f"bad data: X_{which} has dtype {X.dtype}; inputs must be floating point "
+            "(convert with X.float() or X.double())"
+        )
+    if loss == "squared" and (Y.ndim != 2 or not Y.is_floating_point()):
+        raise BadDataError(
+            f"bad data: loss='squared' needs floating one-hot targets Y_{which} of shape [n, k]; "
+            f"got {tuple(Y.shape)} {Y.dtype}"
+        )
+    if Y.ndim == 1 and Y.is_floating_point():
+        raise BadDataError(
+            f"bad data: 1-d targets Y_{which} must be integer class labels; got {Y.dtype}"
+        )
+    for name, T in ((f"X_{which}", X), (f"Y_{which}", Y)):
+        if T.is_floating_point():
+            bad = ~torch.isfinite(T.reshape(T.shape[0], -1)).all(1)
+            if bool(bad.any()):
+                idx = bad.nonzero()[:, 0].tolist()
+                raise BadDataError(
+                    f"bad data: {name} has non-finite values (NaN or inf) in {len(idx)} of "
+                    f"{T.shape[0]} samples (first: sample {idx[0]}); clean or drop them before "
+                    "training — this is the data, not a diverging run"
+                )
+    if model is None:
+        return
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.is_floating_point() and X.dtype != p.dtype:
+        raise BadDataError(
+            f"bad data: X_{which} is {X.dtype} but the model's parameters are {p.dtype}; "
+            f"convert one of them (e.g. X.to({p.dtype}))"
+        )
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(X[:1])
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadDataError(
+            f"bad data: samples of X_{which} (shape {tuple(X.shape[1:])}) do not fit the model "
+            f"({first})"
+        ) from None
+    k = out.shape[-1] if out.ndim >= 1 else 1
+    if Y.ndim == 2 and Y.shape[1] != k:
+        raise BadDataError(
+            f"bad data: Y_{which} has {Y.shape[1]} columns but the model has {k} outputs"
         )
 
 
@@ -496,17 +575,23 @@ def train(
     Returns:
         :class:`TrainResult`. Raises KeyboardInterrupt (after checkpointing) when interrupted.
     """
+    if measure_at is not None:  # explicit steps: measure_every / schedule are not used
+        check_positive_int(steps, "steps")
+        if isinstance(measure_at, str) or not isinstance(measure_at, Sequence):
+            _fail("measure_at", measure_at, "a list of integer steps")
     check_train_args(
         loss=loss, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        nesterov=nesterov, steps=steps, measure_every=measure_every, schedule=schedule,
+        nesterov=nesterov, steps=steps,
+        measure_every=measure_every if measure_at is None else 1,
+        schedule=schedule if measure_at is None else "linear",
         seed=seed, target_loss=target_loss, divergence_threshold=divergence_threshold,
         checkpoint_every=checkpoint_every, eval_size=eval_size,
     )  # fmt: skip
     check_positive_int(chunk, "chunk")
-    _check_data(X_train, Y_train, "train", loss)
+    _check_data(X_train, Y_train, "train", loss, model)
     has_test = X_test is not None and Y_test is not None
     if has_test:
-        _check_data(X_test, Y_test, "test", loss)  # type: ignore[arg-type]
+        _check_data(X_test, Y_test, "test", loss, model)  # type: ignore[arg-type]
     n = int(X_train.shape[0])
     B = resolve_batch_size(batch_size, n)
     full_batch = B == n and (batch_size is None or batch_size == "full")
@@ -548,15 +633,18 @@ def train(
             "target_step": target_step,
             "torch_rng": torch.random.get_rng_state(),
         }
-        atomic_write(ckpt, lambda fh: torch.save(state, fh))
+        _io.save_checkpoint(ckpt, state)  # verified on disk; the one before is kept
 
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=X_train.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("meta") != meta:
-            raise ValueError(
-                f"checkpoint {ckpt} was written for a different run (meta {state.get('meta')} "
-                f"≠ {meta}); delete it or use another path"
-            )
+    state = None if ckpt is None else _io.load_checkpoint(ckpt, X_train.device)
+    if state is not None:
+        stored = state.get("meta")
+        differ = _meta_differences(stored, meta)
+        if state.get("format") != CHECKPOINT_FORMAT or differ:
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt} was written for a different run (differs in {differ}: "
+                f"stored {stored} ≠ {meta}); delete it or use another path",
+                differ, stored,
+            )  # fmt: skip
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         records = list(state["records"])
@@ -706,6 +794,8 @@ def _progress(total: int, initial: int, desc: str | None, enabled: bool) -> Any:
 
 
 __all__ = [
+    "BadDataError",
+    "CheckpointMismatchError",
     "LOSS_NAMES",
     "MEASURES",
     "OPTIMIZERS",
