@@ -313,7 +313,13 @@ def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if "weights_only" in str(e) or "pickle" in text.lower() or not text:
         return type(e).__name__
-    return f"{type(e).__name__}: {text[:160]}"
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {text[:120]}"
+
+
+RESTART_DEFAULT = "delete the checkpoint to start over"
+"""The way out :func:`load_checkpoint` names when it has no better one (the result store
+passes its own: ``--restart``)."""
 
 
 def read_checkpoint(path: str | Path, way_out: str, map_location: Any = "cpu") -> dict[str, Any]:
@@ -349,8 +355,7 @@ def read_checkpoint(path: str | Path, way_out: str, map_location: Any = "cpu") -
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu",
-                    restart: str = "delete the run folder to start over"
-                    ) -> dict[str, Any] | None:  # fmt: skip
+                    restart: str = RESTART_DEFAULT) -> dict[str, Any] | None:  # fmt: skip
     """The state of the newest good checkpoint at ``path``, or None if there is none.
 
     ``path`` missing but ``<name>.prev.pt`` present (e.g. a damaged file was moved aside): the
@@ -364,10 +369,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu",
             way = (f"move it aside (mv {path} {path}.damaged) and run the same command again to "
                    f"resume from the previous checkpoint {prev.name}, or {restart}")  # fmt: skip
         else:
-            way = f"no earlier checkpoint is kept: {restart}"
+            way = f"no earlier checkpoint is kept — {restart}"
         return read_checkpoint(path, way, map_location)
     if prev.is_file():
-        return read_checkpoint(prev, f"no other checkpoint is kept: {restart}", map_location)
+        return read_checkpoint(prev, f"no other checkpoint is kept — {restart}", map_location)
     return None
 
 

@@ -83,6 +83,7 @@ from flatbook import __version__
 from flatbook import data as _data
 from flatbook import models as _models
 from flatbook import train as _train
+from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
 from flatbook._io import (
     DamagedFileError,
     NoSpaceError,
@@ -114,8 +115,9 @@ STORE_FORMAT = 2
 NUMERICS = ("device", "threads", "dtype", "torch")
 """Fields of a run's numerics fingerprint (see :func:`numerics_fingerprint`)."""
 NUMERICS_POLICIES = ("flag", "refuse", "ignore")
-RESTART = ("or start the run over: add --restart to the command (in Python: "
+RESTART = ("start the run over: add --restart to the command (in Python: "
            "flatbook.experiment.run(config, overwrite=True))")  # fmt: skip
+"""The way out of a damaged run that always works (recomputes it)."""
 DEVICES = ("cpu", "cuda", "auto")
 CHECKS = ("version", "code", "none")
 OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "data_dir"})
@@ -222,6 +224,8 @@ class RunConfig:
                 f"{list(_models.MODEL_OPTIONS[self.model])}"
             )
         s(self, "model_kw", {str(k): _plain(v) for k, v in sorted(self.model_kw.items())})
+        for k, v in self.model_kw.items():
+            _check_model_option(k, v)
         # classes: None, a count, or a tuple of labels
         c = self.classes
         if c is not None and not isinstance(c, int | np.integer):
@@ -340,6 +344,34 @@ class RunConfig:
         if changes.get("steps") is not None and "epochs" not in changes:
             changes["epochs"] = None
         return dataclasses.replace(self, **changes)
+
+
+MODEL_OPTION_KINDS: dict[str, str] = {
+    "hidden": "widths", "patch": "int", "dim": "int", "depth": "int", "heads": "int",
+    "width": "number", "mlp_ratio": "number", "bias": "bool", "batch_norm": "bool",
+    "activation": "str", "pool": "str",
+}  # fmt: skip
+"""Kind of each model option of ``flatbook.models.MODEL_OPTIONS`` (checked in RunConfig)."""
+
+
+def _check_model_option(name: str, v: Any) -> None:
+    kind = MODEL_OPTION_KINDS.get(name)
+    param = f"model_kw {name}"
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
+
+    if kind == "widths" and not (is_int(v) or isinstance(v, list) and all(map(is_int, v))):
+        _bad(param, v, f"a list of positive integers (e.g. {name}=[64,64])")
+    if kind == "int" and not is_int(v):
+        _bad(param, v, "a positive integer")
+    if kind == "number" and (isinstance(v, bool) or not isinstance(v, int | float)
+                             or not math.isfinite(v) or v <= 0):  # fmt: skip
+        _bad(param, v, "a positive number")
+    if kind == "bool" and not isinstance(v, bool):
+        _bad(param, v, "true or false")
+    if kind == "str" and not isinstance(v, str):
+        _bad(param, v, "a name (string)")
 
 
 def _bad(param: str, value: Any, allowed: str) -> None:
@@ -530,7 +562,7 @@ def read_config_file(path: str | Path, way_out: str | None = None) -> dict[str, 
     if way_out is None:
         way_out = (f"move it aside (mv {path} {path}.damaged) and run the same command again "
                    f"(config.json is rewritten from the command and the run resumes from its "
-                   f"checkpoint), {RESTART}")  # fmt: skip
+                   f"checkpoint), or {RESTART}")  # fmt: skip
     doc = read_sealed(path, way_out, required=_sealed_format)
     _check_format(doc, path)
     try:
@@ -556,7 +588,7 @@ def _check_format(doc: Mapping[str, Any], path: Path) -> None:
     fmt = doc.get("store_format", 1)
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise DamagedFileError(path, f"has an invalid store_format {fmt!r}",
-                               f"move it aside and run the same command again, {RESTART}")
+                               f"move it aside and run the same command again, or {RESTART}")
     if fmt > STORE_FORMAT:
         raise StaleResultsError(
             f"{path} has store format {fmt}, newer than this flatbook reads ({STORE_FORMAT}): "
@@ -580,7 +612,7 @@ def _migrate_results(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _results_way_out(path: Path) -> str:
     return (f"move it aside (mv {path} {path}.damaged) and run the same command again — the "
-            f"run is completed from its checkpoint with the same numbers — {RESTART}")  # fmt: skip
+            f"run is completed from its checkpoint with the same numbers — or {RESTART}")  # fmt: skip
 
 
 def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -729,6 +761,7 @@ class RunInfo:
         config: the semantic config dict (None if unreadable).
         numerics: the fingerprint (None if unknown).
         note: error or damage message, or who holds the lock.
+        records: every record so far (for ``plot``; not part of :meth:`row`).
     """
 
     run_id: str
@@ -740,6 +773,7 @@ class RunInfo:
     config: dict[str, Any] | None = None
     numerics: dict[str, Any] | None = None
     note: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def row(self) -> dict[str, Any]:
         """Flat dict: run_id, status, step, steps, the final record, the config fields
@@ -835,6 +869,7 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
             stored, doc = _read_results(rd)
             info.status, info.config = doc["status"], stored.semantic_dict()
             info.final = dict(doc.get("final") or {})
+            info.records = list(doc.get("records") or [])
             info.step = info.final.get("step", doc.get("steps_done"))
             info.steps = doc.get("steps")
             info.numerics = doc.get("numerics")
@@ -851,6 +886,7 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
         if state is not None:
             recs = list(state.get("records") or [])
             info.final = dict(recs[-1]) if recs else {}
+            info.records = recs
             info.step = int(state.get("step", 0))
             if info.numerics is None:
                 info.numerics = (state.get("meta") or {}).get("numerics")
@@ -923,6 +959,11 @@ def _load_data(config: RunConfig) -> _data.Dataset:
 
 
 def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
+    if config.eval_size > ds.n_train:
+        raise ValueError(
+            f"eval_size={config.eval_size} exceeds the training set (n_train={ds.n_train}); "
+            f"use 1..{ds.n_train}"
+        )
     B = _train.resolve_batch_size(config.batch_size, ds.n_train)
     spe = max(1, ds.n_train // B)
     steps = config.steps if config.steps is not None else max(1, round(config.epochs * spe))
@@ -931,10 +972,18 @@ def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
 
 
 def _build_model(config: RunConfig, ds: _data.Dataset) -> torch.nn.Module:
-    return _models.build(
-        config.model, ds.input_shape, ds.n_classes, seed=config.seed,
-        dtype=_data.as_dtype(config.dtype), **config.model_kw,
-    )  # fmt: skip
+    try:
+        return _models.build(
+            config.model, ds.input_shape, ds.n_classes, seed=config.seed,
+            dtype=_data.as_dtype(config.dtype), **config.model_kw,
+        )  # fmt: skip
+    except (RuntimeError, TypeError) as e:  # torch's own errors: name the options instead
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"model_kw {dict(config.model_kw)} cannot build model {config.model!r} for inputs "
+            f"{tuple(ds.input_shape)} ({first}); allowed options: "
+            f"{list(_models.MODEL_OPTIONS[config.model])}"
+        ) from None
 
 
 def prepare(config: RunConfig) -> tuple[_data.Dataset, torch.nn.Module, int]:
@@ -1030,14 +1079,14 @@ def run(
             stored = read_config_file(cfg_path)
             if stored["config_hash"] != config.config_hash:
                 raise DamagedFileError(cfg_path, "describes another config than this run's",
-                                       f"move it aside and run the same command again, {RESTART}")
+                                       f"move it aside and run the same command again, or {RESTART}")
             diff = numerics_diff(stored.get("numerics"), fp)
             if diff and (ckpt.is_file() or prev.is_file()):
                 raise NumericsMismatchError(
                     f"run {config.run_id} was started under other numerics ({'; '.join(diff)}; "
                     f"{cfg_path}): resuming here would mix numbers — resume it with the same "
                     f"settings (e.g. --threads {stored['numerics'].get('threads')}, "
-                    f"--device as before), {RESTART}"
+                    f"--device as before), or {RESTART}"
                 )
         if not cfg_path.is_file() or read_config_file(cfg_path) != _unsealed(cfg_doc):
             write_json(cfg_path, cfg_doc)
@@ -1088,9 +1137,12 @@ def run(
                 diff = numerics_diff((e.stored or {}).get("numerics"), fp)
                 raise NumericsMismatchError(
                     f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
-                    f"here would mix numbers — resume it with the same settings, {RESTART}"
+                    f"here would mix numbers — resume it with the same settings, or {RESTART}"
                 ) from None
             raise
+        except DamagedFileError as e:  # a checkpoint: name the store's way out
+            raise DamagedFileError(e.path, e.problem,
+                                   e.way_out.replace(_io_RESTART_DEFAULT, RESTART)) from None
         except (StoreProblem, _train.BadDataError):
             raise  # nothing to record: the store or the data, not the run, is at fault
         except Exception as e:
