@@ -962,7 +962,7 @@ def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
     if config.eval_size > ds.n_train:
         raise ValueError(
             f"eval_size={config.eval_size} exceeds the training set (n_train={ds.n_train}); "
-            f"use 1..{ds.n_train}"
+            f"use eval_size ≤ {ds.n_train} (--eval-size {ds.n_train})"
         )
     B = _train.resolve_batch_size(config.batch_size, ds.n_train)
     spe = max(1, ds.n_train // B)
@@ -1087,6 +1087,16 @@ def run(
                     f"{cfg_path}): resuming here would mix numbers — resume it with the same "
                     f"settings (e.g. --threads {stored['numerics'].get('threads')}, "
                     f"--device as before), or {RESTART}"
+                )
+        elif ckpt.is_file() or prev.is_file():  # config.json moved aside: the checkpoint's
+            state = load_checkpoint(ckpt, "cpu", restart=RESTART)  # fingerprint decides
+            stored_fp = ((state or {}).get("meta") or {}).get("numerics")
+            diff = numerics_diff(stored_fp, fp)
+            if diff:
+                raise NumericsMismatchError(
+                    f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
+                    f"here would mix numbers — resume it with the same settings (e.g. "
+                    f"--threads {stored_fp.get('threads')}), or {RESTART}"
                 )
         if not cfg_path.is_file() or read_config_file(cfg_path) != _unsealed(cfg_doc):
             write_json(cfg_path, cfg_doc)
@@ -1291,6 +1301,8 @@ def sweep(
     for c in configs:
         if not isinstance(c, RunConfig):
             raise TypeError(f"sweep needs RunConfig objects; got {type(c).__name__}")
+    if configs:
+        check_writable(results_dir)  # before the first run, not once per run
     seen: dict[str, dict] = {}
     out: list[dict] = []
     from tqdm.auto import tqdm
