@@ -214,8 +214,9 @@ def read_sealed(path: str | Path, way_out: str, *,
     """Read a JSON object and verify its seal (:func:`seal`).
 
     ``required`` False (or a predicate of the document returning False) accepts a document
-    without ``"sha256"`` (written before seals existed; the caller migrates it). Any damage — unreadable, not JSON (e.g. truncated), not an
-    object, seal missing or not matching — raises :class:`DamagedFileError` with ``way_out``.
+    without ``"sha256"`` (written before seals existed; the caller migrates it). Any damage —
+    unreadable, not JSON (e.g. truncated), not an object, seal missing or not matching —
+    raises :class:`DamagedFileError` with ``way_out``.
     """
     path = Path(path)
     try:

@@ -729,6 +729,7 @@ def obtain(
             m = make_measure(c, ds.X_test, ds.Y_test, min(setting.test_size, ds.n_test),
                              setting.representations, n_train=ds.n_train)
             out[i] = E.run(c, store, overwrite=stale, measure=m)
+    E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
     return out
 
 

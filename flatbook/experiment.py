@@ -86,7 +86,6 @@ from flatbook import train as _train
 from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
 from flatbook._io import (
     DamagedFileError,
-    NoSpaceError,
     StoreProblem,
     check_writable,
     code_hash,
@@ -612,7 +611,8 @@ def _migrate_results(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _results_way_out(path: Path) -> str:
     return (f"move it aside (mv {path} {path}.damaged) and run the same command again — the "
-            f"run is completed from its checkpoint with the same numbers — or {RESTART}")  # fmt: skip
+            f"run is completed from its checkpoint with the same numbers — "
+            f"or {RESTART}")  # fmt: skip
 
 
 def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -1079,7 +1079,8 @@ def run(
             stored = read_config_file(cfg_path)
             if stored["config_hash"] != config.config_hash:
                 raise DamagedFileError(cfg_path, "describes another config than this run's",
-                                       f"move it aside and run the same command again, or {RESTART}")
+                                       f"move it aside and run the same command again, "
+                                       f"or {RESTART}")
             diff = numerics_diff(stored.get("numerics"), fp)
             if diff and (ckpt.is_file() or prev.is_file()):
                 raise NumericsMismatchError(

@@ -26,8 +26,8 @@ never reported as a diverging run; a non-finite (or exploding) loss or parameter
 RNG state) is checkpointed atomically every ``checkpoint_every`` steps, at the end, and when the
 run is interrupted (with a digest, verified on disk before it replaces the previous checkpoint,
 which is kept as ``<name>.prev.pt``: :func:`flatbook._io.save_checkpoint`; a damaged file is
-named, never loaded unsafely; Ctrl-C / SIGTERM are deferred to the next step boundary); re-running with the
-same checkpoint path resumes bit-identically.
+named, never loaded unsafely; Ctrl-C / SIGTERM are deferred to the next step boundary);
+re-running with the same checkpoint path resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flatbook import losses
-from flatbook import _io
+from flatbook import _io, losses
 from flatbook._validate import (  # noqa: F401 - re-exported (experiment, executors)
     _fail,
     check_choice,
@@ -420,7 +419,8 @@ def _meta_differences(stored: Any, meta: Mapping[str, Any]) -> list[str]:
     stored meta lacks — written by an older version — is not a difference)."""
     if not isinstance(stored, Mapping):
         return sorted(meta) or ["meta"]
-    return sorted(k for k in set(stored) | set(meta) if k in stored and stored.get(k) != meta.get(k))
+    keys = set(stored) | set(meta)
+    return sorted(k for k in keys if k in stored and stored.get(k) != meta.get(k))
 
 
 class CheckpointMismatchError(ValueError):

@@ -439,3 +439,27 @@ def test_lock_file_lives_outside_the_run_folder(tmp_path: Path) -> None:
         "checkpoint.pt", "config.json", "results.json"]
     assert [i.run_id for i in ex.inspect_store(tmp_path)] == [cfg.run_id]
     time.sleep(0)  # (no timing in tests)
+
+
+def test_a_study_computed_elsewhere_renders_flagged_but_is_never_mixed(tmp_path: Path) -> None:
+    from flatbook import analysis
+
+    s = analysis.get_setting("digits-mlp")
+    cfgs = analysis.study_configs("digits-mlp", lrs=[0.1], batch_sizes=[8], seeds=[0, 1],
+                                  steps=20, measure_every=10, n_train=60, eval_size=16,
+                                  model_kw={"hidden": [6]})  # fmt: skip
+    runs = analysis.obtain(cfgs, s, tmp_path)
+    for r in runs:  # as if computed on a GPU machine
+        p = r.run_dir / "results.json"
+        doc = read_json(p)
+        doc["numerics"]["device"] = "cuda:NVIDIA H200"
+        write_json(p, _io.seal(doc))
+    with pytest.warns(ex.NumericsWarning, match=r"device: cuda:NVIDIA H200 ≠ cpu"):
+        shown = analysis.obtain(cfgs, s, tmp_path, compute_missing=False)
+    assert [r.final for r in shown] == [r.final for r in runs]
+    assert all(r.numerics_mismatch == ["device: cuda:NVIDIA H200 ≠ cpu"] for r in shown)
+    # one of them recomputed here, the other from the GPU: refused, naming the field
+    (runs[1].run_dir / "results.json").unlink()
+    with pytest.warns(ex.NumericsWarning), pytest.raises(
+            ex.NumericsMismatchError, match=r"different numerics \(device: cuda:NVIDIA H200 ≠ cpu"):
+        analysis.obtain(cfgs, s, tmp_path)
