@@ -867,6 +867,8 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
     try:
         if res.is_file():
             stored, doc = _read_results(rd)
+            if cfg_p.is_file():
+                read_config_file(cfg_p)
             info.status, info.config = doc["status"], stored.semantic_dict()
             info.final = dict(doc.get("final") or {})
             info.records = list(doc.get("records") or [])
@@ -1054,6 +1056,11 @@ def run(
     if not overwrite and res_path.is_file():
         _, doc = _read_results(rd)  # verified: a damaged file is named, never reused
         if doc.get("status") in FINISHED:
+            if cfg_path.is_file():
+                read_config_file(cfg_path)  # a damaged config.json is named here too
+            else:  # moved aside: rewritten from the results (best effort: may be read-only)
+                with contextlib.suppress(OSError):
+                    write_json(cfg_path, _config_doc(config, doc.get("numerics")))
             return _load_finished(config, results_dir)
     device = _resolve_device(config.device)
     t0 = time.perf_counter()

@@ -93,6 +93,7 @@ DAMAGE = [
     ("checkpoint.pt", _empty, "interrupted"),
     ("checkpoint.pt", _pickle_bomb, "interrupted"),
     ("config.json", _truncate, "interrupted"),
+    ("config.json", _garbage, "finished"),
     ("results.json", _truncate, "finished"),
     ("results.json", _garbage, "finished"),
     ("results.json", _edit_results, "finished"),
@@ -133,6 +134,8 @@ def test_a_damaged_file_is_named_and_its_way_out_gives_the_same_numbers(
     target.rename(target.with_name(target.name + ".damaged"))
     res = ex.run(cfg, tmp_path)
     assert numbers(res) == reference
+    assert ex.inspect_run(rd).status == "completed"  # type: ignore[union-attr]
+    assert ex.read_config_file(rd / "config.json")["config_hash"] == cfg.config_hash
     # the other way out: --restart
     damage(rd / name) if (rd / name).exists() else None  # type: ignore[operator]
     assert numbers(ex.run(cfg, tmp_path, overwrite=True)) == reference
