@@ -201,6 +201,23 @@ def _add_config_args(p: argparse.ArgumentParser, grid: bool) -> None:
                    help="no progress bar (default: shown)")
 
 
+def _say_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default: …)`` to every option's help that does not state its default yet."""
+    for a in p._actions:  # noqa: SLF001 - argparse has no public iterator over actions
+        if not a.option_strings or a.help in (None, argparse.SUPPRESS) or "default" in a.help:
+            continue
+        d = a.default
+        if d is argparse.SUPPRESS:
+            continue
+        if isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction):  # noqa: SLF001
+            text = "off"
+        elif d is None or d == []:
+            text = "none"
+        else:
+            text = str(d)
+        a.help = f"{a.help} (default: {text.replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``flatbook`` argument parser (sub-commands run, sweep, show)."""
     parser = argparse.ArgumentParser(
@@ -226,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flatbook.executors import add_arguments as _add_executor_args
 
     _add_executor_args(p_sweep)  # --executor local|slurm and the Slurm options
+    _say_defaults(p_sweep)
     p_show = sub.add_parser(
         "show", help="list stored runs (every status)",
         description="List every run of a store: completed, diverged, failed, interrupted, "
