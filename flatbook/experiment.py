@@ -658,9 +658,10 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _flag_numerics(res: Results, policy: str, stacklevel: int = 3) -> Results:
+def _flag_numerics(res: Results, policy: str, requested: RunConfig,
+                   stacklevel: int = 3) -> Results:  # fmt: skip
     n_params = int(res.data.get("n_params") or 0)
-    diff = numerics_diff(res.numerics, expected_numerics(res.config, n_params))
+    diff = numerics_diff(res.numerics, expected_numerics(requested, n_params))
     res.numerics_mismatch = diff
     if diff and policy != "ignore":
         msg = (f"{res.run_dir}: computed under other numerics than this process would use "
@@ -726,7 +727,7 @@ def load_results(
                 + (f" (error: {doc.get('error')})" if doc.get("error") else "")
             )
         # the requested config's operational fields (device, threads) decide what "here" is
-        return _flag_numerics(Results(rd, cfg, doc), numerics)
+        return _flag_numerics(Results(rd, stored, doc), numerics, cfg)
     out: list[Results] = []
     if not root.is_dir():
         return out
