@@ -48,6 +48,88 @@ def check_seed(value: Any, param: str = "seed") -> int:
     return int(value)
 
 
+# ------------------------------------------------------------------------------ data
+
+
+class BadDataError(ValueError):
+    """The training / test data cannot be trained on (NaN/inf, wrong dtype or shape); raised
+    before any training or measurement, naming the tensor."""
+
+
+def check_data(X: Any, Y: Any, which: str = "train", loss: str = "squared",
+               model: Any = None) -> None:
+    """Bad data named as bad data, before any step: X [n, ...] floating (the model's dtype),
+    Y [n, k] floating (squared loss) or [n] integer labels / [n, k] (cross-entropy), both
+    finite, equal n ≥ 1, and X fits the model (one forward pass on one sample)."""
+    import torch
+
+    if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
+        raise TypeError(
+            f"bad data: X_{which} and Y_{which} must be torch tensors; got "
+            f"{type(X).__name__} and {type(Y).__name__}"
+        )
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise BadDataError(
+            f"bad data: X_{which} must have shape [n, ...] with n ≥ 1 samples; got {tuple(X.shape)}"
+        )
+    if Y.ndim not in (1, 2) or X.shape[0] != Y.shape[0]:
+        raise BadDataError(
+            f"bad data: X_{which} ({X.shape[0]} samples) and Y_{which} (shape {tuple(Y.shape)}) "
+            "must have the same number of samples, Y of shape [n, k] or [n]"
+        )
+    if not X.is_floating_point():
+        raise BadDataError(
+            f"bad data: X_{which} has dtype {X.dtype}; inputs must be floating point "
+            "(convert with X.float() or X.double())"
+        )
+    if loss == "squared" and (Y.ndim != 2 or not Y.is_floating_point()):
+        raise BadDataError(
+            f"bad data: loss='squared' needs floating one-hot targets Y_{which} of shape [n, k]; "
+            f"got {tuple(Y.shape)} {Y.dtype}"
+        )
+    if Y.ndim == 1 and Y.is_floating_point():
+        raise BadDataError(
+            f"bad data: 1-d targets Y_{which} must be integer class labels; got {Y.dtype}"
+        )
+    for name, T in ((f"X_{which}", X), (f"Y_{which}", Y)):
+        if T.is_floating_point():
+            bad = ~torch.isfinite(T.reshape(T.shape[0], -1)).all(1)
+            if bool(bad.any()):
+                idx = bad.nonzero()[:, 0].tolist()
+                raise BadDataError(
+                    f"bad data: {name} has non-finite values (NaN or inf) in {len(idx)} of "
+                    f"{T.shape[0]} samples (first: sample {idx[0]}); clean or drop them before "
+                    "training — this is the data, not a diverging run"
+                )
+    if model is None:
+        return
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.is_floating_point() and X.dtype != p.dtype:
+        raise BadDataError(
+            f"bad data: X_{which} is {X.dtype} but the model's parameters are {p.dtype}; "
+            f"convert one of them (e.g. X.to({p.dtype}))"
+        )
+    try:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(X[:1])
+        finally:
+            model.train(was)
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadDataError(
+            f"bad data: samples of X_{which} (shape {tuple(X.shape[1:])}) do not fit the model "
+            f"({first})"
+        ) from None
+    k = out.shape[-1] if out.ndim >= 1 else 1
+    if Y.ndim == 2 and Y.shape[1] != k:
+        raise BadDataError(
+            f"bad data: Y_{which} has {Y.shape[1]} columns but the model has {k} outputs"
+        )
+
+
 # ------------------------------------------------------------------------------ chapters
 
 _RULE = re.compile(
