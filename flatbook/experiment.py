@@ -909,9 +909,12 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
     return info
 
 
-def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[RunInfo]:
+def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
+                  _depth: int = 0) -> list[RunInfo]:  # fmt: skip
     """Every run folder of the store with its state (:func:`inspect_run`), sorted by run id;
-    damaged, interrupted and running runs included, never aborting on one bad folder.
+    damaged, interrupted and running runs included, never aborting on one bad folder. A
+    folder that holds run folders (e.g. an experiment setting's ``measure-<hash>/``) is
+    listed too, its runs named ``<folder>/<run_id>``.
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist; NotADirectoryError: it is a file.
@@ -927,6 +930,10 @@ def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[RunInfo
             info = inspect_run(rd, root)
             if info is not None:
                 out.append(info)
+            elif _depth < 1:  # a store of stores (e.g. the chapters' measure-<hash>/ folders)
+                for sub in inspect_store(rd, _depth=_depth + 1):
+                    sub.run_id = f"{rd.name}/{sub.run_id}"
+                    out.append(sub)
     return out
 
 
