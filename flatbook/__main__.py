@@ -1,4 +1,4 @@
-"""Command line: ``python -m flatbook run|sweep|show`` (also installed as ``flatbook``).
+"""Command line: ``python -m flatbook run|sweep|show|plot`` (also installed as ``flatbook``).
 
 Examples::
 
@@ -8,19 +8,28 @@ Examples::
     python -m flatbook sweep --lr 0.05 0.1 0.2 --batch-size 8 32 --seed 0 1
     python -m flatbook sweep --lr 0.05 0.1 --seed 0 1 --executor slurm --partition gpu --gpus 1 \\
         --device auto                                   # one Slurm job per config
-    python -m flatbook show results/
+    python -m flatbook show results/                      # table: every run, incl. interrupted
+    python -m flatbook show results/ --format csv --sort=-lambda_max --filter "lr<0.2"
+    python -m flatbook plot results/ --keys lambda_max trace_gn --out trajectories.png
 
 Unspecified options take the defaults of :class:`flatbook.experiment.RunConfig` (or of the
 JSON file given with ``--config``). Interrupt a run with Ctrl-C (or SIGTERM): the state is
 checkpointed, and the same command resumes it. Finished runs are never recomputed (use
-``--overwrite`` for ``run``).
+``--restart`` for ``run``). A damaged store file stops the command with one line naming the
+file and the way out; exit codes: 0 success, 1 a run failed or a store problem, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import json
+import math
+import operator
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,12 +51,43 @@ def _batch(v: str) -> int | str:
 
 
 def _opt_int(v: str) -> int | None:
-    if v.lower() in ("none", "0"):
+    if v.lower() == "none":
         return None
     try:
-        return int(v)
+        n = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer or 'none': {v!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}")
+    return n
+
+
+def _defaults() -> dict[str, Any]:
+    from flatbook.experiment import RunConfig
+
+    out = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    out["steps"] = f"{RunConfig().steps} steps unless --epochs"
+    return out
+
+
+def _h(text: str, name: str | None = None, none: str = "none") -> str:
+    """Help text with the RunConfig default of ``name`` (``none`` says what None means;
+    argparse's % escaped)."""
+    if name is not None:
+        d = _defaults()[name]
+        if d is None:
+            d = none
+        elif isinstance(d, tuple | list):
+            d = " ".join(map(str, d)) or "none"
+        elif isinstance(d, dict):
+            d = json.dumps(d) if d else "the model's own"
+        text = f"{text} (default: {d})"
+    return text.replace("%", "%%")
 
 
 def _kv(v: str) -> tuple[str, Any]:
@@ -64,99 +104,118 @@ def _kv(v: str) -> tuple[str, Any]:
 def _add_config_args(p: argparse.ArgumentParser, grid: bool) -> None:
     S = argparse.SUPPRESS
     many = {"nargs": "+"} if grid else {}
+    several = " (several values: one run each)" if grid else ""
 
     def axis(name: str) -> dict:
         return many if name in GRID_AXES else {}
 
+    def ax(name: str) -> str:
+        return several if name in GRID_AXES else ""
+
     g = p.add_argument_group("model and data")
-    g.add_argument(
-        "--model", default=S, **axis("model"), help=f"one of {sorted(_models.MODELS)} (default mlp)"
-    )
-    g.add_argument(
-        "--model-kw",
-        dest="model_kw",
-        nargs="+",
-        type=_kv,
-        default=S,
-        metavar="KEY=VALUE",
-        help="model options, JSON values, e.g. hidden=[64,64] activation=tanh",
-    )
-    g.add_argument("--dataset", default=S, help=f"one of {sorted(_data.DATASETS)} (default digits)")
-    g.add_argument(
-        "--classes",
-        nargs="+",
-        type=int,
-        default=S,
-        help="labels to keep (several numbers), or a count c (one number: 0..c-1)",
-    )
-    g.add_argument("--n-train", dest="n_train", type=int, default=S)
-    g.add_argument("--n-test", dest="n_test", type=int, default=S)
-    g.add_argument("--standardize", default=S, help=f"one of {list(_data.STANDARDIZE)}")
-    g.add_argument("--data-seed", dest="data_seed", type=int, default=S)
-    g.add_argument(
-        "--data-dir",
-        dest="data_dir",
-        default=S,
-        help="folder holding mnist/, fashion_mnist/, cifar10/ (default $FLATBOOK_DATA or ./data)",
-    )
-    g.add_argument("--dtype", default=S, help=f"one of {sorted(_data.DTYPES)}")
+    g.add_argument("--model", default=S, **axis("model"),
+                   help=_h(f"one of {sorted(_models.MODELS)}{ax('model')}", "model"))
+    g.add_argument("--model-kw", dest="model_kw", nargs="+", type=_kv, default=S,
+                   metavar="KEY=VALUE",
+                   help=_h("model options, JSON values, e.g. hidden=[64,64] activation=tanh",
+                           "model_kw"))
+    g.add_argument("--dataset", default=S,
+                   help=_h(f"one of {sorted(_data.DATASETS)}", "dataset"))
+    g.add_argument("--classes", nargs="+", type=int, default=S,
+                   help=_h("labels to keep (several numbers), or a count c (one number: "
+                           "0..c-1)", "classes", "all"))
+    g.add_argument("--n-train", dest="n_train", type=int, default=S,
+                   help=_h("training-set size (a seeded subset)", "n_train", "all"))
+    g.add_argument("--n-test", dest="n_test", type=int, default=S,
+                   help=_h("test-set size (a seeded subset)", "n_test", "all"))
+    g.add_argument("--standardize", default=S,
+                   help=_h(f"input standardisation, one of {list(_data.STANDARDIZE)}",
+                           "standardize"))
+    g.add_argument("--data-seed", dest="data_seed", type=int, default=S,
+                   help=_h("seed of the subsets and the evaluation subset", "data_seed"))
+    g.add_argument("--data-dir", dest="data_dir", default=S,
+                   help="folder holding mnist/, fashion_mnist/, cifar10/ (default: "
+                        "$FLATBOOK_DATA or ./data)")
+    g.add_argument("--dtype", default=S,
+                   help=_h(f"parameter and data dtype, one of {sorted(_data.DTYPES)}", "dtype"))
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--loss", default=S, help=f"one of {list(_train.LOSS_NAMES)} (default squared)")
-    g.add_argument("--optimizer", default=S, help=f"one of {list(_train.OPTIMIZERS)} (default sgd)")
-    g.add_argument("--lr", type=float, default=S, **axis("lr"), help="learning rate η")
-    g.add_argument("--momentum", type=float, default=S, **axis("momentum"))
-    g.add_argument(
-        "--weight-decay", dest="weight_decay", type=float, default=S, **axis("weight_decay")
-    )
-    g.add_argument("--nesterov", action="store_true", default=S)
-    g.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=_batch,
-        default=S,
-        **axis("batch_size"),
-        help="B, or 'full' for full-batch gradient descent",
-    )
-    g.add_argument("--steps", type=int, default=S, help="optimizer steps (default 30000)")
-    g.add_argument("--epochs", type=float, default=S, help="instead of --steps")
-    g.add_argument(
-        "--seed", type=int, default=S, **axis("seed"), help="initialisation and batch-order seed"
-    )
-    g.add_argument("--divergence-threshold", dest="divergence_threshold", type=float, default=S)
+    g.add_argument("--loss", default=S, help=_h(f"one of {list(_train.LOSS_NAMES)}", "loss"))
+    g.add_argument("--optimizer", default=S,
+                   help=_h(f"one of {list(_train.OPTIMIZERS)}", "optimizer"))
+    g.add_argument("--lr", type=float, default=S, **axis("lr"),
+                   help=_h(f"learning rate η > 0{ax('lr')}", "lr"))
+    g.add_argument("--momentum", type=float, default=S, **axis("momentum"),
+                   help=_h(f"SGD momentum in [0, 1){ax('momentum')}", "momentum"))
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
+                   **axis("weight_decay"),
+                   help=_h(f"L2 weight decay ≥ 0{ax('weight_decay')}", "weight_decay"))
+    g.add_argument("--nesterov", action="store_true", default=S,
+                   help="Nesterov momentum (needs --momentum > 0; default: off)")
+    g.add_argument("--batch-size", dest="batch_size", type=_batch, default=S,
+                   **axis("batch_size"),
+                   help=_h(f"batch size B, or 'full' for full-batch gradient descent"
+                           f"{ax('batch_size')}", "batch_size"))
+    g.add_argument("--steps", type=int, default=S, help=_h("optimizer steps", "steps"))
+    g.add_argument("--epochs", type=float, default=S,
+                   help="passes over the training set, instead of --steps (default: unset)")
+    g.add_argument("--seed", type=int, default=S, **axis("seed"),
+                   help=_h(f"initialisation and batch-order seed{ax('seed')}", "seed"))
+    g.add_argument("--divergence-threshold", dest="divergence_threshold", type=float,
+                   default=S,
+                   help=_h("a minibatch loss above this ends the run as diverged",
+                           "divergence_threshold"))
 
     g = p.add_argument_group("measurements")
-    g.add_argument("--measure-every", dest="measure_every", type=int, default=S)
-    g.add_argument("--schedule", default=S, help=f"one of {list(_train.SCHEDULES)}")
-    g.add_argument(
-        "--measures",
-        nargs="*",
-        default=S,
-        help=f"subset of {list(_train.MEASURES)} (none: losses/accuracies only)",
-    )
-    g.add_argument("--eval-size", dest="eval_size", type=int, default=S)
-    g.add_argument("--sharpness-tol", dest="sharpness_tol", type=float, default=S)
-    g.add_argument("--target-loss", dest="target_loss", type=float, default=S)
+    g.add_argument("--measure-every", dest="measure_every", type=int, default=S,
+                   help=_h("steps between measurements (see --schedule)", "measure_every"))
+    g.add_argument("--schedule", default=S,
+                   help=_h(f"measurement schedule, one of {list(_train.SCHEDULES)} (late: "
+                           "denser in the second half)", "schedule"))
+    g.add_argument("--measures", nargs="*", default=S,
+                   help=_h(f"subset of {list(_train.MEASURES)} (none: losses/accuracies "
+                           "only)", "measures"))
+    g.add_argument("--eval-size", dest="eval_size", type=int, default=S,
+                   help=_h("training points (a fixed subset, ≤ n_train) on which curvature "
+                           "and geometry are measured", "eval_size"))
+    g.add_argument("--sharpness-tol", dest="sharpness_tol", type=float, default=S,
+                   help=_h("relative tolerance of the Lanczos λ_max", "sharpness_tol"))
+    g.add_argument("--target-loss", dest="target_loss", type=float, default=S,
+                   help=_h("record the first step with train loss below this",
+                           "target_loss"))
 
     g = p.add_argument_group("execution")
-    g.add_argument("--config", type=Path, help="JSON file with RunConfig fields (flags override)")
-    g.add_argument(
-        "--results-dir",
-        dest="results_dir",
-        default="results",
-        type=Path,
-        help="result store (default ./results)",
-    )
-    g.add_argument("--device", default=S, help="cpu, cuda or auto")
-    g.add_argument("--threads", type=_opt_int, default=S, help="torch threads (none: auto)")
-    g.add_argument(
-        "--checkpoint-every",
-        dest="checkpoint_every",
-        type=_opt_int,
-        default=S,
-        help="steps between checkpoints (none: only at the end / on interrupt)",
-    )
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+    g.add_argument("--config", type=Path,
+                   help="JSON file with RunConfig fields, e.g. a stored config.json (flags "
+                        "override; default: none)")
+    g.add_argument("--results-dir", dest="results_dir", default="results", type=Path,
+                   help="result store (default: ./results)")
+    g.add_argument("--device", default=S, help=_h("cpu, cuda or auto", "device"))
+    g.add_argument("--threads", type=_opt_int, default=S,
+                   help="torch intra-op threads (default: none = 1 for small CPU models, "
+                        "else torch's); part of the run's numerics fingerprint")
+    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=_opt_int, default=S,
+                   help=_h("steps between checkpoints, or 'none' (only at the end / on "
+                           "interrupt)", "checkpoint_every"))
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                   help="no progress bar (default: shown)")
+
+
+def _say_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default: …)`` to every option's help that does not state its default yet."""
+    for a in p._actions:  # noqa: SLF001 - argparse has no public iterator over actions
+        if not a.option_strings or a.help in (None, argparse.SUPPRESS) or "default" in a.help:
+            continue
+        d = a.default
+        if d is argparse.SUPPRESS:
+            continue
+        if isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction):  # noqa: SLF001
+            text = "off"
+        elif d is None or d == []:
+            text = "none"
+        else:
+            text = str(d)
+        a.help = f"{a.help} (default: {text.replace('%', '%%')})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run (or resume) one configuration",
                            description="Run or resume one configuration.")  # fmt: skip
     _add_config_args(p_run, grid=False)
-    p_run.add_argument("--overwrite", action="store_true", help="recompute a finished run")
+    p_run.add_argument("--restart", "--overwrite", dest="overwrite", action="store_true",
+                       help="start the run over: remove its results, checkpoints and config "
+                            "first (default: finish or resume what is stored)")
     p_sweep = sub.add_parser(
         "sweep", help="run a grid of configurations",
         description="Cartesian grid over " + ", ".join("--" + a.replace("_", "-")
@@ -182,10 +243,227 @@ def build_parser() -> argparse.ArgumentParser:
     from flatbook.executors import add_arguments as _add_executor_args
 
     _add_executor_args(p_sweep)  # --executor local|slurm and the Slurm options
-    p_show = sub.add_parser("show", help="list stored runs", description="List stored runs.")
-    p_show.add_argument("results_dir", nargs="?", default="results", type=Path)
-    p_show.add_argument("--all", action="store_true", help="include failed runs")
+    _say_defaults(p_sweep)
+    p_show = sub.add_parser(
+        "show", help="list stored runs (every status)",
+        description="List every run of a store: completed, diverged, failed, interrupted, "
+                    "running and damaged (with what is wrong and the way out).",
+        epilog="Columns (keys for --sort / --filter): " + ", ".join(
+            f"{k} ({h})" for k, h in SHOW_COLUMNS) + "; also any config field (lr, "
+        "batch_size, seed, …), record key (train_loss, test_acc, …) or numerics_threads.",
+    )  # fmt: skip
+    p_show.add_argument("results_dir", nargs="?", default="results", type=Path,
+                        help="the result store (default: ./results)")
+    p_show.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="output format (default: table)")
+    p_show.add_argument("--sort", default="run_id", metavar="KEY",
+                        help="sort by this key, '-KEY' descending (default: run_id)")
+    p_show.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                        help="keep runs with KEY OP VALUE, OP one of = != < <= > >= ~ "
+                             "(contains); repeatable (default: all runs)")
+    p_show.add_argument("--all", action="store_true",
+                        help="kept for compatibility: every run is listed anyway")
+    p_plot = sub.add_parser(
+        "plot", help="plot trajectories of stored runs to a PNG",
+        description="One panel per key, one line per run (record value against step).",
+    )  # fmt: skip
+    p_plot.add_argument("results_dir", type=Path, help="the result store")
+    p_plot.add_argument("--keys", nargs="+", default=["train_loss", "lambda_max"],
+                        metavar="KEY", help="record keys to plot (default: train_loss "
+                                            "lambda_max)")
+    p_plot.add_argument("--out", type=Path, default=Path("trajectories.png"),
+                        help="PNG file to write (default: ./trajectories.png)")
+    p_plot.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                        help="as for show (default: all runs)")
+    p_plot.add_argument("--logy", action="store_true", help="log-scale y axes (default: "
+                                                            "linear)")
     return parser
+
+
+SHOW_COLUMNS = (("run_id", "run id"), ("status", "status"), ("step", "step"),
+                ("train_loss", "loss"), ("test_acc", "accuracy"), ("lambda_max", "λ_max"),
+                ("trace_gn", "tr H"), ("log_lvr_median", "log LVR"), ("note", "note"))  # fmt: skip
+"""Columns of ``show``'s table: (key, header)."""
+
+CSV_COLUMNS = ("run_id", "status", "step", "steps", "train_loss", "test_loss", "train_acc",
+               "test_acc", "lambda_max", "trace_gn", "log_lvr_median", "model", "dataset", "lr",
+               "batch_size", "seed", "dtype", "numerics_device", "numerics_threads",
+               "numerics_dtype", "numerics_torch", "note")  # fmt: skip
+"""Columns of ``show --format csv`` (``--format json`` gives every key)."""
+
+ALIASES = {"loss": "train_loss", "accuracy": "test_acc", "acc": "test_acc",
+           "log_lvr": "log_lvr_median", "trace": "trace_gn", "lmax": "lambda_max",
+           "id": "run_id"}  # fmt: skip
+
+_OPS: dict[str, Any] = {"<=": operator.le, ">=": operator.ge, "!=": operator.ne,
+                        "==": operator.eq, "=": operator.eq, "<": operator.lt, ">": operator.gt,
+                        "~": lambda a, b: str(b) in str(a)}  # fmt: skip
+
+
+def _parse_filter(expr: str) -> tuple[str, str, Any]:
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*", expr)
+    if not m:
+        raise ValueError(f"--filter {expr!r}: expected KEY OP VALUE with OP one of "
+                         f"{list(_OPS)}, e.g. status=completed or lr<0.2")  # fmt: skip
+    key, op, raw = m.groups()
+    try:
+        val: Any = float(raw)
+    except ValueError:
+        val = raw
+    return ALIASES.get(key, key), op, val
+
+
+def _keep(row: dict[str, Any], flt: tuple[str, str, Any]) -> bool:
+    key, op, val = flt
+    v = row.get(key)
+    if v is None:
+        return False
+    if isinstance(val, float) and not isinstance(v, bool) and isinstance(v, int | float):
+        return bool(_OPS[op](float(v), val))
+    if op not in ("=", "==", "!=", "~"):
+        return False
+    return bool(_OPS[op](str(v), str(val) if not isinstance(val, float) else f"{val:g}")) or (
+        op in ("=", "==") and str(v) == str(val))
+
+
+def _select(infos: list[Any], filters: Sequence[str], sort: str | None) -> list[dict[str, Any]]:
+    rows = [i.row() for i in infos]
+    keys = set().union(*(r.keys() for r in rows)) if rows else set()
+    for expr in filters:
+        flt = _parse_filter(expr)
+        if rows and flt[0] not in keys:
+            raise ValueError(f"--filter {expr!r}: unknown key {flt[0]!r}; known: "
+                             f"{sorted(keys)}")  # fmt: skip
+        rows = [r for r in rows if _keep(r, flt)]
+    if sort:
+        desc = sort.startswith("-")
+        key = ALIASES.get(sort.lstrip("-"), sort.lstrip("-"))
+        if rows and key not in keys:
+            raise ValueError(f"--sort {sort!r}: unknown key {key!r}; known: {sorted(keys)}")
+
+        def k(r: dict[str, Any]) -> tuple:
+            v = r.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return (1, 0, "")  # missing: last either way
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                return (0, -v if desc else v, "")
+            return (0, 0, str(v))
+
+        rows.sort(key=k, reverse=False)
+        if desc and rows and not isinstance(rows[0].get(key), int | float):
+            rows.sort(key=lambda r: str(r.get(key, "")), reverse=True)
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """An aligned text table of ``SHOW_COLUMNS`` (numbers right-aligned)."""
+    heads = [h for _, h in SHOW_COLUMNS]
+    cells = []
+    for r in rows:
+        line = []
+        for k, _ in SHOW_COLUMNS:
+            if k == "step" and r.get("steps") is not None and r.get("step") is not None:
+                line.append(f"{r['step']}/{r['steps']}")
+            elif k == "note":
+                line.append(str(r.get("note") or ""))
+            else:
+                line.append(_cell(r.get(k)))
+        cells.append(line)
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    widths[-1] = len(heads[-1])  # the note (last, free text) is not padded
+    numeric = [k not in ("run_id", "status", "note") for k, _ in SHOW_COLUMNS]
+
+    def fmt(line: list[str]) -> str:
+        parts = [c.rjust(w) if num else c.ljust(w)
+                 for c, w, num in zip(line, widths, numeric, strict=True)]  # fmt: skip
+        return "  ".join(parts).rstrip()
+
+    out = [fmt(heads), fmt(["-" * w for w in widths])]
+    out += [fmt(c) for c in cells]
+    return "\n".join(out)
+
+
+def _show(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from flatbook import experiment as ex
+
+    try:
+        infos = ex.inspect_store(ns.results_dir)
+        rows = _select(infos, ns.filter, ns.sort)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        parser.exit(2, f"flatbook show: error: {e}\n")
+    if ns.format == "json":
+        from flatbook._io import to_jsonable
+
+        print(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    elif ns.format == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else r.get(k) for k in CSV_COLUMNS])
+    else:
+        if not infos:
+            print(f"no runs in {ns.results_dir}")
+            return 0
+        print(_table(rows))
+        counts = {st: sum(r["status"] == st for r in rows) for st in ex.SHOW_STATUSES}
+        print(f"{len(rows)} of {len(infos)} runs: "
+              + ", ".join(f"{st} {n}" for st, n in counts.items() if n))  # fmt: skip
+    return 0
+
+
+def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from flatbook import experiment as ex
+
+    try:
+        infos = ex.inspect_store(ns.results_dir)
+        keep = {r["run_id"] for r in _select(infos, ns.filter, None)}
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        parser.exit(2, f"flatbook plot: error: {e}\n")
+    runs = [i for i in infos if i.run_id in keep and i.records]
+    keys = [ALIASES.get(k, k) for k in ns.keys]
+    have = set().union(*(r.keys() for i in runs for r in i.records)) if runs else set()
+    missing = [k for k in keys if k not in have]
+    if not runs:
+        parser.exit(2, f"flatbook plot: error: no run with records in {ns.results_dir}\n")
+    if missing:
+        parser.exit(2, f"flatbook plot: error: --keys {missing} are in no run's records; "
+                       f"known: {sorted(have)}\n")  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for i in runs:
+            pts = [(r["step"], r[key]) for r in i.records if key in r and "step" in r]
+            if pts:
+                x, y = zip(*pts, strict=True)
+                ax.plot(x, y, ".-", ms=3, lw=1, label=i.run_id if len(runs) <= 8 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        if ns.logy:
+            ax.set_yscale("log")
+    if len(runs) <= 8:
+        axes[0][0].legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    try:
+        ns.out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(ns.out, dpi=120)
+    except OSError as e:
+        parser.exit(1, f"flatbook plot: error: cannot write {ns.out}: {e}\n")
+    finally:
+        plt.close(fig)
+    print(f"{ns.out}: {len(runs)} runs, keys {keys}")
+    return 0
 
 
 def _config_fields(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -235,26 +513,23 @@ def _summary_line(s: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _one_line_warning(message: Any, category: type, *args: Any, **kw: Any) -> str:
+    return f"flatbook: {category.__name__}: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flatbook`` / the ``flatbook`` console script."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     from flatbook import experiment as ex
 
+    warnings.formatwarning = _one_line_warning  # "flatbook: NumericsWarning: …"
+
     if ns.command == "show":
-        try:
-            runs = ex.load_results(
-                ns.results_dir, check="none",
-                status=ex.STATUSES if ns.all else ex.FINISHED,
-            )  # fmt: skip
-        except ValueError as e:
-            parser.error(str(e))
-        for r in runs:  # type: ignore[union-attr]
-            print(_summary_line({"run_id": r.config.run_id, "status": r.status,
-                                 "final": r.final, "error": r.data.get("error")}))  # fmt: skip
-        if not runs:
-            print(f"no results in {ns.results_dir}")
-        return 0
+        return _show(ns, parser)
+    if ns.command == "plot":
+        return _plot(ns, parser)
+    from flatbook._io import StoreProblem, check_writable
 
     fields = _config_fields(ns, parser)
     try:
@@ -263,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = ex.run(cfg, ns.results_dir, overwrite=ns.overwrite)
             print(_summary_line({"run_id": cfg.run_id, "status": res.status,
                                  "final": res.final}))  # fmt: skip
+            if res.numerics_mismatch:
+                print(f"note: stored numbers computed under other numerics "
+                      f"({'; '.join(res.numerics_mismatch)})")  # fmt: skip
             print(f"results: {res.run_dir / 'results.json'}")
             return 0
         axes = {k: fields.pop(k) for k in GRID_AXES if isinstance(fields.get(k), list)}
@@ -275,8 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = ex.RunConfig.from_dict(fields)
             configs = ex.grid(base, **axes) if axes else [base]
         ex.validate(configs)  # data-dependent checks before the first run starts
+        check_writable(executors.store_dir(ns.results_dir, ns.setting), "--results-dir")
         if ns.executor != "inline" or ns.setting:
             ex_options = executors.options_from_args(ns)
+    except StoreProblem as e:  # damaged file, no space, locked, other numerics, unwritable
+        parser.exit(1, f"flatbook {ns.command}: {e}\n")
     except (ValueError, TypeError, FileNotFoundError) as e:
         parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
     except KeyboardInterrupt as e:

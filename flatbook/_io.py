@@ -6,11 +6,21 @@ a reader sees the old file or the new one, never a half-written one.
 
 JSON cannot represent NaN/±∞; :func:`to_jsonable` writes them as the strings ``"nan"``,
 ``"inf"``, ``"-inf"`` and :func:`from_jsonable` turns those strings back into floats.
+
+Verified files (issue 16): a JSON document is *sealed* by :func:`seal` (its ``"sha256"`` key =
+:func:`stable_hash` of the rest) and checked by :func:`read_sealed`; a checkpoint carries
+``"sha256"`` = :func:`state_digest` of its content, checked after every load, and is loaded
+with ``torch.load(weights_only=True)`` only. :func:`save_checkpoint` verifies the new file on
+disk before it replaces the old one, and keeps the one before as ``<name>.prev.pt``. A damaged
+file raises :class:`DamagedFileError` (names the file, what is wrong and the way out); a full
+disk raises :class:`NoSpaceError` ("no space left"), the previous file left in place.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -47,6 +57,76 @@ PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "tqdm")
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+class StoreProblem(Exception):
+    """Mixin of the result store's own errors (damaged file, full disk, locked run, …): they
+    are not failures of the run and are never recorded as ``status="failed"``.
+    ``status`` is what ``show`` / a sweep summary calls such a run."""
+
+    status = "failed"
+
+
+class DamagedFileError(StoreProblem, ValueError):
+    """A stored file cannot be read or does not verify; the message names the file, what is
+    wrong and the way out (one line)."""
+
+    status = "damaged"
+
+    def __init__(self, path: str | Path, problem: str, way_out: str) -> None:
+        self.path, self.problem, self.way_out = Path(path), problem, way_out
+        super().__init__(f"{path}: {problem}; {way_out}")
+
+
+class NoSpaceError(StoreProblem, OSError):
+    """No space left on the device (ENOSPC / EDQUOT) while writing a store file."""
+
+    status = "interrupted"
+
+    def __init__(self, path: str | Path, nbytes: int | None, kept: str) -> None:
+        self.path = Path(path)
+        size = f" ({nbytes / 1e6:.1f} MB)" if nbytes is not None else ""
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on device writing {path}{size}; {kept} — free some space (or "
+            f"choose another --results-dir) and run the same command again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class NotWritableError(StoreProblem, OSError):
+    """The result store (or a run folder) cannot be written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _write_bytes(fh: IO[bytes], data: bytes | memoryview) -> None:
+    """``fh.write(data)`` (one place, so that a test can inject a full disk)."""
+    fh.write(data)
+
+
+def check_writable(folder: str | Path, what: str = "results_dir") -> Path:
+    """Create ``folder`` (and parents) and prove it writable by creating and removing a probe
+    file; :class:`NotWritableError` naming ``what`` and the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "write-probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NotWritableError(
+            f"{what} {folder} is not writable ({type(e).__name__}: {e.strerror or e}); "
+            f"choose another folder (--results-dir) or fix its permissions"
+        ) from None
+    return folder
+
+
 def temp_path(path: Path) -> Path:
     """A fresh hidden temporary name beside ``path`` (same folder, so ``os.replace`` is atomic)."""
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
@@ -63,9 +143,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, StoreProblem) and e.errno in NO_SPACE:
+            kept = "the previous version is kept" if path.exists() else "nothing was written"
+            raise NoSpaceError(path, None, kept) from None
         raise
     return path
 
@@ -111,13 +194,56 @@ def dumps(obj: Any) -> str:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write ``obj`` as canonical JSON."""
     text = dumps(obj).encode()
-    return atomic_write(path, lambda fh: fh.write(text))
+    return atomic_write(path, lambda fh: _write_bytes(fh, text))
 
 
 def read_json(path: str | Path) -> Any:
     """Read JSON written by :func:`write_json` (non-finite strings decoded)."""
     with open(path, encoding="utf-8") as fh:
         return from_jsonable(json.load(fh))
+
+
+def seal(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` with ``"sha256"`` = :func:`stable_hash` of the rest (verified by
+    :func:`read_sealed`; an edit anywhere in the document breaks the seal)."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return {**body, "sha256": stable_hash(body)}
+
+
+def read_sealed(path: str | Path, way_out: str, *,
+                required: bool | Callable[[Mapping[str, Any]], bool] = True) -> dict[str, Any]:
+    """Read a JSON object and verify its seal (:func:`seal`).
+
+    ``required`` False (or a predicate of the document returning False) accepts a document
+    without ``"sha256"`` (written before seals existed; the caller migrates it). Any damage —
+    unreadable, not JSON (e.g. truncated), not an object, seal missing or not matching —
+    raises :class:`DamagedFileError` with ``way_out``.
+    """
+    path = Path(path)
+    try:
+        doc = read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = "is empty" if path.stat().st_size == 0 else f"is not valid JSON ({e})"
+        raise DamagedFileError(path, f"{what} — truncated or overwritten", way_out) from None
+    except OSError as e:
+        raise DamagedFileError(path, f"cannot be read ({e.strerror or e})", way_out) from None
+    if not isinstance(doc, dict):
+        raise DamagedFileError(path, f"holds a JSON {type(doc).__name__}, not an object",
+                               way_out)  # fmt: skip
+    if "sha256" not in doc:
+        if required(doc) if callable(required) else required:
+            raise DamagedFileError(path, "has no checksum (sha256)", way_out)
+        return doc
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    try:
+        ok = stable_hash(body) == doc["sha256"]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DamagedFileError(
+            path, "its content does not match its checksum (edited or corrupted)", way_out
+        )
+    return body
 
 
 def stable_hash(obj: Any) -> str:
@@ -137,6 +263,156 @@ def code_hash() -> str:
             h.update(p.read_bytes())
         h.update(b"\0")
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 over a checkpoint's content: tensors by dtype, shape and bytes; dicts by sorted
+    keys; lists, numbers, strings, None by type and value (a digest of what was loaded, not of
+    the file's bytes, so it survives re-serialisation and catches any changed value)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(b"{")
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _feed(h, k)
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, list | tuple):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    elif isinstance(obj, float):
+        h.update(b"f" + float.hex(obj).encode())
+    elif obj is None or isinstance(obj, bool | int | str | bytes):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint before the current one."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _reason(e: BaseException) -> str:
+    """A short reason for a failed load, never repeating torch's ``weights_only=False``
+    advice (loading a file that way can run arbitrary code)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "weights_only" in str(e) or "pickle" in text.lower() or not text:
+        return type(e).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {text[:120]}"
+
+
+RESTART_DEFAULT = "delete the checkpoint to start over"
+"""The way out :func:`load_checkpoint` names when it has no better one (the result store
+passes its own: ``--restart``)."""
+
+
+def read_checkpoint(path: str | Path, way_out: str, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load one checkpoint file (``weights_only=True``) and verify its digest.
+
+    Returns the state without ``"sha256"``. A file that does not load (truncated, empty,
+    garbage, not a checkpoint) or whose digest does not match raises
+    :class:`DamagedFileError`. A state without a digest (written before digests existed) is
+    accepted as it loads.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DamagedFileError(path, "is empty (0 bytes) — not a checkpoint", way_out)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except DamagedFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any load failure means the file is damaged
+        raise DamagedFileError(
+            path, f"cannot be read as a checkpoint ({_reason(e)}) — truncated or corrupted",
+            way_out,
+        ) from None  # fmt: skip
+    if not isinstance(state, dict):
+        raise DamagedFileError(path, "does not hold a checkpoint (not a dict)", way_out)
+    digest = state.pop("sha256", None)
+    if digest is not None and digest != state_digest(state):
+        raise DamagedFileError(
+            path, "its content does not match its checksum (edited or corrupted)", way_out
+        )
+    return state
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu",
+                    restart: str = RESTART_DEFAULT) -> dict[str, Any] | None:  # fmt: skip
+    """The state of the newest good checkpoint at ``path``, or None if there is none.
+
+    ``path`` missing but ``<name>.prev.pt`` present (e.g. a damaged file was moved aside): the
+    previous checkpoint is loaded. ``path`` damaged: :class:`DamagedFileError` whose way out is
+    to move it aside (then the previous one is used, if good) or ``restart``.
+    """
+    path = Path(path)
+    prev = previous_checkpoint(path)
+    if path.is_file():
+        if prev.is_file():
+            way = (f"move it aside (mv {path} {path}.damaged) and run the same command again to "
+                   f"resume from the previous checkpoint {prev.name}, or {restart}")  # fmt: skip
+        else:
+            way = f"no earlier checkpoint is kept — {restart}"
+        return read_checkpoint(path, way, map_location)
+    if prev.is_file():
+        return read_checkpoint(prev, f"no other checkpoint is kept — {restart}", map_location)
+    return None
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` with its digest, verified before it replaces anything.
+
+    The state is serialised in memory, written to a temporary file, fsync'ed, loaded back
+    (``weights_only=True``) and its digest checked; only then the current ``path`` becomes
+    ``<name>.prev.pt`` and the new file ``path``. A full disk raises :class:`NoSpaceError`
+    with both older checkpoints untouched.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = dict(state)
+    buf = io.BytesIO()
+    torch.save({**body, "sha256": state_digest(body)}, buf)
+    data = buf.getbuffer()
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb") as fh:
+            _write_bytes(fh, data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        read_checkpoint(tmp, "the new checkpoint did not verify after writing")
+        if path.is_file():
+            os.replace(path, previous_checkpoint(path))
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            kept = ("the previous checkpoint is kept unchanged" if path.is_file()
+                    else "no checkpoint was written")  # fmt: skip
+            raise NoSpaceError(path, len(data), kept) from None
+        raise
+    return path
 
 
 def git_info() -> dict[str, Any]:
@@ -184,7 +460,19 @@ def provenance() -> dict[str, Any]:
 
 
 __all__ = [
+    "DamagedFileError",
+    "NoSpaceError",
+    "NotWritableError",
+    "StoreProblem",
     "atomic_write",
+    "check_writable",
+    "load_checkpoint",
+    "previous_checkpoint",
+    "read_checkpoint",
+    "read_sealed",
+    "save_checkpoint",
+    "seal",
+    "state_digest",
     "code_hash",
     "dumps",
     "from_jsonable",

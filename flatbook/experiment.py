@@ -12,7 +12,34 @@ Result store layout (one folder per run; ``results_dir`` defaults to ``results/`
 Every file is written atomically (temporary file + ``os.replace``). ``results.json`` exists only
 once a run has finished (``status`` ``"completed"`` or ``"diverged"``) or failed
 (``"failed"``, with the error); an interrupted run leaves ``config.json`` and
-``checkpoint.pt``, and running the same config again resumes from the checkpoint.
+``checkpoint.pt`` (and ``checkpoint.prev.pt``, the one before), and running the same config
+again resumes from the checkpoint.
+
+Verification (store format ``STORE_FORMAT`` = 2): ``config.json`` and ``results.json`` carry
+``store_format``, the run's numerics fingerprint and a ``sha256`` seal of their content
+(:func:`flatbook._io.seal`); a checkpoint carries a digest of its content and is verified on
+disk before it replaces the previous one, which is kept until then (``checkpoint.prev.pt``;
+removed once the run has finished). Checkpoints load with ``weights_only=True`` only. A damaged
+file (truncated, garbage, edited, an unknown status) raises
+:class:`~flatbook._io.DamagedFileError`: one line naming the file, what is wrong and the way out
+(move it aside and run the same command again — the run resumes from the last good checkpoint
+with the same numbers — or ``--restart``); nothing damaged is reused. Store format 1 (no seal,
+no fingerprint; flatbook ≤ 0.1 before issue 16) is migrated on read: the fingerprint is taken
+from its provenance. A newer format is refused with the advice to upgrade flatbook.
+
+Numerics fingerprint (``numerics``): device, resolved thread count, dtype and torch version of
+the process that computed the run. They change the numbers (float32 reductions differ with the
+thread count) but not the run id (so a store computed on a GPU can be rendered elsewhere):
+resuming under another fingerprint is refused (:class:`NumericsMismatchError`, naming the
+field); loading under another one is flagged (a warning and ``Results.numerics_mismatch``) or
+refused with ``numerics="refuse"``; :func:`check_numerics` refuses to mix fingerprints in one
+study.
+
+Concurrency and storage: one process trains a run id at a time — an exclusive ``flock`` on
+``results_dir/.locks/<run_id>.lock``, released by the kernel when the holder dies (so kill −9
+leaves nothing to clean up); a second start raises :class:`RunLockedError` saying who holds it.
+The run folder is proven writable before any training; a full disk raises
+:class:`~flatbook._io.NoSpaceError` ("no space left …") with the previous checkpoint kept.
 
 Run identity: ``config_hash`` = SHA-256 of the canonical JSON of the *semantic* fields of the
 config (everything that changes the numbers); operational fields (``OPERATIONAL``: device,
@@ -35,9 +62,12 @@ submitit job per config (local processes or Slurm).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
+import os
+import platform
 import time
 import traceback
 import warnings
@@ -53,12 +83,40 @@ from flatbook import __version__
 from flatbook import data as _data
 from flatbook import models as _models
 from flatbook import train as _train
-from flatbook._io import code_hash, provenance, read_json, stable_hash, write_json
+from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
+from flatbook._io import (
+    DamagedFileError,
+    StoreProblem,
+    check_writable,
+    code_hash,
+    load_checkpoint,
+    previous_checkpoint,
+    provenance,
+    read_sealed,
+    seal,
+    stable_hash,
+    write_json,
+)
+
+try:  # POSIX: advisory locks released by the kernel when the holder dies
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locking
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_STEPS = 30_000
 DEFAULT_RESULTS_DIR = "results"
 FINISHED = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed")
+SHOW_STATUSES = (*STATUSES, "interrupted", "running", "damaged")
+"""Statuses :func:`inspect_store` reports (``STATUSES`` are the ones ``results.json`` holds)."""
+STORE_FORMAT = 2
+"""Version of the store's file format (1: before seals and fingerprints; migrated on read)."""
+NUMERICS = ("device", "threads", "dtype", "torch")
+"""Fields of a run's numerics fingerprint (see :func:`numerics_fingerprint`)."""
+NUMERICS_POLICIES = ("flag", "refuse", "ignore")
+RESTART = ("start the run over: add --restart to the command (in Python: "
+           "flatbook.experiment.run(config, overwrite=True))")  # fmt: skip
+"""The way out of a damaged run that always works (recomputes it)."""
 DEVICES = ("cpu", "cuda", "auto")
 CHECKS = ("version", "code", "none")
 OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "data_dir"})
@@ -75,6 +133,21 @@ STALE_TMP_S = 600
 
 class StaleResultsError(ValueError):
     """Stored results do not match the requested config or the running code version."""
+
+
+class NumericsMismatchError(StoreProblem, StaleResultsError):
+    """A run's numerics fingerprint differs from the one it would be resumed / mixed with."""
+
+
+class NumericsWarning(UserWarning):
+    """Stored results were computed under another numerics fingerprint (flagged, not
+    refused: e.g. a GPU store rendered on a CPU)."""
+
+
+class RunLockedError(StoreProblem, RuntimeError):
+    """Another live process is training this run id."""
+
+    status = "running"
 
 
 @dataclass(frozen=True)
@@ -153,6 +226,8 @@ class RunConfig:
                 f"{list(_models.MODEL_OPTIONS[self.model])}"
             )
         s(self, "model_kw", {str(k): _plain(v) for k, v in sorted(self.model_kw.items())})
+        for k, v in self.model_kw.items():
+            _check_model_option(k, v)
         # classes: None, a count, or a tuple of labels
         c = self.classes
         if c is not None and not isinstance(c, int | np.integer):
@@ -279,6 +354,34 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+MODEL_OPTION_KINDS: dict[str, str] = {
+    "hidden": "widths", "patch": "int", "dim": "int", "depth": "int", "heads": "int",
+    "width": "number", "mlp_ratio": "number", "bias": "bool", "batch_norm": "bool",
+    "activation": "str", "pool": "str",
+}  # fmt: skip
+"""Kind of each model option of ``flatbook.models.MODEL_OPTIONS`` (checked in RunConfig)."""
+
+
+def _check_model_option(name: str, v: Any) -> None:
+    kind = MODEL_OPTION_KINDS.get(name)
+    param = f"model_kw {name}"
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
+
+    if kind == "widths" and not (is_int(v) or isinstance(v, list) and all(map(is_int, v))):
+        _bad(param, v, f"a list of positive integers (e.g. {name}=[64,64])")
+    if kind == "int" and not is_int(v):
+        _bad(param, v, "a positive integer")
+    if kind == "number" and (isinstance(v, bool) or not isinstance(v, int | float)
+                             or not math.isfinite(v) or v <= 0):  # fmt: skip
+        _bad(param, v, "a positive number")
+    if kind == "bool" and not isinstance(v, bool):
+        _bad(param, v, "true or false")
+    if kind == "str" and not isinstance(v, str):
+        _bad(param, v, "a name (string)")
+
+
 def _bad(param: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{param} must be {allowed}; got {value!r}")
 
@@ -299,16 +402,26 @@ class Results:
     Attributes:
         run_dir: the run folder.
         config: the :class:`RunConfig`.
-        data: the whole JSON document (``status``, ``records``, ``final``, ``provenance``…).
+        data: the whole JSON document (``status``, ``records``, ``final``, ``provenance``,
+            ``numerics``…; without its ``sha256`` seal).
+        numerics_mismatch: fingerprint fields that differ from what this process would use
+            for the config (``"threads: 1 ≠ 2"``), empty if none — set by :func:`load_results`.
     """
 
     run_dir: Path
     config: RunConfig
     data: dict[str, Any]
+    numerics_mismatch: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
         return str(self.data["status"])
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        """The numerics fingerprint the run was computed under (device, threads, dtype,
+        torch)."""
+        return dict(self.data.get("numerics") or {})
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -331,15 +444,19 @@ class Results:
         return list(seen)
 
     def load_model(self, map_location: str = "cpu") -> torch.nn.Module:
-        """The trained network (from ``checkpoint.pt``)."""
+        """The trained network (from ``checkpoint.pt``, verified, ``weights_only=True``)."""
         cfg = self.config
         shape = tuple(self.data["input_shape"])
         net = _models.build(
             cfg.model, shape, int(self.data["n_classes"]), seed=cfg.seed,
             dtype=_data.as_dtype(cfg.dtype), **cfg.model_kw,
         )  # fmt: skip
-        state = torch.load(self.run_dir / "checkpoint.pt", map_location=map_location,
-                           weights_only=True)  # fmt: skip
+        state = load_checkpoint(self.run_dir / "checkpoint.pt", map_location, restart=RESTART)
+        if state is None:
+            raise FileNotFoundError(
+                f"{self.run_dir / 'checkpoint.pt'}: no checkpoint (the trained model) is kept; "
+                + RESTART
+            )
         net.load_state_dict(state["model"])
         return net.eval()
 
@@ -360,9 +477,173 @@ def _major_minor(v: str) -> tuple[str, ...]:
     return tuple(str(v).split(".")[:2])
 
 
+# ------------------------------------------------------------------------------ numerics
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            return f"cuda:{torch.cuda.get_device_name(device)}"
+        except (RuntimeError, AssertionError):  # pragma: no cover - no driver
+            return "cuda"
+    return device.type
+
+
+def resolve_threads(config: RunConfig, device: torch.device, n_params: int) -> int:
+    """Intra-op threads a run of ``config`` uses: ``config.threads``; else 1 for a CPU model
+    below ``SMALL_MODEL`` parameters; else torch's current default."""
+    if config.threads is not None:
+        return int(config.threads)
+    if device.type == "cpu" and n_params < SMALL_MODEL:
+        return 1
+    return int(torch.get_num_threads())
+
+
+def numerics_fingerprint(device: torch.device, threads: int, dtype: str) -> dict[str, Any]:
+    """``{"device", "threads", "dtype", "torch"}``: what, besides the config, decides the
+    numbers of a run (``device`` names the GPU model on CUDA)."""
+    return {"device": _device_name(device), "threads": int(threads), "dtype": str(dtype),
+            "torch": str(torch.__version__)}  # fmt: skip
+
+
+def expected_numerics(config: RunConfig, n_params: int) -> dict[str, Any]:
+    """The fingerprint a run of ``config`` would get in this process (``device="cuda"``
+    without CUDA: ``"cuda (not available)"``)."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        dev_name, dev = "cuda (not available)", torch.device("cpu")
+    else:
+        dev = _resolve_device(config.device)
+        dev_name = _device_name(dev)
+    fp = numerics_fingerprint(dev, resolve_threads(config, dev, n_params), config.dtype)
+    fp["device"] = dev_name
+    return fp
+
+
+def numerics_diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> list[str]:
+    """Fields in which two fingerprints differ, as ``"threads: 1 ≠ 2"`` (empty: the same;
+    a fingerprint that is missing compares equal — nothing to compare)."""
+    if not a or not b:
+        return []
+    return [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in NUMERICS if a.get(k) != b.get(k)]
+
+
+def check_numerics(results: Sequence[Results]) -> None:
+    """Refuse to mix numerics fingerprints in one study: every run (with a known
+    fingerprint) must have been computed under the same device, thread count, dtype and torch
+    version.
+
+    Raises:
+        NumericsMismatchError: naming the first two runs that differ and the fields.
+    """
+    first: Results | None = None
+    for r in results:
+        if r is None or not r.numerics:
+            continue
+        if first is None:
+            first = r
+            continue
+        diff = numerics_diff(first.numerics, r.numerics)
+        if diff:
+            raise NumericsMismatchError(
+                f"runs {first.config.run_id} and {r.config.run_id} of one study were computed "
+                f"under different numerics ({'; '.join(diff)}): their numbers are not "
+                f"comparable; recompute one of them under the other's settings (--restart with "
+                f"the same --device / --threads), or keep them in separate stores"
+            )
+
+
+# ------------------------------------------------------------------------------ reading files
+
+
+def _config_doc(config: RunConfig, fp: Mapping[str, Any] | None) -> dict[str, Any]:
+    doc = {"store_format": STORE_FORMAT, "run_id": config.run_id,
+           "config_hash": config.config_hash, "config": config.semantic_dict()}  # fmt: skip
+    if fp is not None:
+        doc["numerics"] = dict(fp)
+    return seal(doc)
+
+
+def read_config_file(path: str | Path, way_out: str | None = None) -> dict[str, Any]:
+    """Read and verify a run's ``config.json`` (seal, format, hash ↔ config, run id ↔
+    folder); :class:`DamagedFileError` naming the file otherwise. Format 1 is migrated."""
+    path = Path(path)
+    if way_out is None:
+        way_out = (f"move it aside (mv {path} {path}.damaged) and run the same command again "
+                   f"(config.json is rewritten from the command and the run resumes from its "
+                   f"checkpoint), or {RESTART}")  # fmt: skip
+    doc = read_sealed(path, way_out, required=_sealed_format)
+    _check_format(doc, path)
+    try:
+        cfg = RunConfig.from_dict(doc["config"])
+        ok = cfg.config_hash == doc["config_hash"] and cfg.run_id == doc["run_id"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFileError(path, f"does not hold a valid run config ({e})", way_out) from None
+    if not ok:
+        raise DamagedFileError(path, "its config, hash and run id do not agree", way_out)
+    if path.parent.name != doc["run_id"]:
+        raise DamagedFileError(path, f"belongs to run {doc['run_id']}, not to this folder",
+                               way_out)  # fmt: skip
+    return doc
+
+
+def _sealed_format(doc: Mapping[str, Any]) -> bool:
+    """Documents of store format ≥ 2 must carry a seal (format 1 had none)."""
+    fmt = doc.get("store_format", 1)
+    return not isinstance(fmt, int) or fmt >= 2
+
+
+def _check_format(doc: Mapping[str, Any], path: Path) -> None:
+    fmt = doc.get("store_format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise DamagedFileError(path, f"has an invalid store_format {fmt!r}",
+                               f"move it aside and run the same command again, or {RESTART}")
+    if fmt > STORE_FORMAT:
+        raise StaleResultsError(
+            f"{path} has store format {fmt}, newer than this flatbook reads ({STORE_FORMAT}): "
+            f"upgrade flatbook (running {__version__}) to read this store"
+        )
+
+
+def _migrate_results(doc: dict[str, Any]) -> dict[str, Any]:
+    """Store format 1 → 2 (in memory): the fingerprint from the provenance it recorded."""
+    if doc.get("store_format", 1) >= STORE_FORMAT:
+        return doc
+    prov = doc.get("provenance") or {}
+    dev = str(prov.get("device", "cpu"))
+    fp = None
+    if "threads" in prov:
+        fp = {"device": "cpu" if dev == "cpu" else "cuda" if dev.startswith("cuda") else dev,
+              "threads": int(prov["threads"]), "dtype": doc["config"].get("dtype"),
+              "torch": (prov.get("packages") or {}).get("torch")}  # fmt: skip
+    return {**doc, "store_format": STORE_FORMAT, "migrated_from": 1, "numerics": fp}
+
+
+def _results_way_out(path: Path) -> str:
+    return (f"move it aside (mv {path} {path}.damaged) and run the same command again — the "
+            f"run is completed from its checkpoint with the same numbers — "
+            f"or {RESTART}")  # fmt: skip
+
+
 def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
-    doc = read_json(run_dir / "results.json")
-    return RunConfig.from_dict(doc["config"]), doc
+    """Read and verify ``results.json`` (seal, format, status, config ↔ hash ↔ folder);
+    :class:`DamagedFileError` naming the file otherwise. Format 1 is migrated."""
+    path = run_dir / "results.json"
+    way_out = _results_way_out(path)
+    doc = read_sealed(path, way_out, required=_sealed_format)
+    _check_format(doc, path)
+    if doc.get("status") not in STATUSES:
+        raise DamagedFileError(
+            path, f"has an unknown status {doc.get('status')!r} (allowed: {list(STATUSES)})",
+            way_out,
+        )  # fmt: skip
+    try:
+        cfg = RunConfig.from_dict(doc["config"])
+        ok = cfg.config_hash == doc["config_hash"] and cfg.run_id == doc.get("run_id", cfg.run_id)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFileError(path, f"does not hold a valid run config ({e})", way_out) from None
+    if not ok or cfg.run_id != run_dir.name:
+        raise DamagedFileError(path, "its config, hash and folder name do not agree", way_out)
+    return cfg, _migrate_results(doc)
 
 
 def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
@@ -373,7 +654,8 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
     if _major_minor(v) != _major_minor(__version__):
         raise StaleResultsError(
             f"{where} was written by flatbook {v}, running {__version__} (major.minor must "
-            f"match); re-run it or pass check='none'"
+            f"match: a minor version bump means results may change); re-run it (add --restart "
+            f"to its command) or, to use these numbers anyway, pass check='none'"
         )
     if prov.get("code_hash") != code_hash():
         msg = (
@@ -385,27 +667,51 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
+def _flag_numerics(res: Results, policy: str, requested: RunConfig,
+                   stacklevel: int = 3) -> Results:  # fmt: skip
+    n_params = int(res.data.get("n_params") or 0)
+    diff = numerics_diff(res.numerics, expected_numerics(requested, n_params))
+    res.numerics_mismatch = diff
+    if diff and policy != "ignore":
+        msg = (f"{res.run_dir}: computed under other numerics than this process would use "
+               f"({'; '.join(diff)}); its numbers are those of the stored run")  # fmt: skip
+        if policy == "refuse":
+            raise NumericsMismatchError(
+                msg + ": recompute it here (--restart) or load with numerics='flag'"
+            )
+        warnings.warn(msg, NumericsWarning, stacklevel=stacklevel)
+    return res
+
+
 def load_results(
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     config: RunConfig | Mapping[str, Any] | None = None,
     *,
     check: str = "version",
     status: Sequence[str] = FINISHED,
+    numerics: str = "flag",
 ) -> Results | list[Results]:
-    """Load stored results, refusing stale ones (see the module's version policy).
+    """Load stored results, refusing stale or damaged ones (see the module's policies).
 
     Args:
         results_dir: the result store.
         config: a :class:`RunConfig` (or dict): load exactly that run (``Results``); None:
-            every run in the store with an accepted status (``list[Results]``, sorted by id).
+            every run in the store with an accepted status (``list[Results]``, sorted by id;
+            a damaged run is left out with a warning naming the file).
         check: ``"version"`` (default), ``"code"`` or ``"none"``.
         status: accepted statuses (default finished runs: completed and diverged).
+        numerics: a run computed under another numerics fingerprint than this process would
+            use (``config`` given): ``"flag"`` (default: a :class:`NumericsWarning` and
+            ``Results.numerics_mismatch``), ``"refuse"`` (:class:`NumericsMismatchError`) or
+            ``"ignore"``.
 
     Raises:
         FileNotFoundError: the run has no results yet (the message says how to produce them).
         StaleResultsError: config, version or (``check="code"``) code hash mismatch.
+        DamagedFileError: ``results.json`` of the requested run is damaged.
     """
     _train.check_choice(check, "check", CHECKS)
+    _train.check_choice(numerics, "numerics", NUMERICS_POLICIES)
     for st in status:
         _train.check_choice(st, "status", STATUSES)
     root = Path(results_dir)
@@ -429,17 +735,214 @@ def load_results(
                 f"{rd}: status {doc['status']!r} not in {list(status)}"
                 + (f" (error: {doc.get('error')})" if doc.get("error") else "")
             )
-        return Results(rd, stored, doc)
+        # the requested config's operational fields (device, threads) decide what "here" is
+        return _flag_numerics(Results(rd, stored, doc), numerics, cfg)
     out: list[Results] = []
     if not root.is_dir():
         return out
     for rd in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
-        stored, doc = _read_results(rd)
-        if stored.run_id != rd.name or doc.get("config_hash") != stored.config_hash:
-            raise StaleResultsError(f"{rd}: folder name / hash do not match its config")
+        try:
+            stored, doc = _read_results(rd)
+        except DamagedFileError as e:
+            warnings.warn(f"left out a damaged run: {e}", UserWarning, stacklevel=2)
+            continue
         _check_version(doc, rd, check)
         if doc["status"] in status:
             out.append(Results(rd, stored, doc))
+    return out
+
+
+# ------------------------------------------------------------------------------ inspection
+
+
+@dataclass
+class RunInfo:
+    """One run folder as :func:`inspect_store` sees it (what ``python -m flatbook show``
+    lists).
+
+    Attributes:
+        run_id: the folder name.
+        status: one of ``SHOW_STATUSES`` — ``completed``/``diverged``/``failed`` (from
+            ``results.json``), ``interrupted`` (a checkpoint or only a config, no results),
+            ``running`` (its lock is held by a live process), ``damaged`` (a file does not
+            verify: ``note`` says which and the way out).
+        step, steps: steps done (the last record or checkpoint) and planned (None: unknown).
+        final: the last record (losses, accuracies, λ_max, …).
+        config: the semantic config dict (None if unreadable).
+        numerics: the fingerprint (None if unknown).
+        note: error or damage message, or who holds the lock.
+        records: every record so far (for ``plot``; not part of :meth:`row`).
+    """
+
+    run_id: str
+    status: str
+    run_dir: Path
+    step: int | None = None
+    steps: int | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    numerics: dict[str, Any] | None = None
+    note: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """Flat dict: run_id, status, step, steps, the final record, the config fields
+        (prefixed by nothing; record keys win), numerics fields (``numerics_*``), note."""
+        out: dict[str, Any] = {"run_id": self.run_id, "status": self.status, "step": self.step,
+                               "steps": self.steps}  # fmt: skip
+        for k, v in (self.config or {}).items():
+            out.setdefault(k, v)
+        for k, v in self.final.items():
+            if k not in ("step",):
+                out[k] = v
+        for k, v in (self.numerics or {}).items():
+            out[f"numerics_{k}"] = v
+        out["note"] = self.note
+        return out
+
+
+def lock_path(results_dir: str | Path, run_id: str) -> Path:
+    """The lock file of a run: ``results_dir/.locks/<run_id>.lock``."""
+    return Path(results_dir) / ".locks" / f"{run_id}.lock"
+
+
+def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
+    """Who holds the run's lock (``"pid 123 on host since …"``), or None if nobody does."""
+    p = lock_path(results_dir, run_id)
+    if fcntl is None or not p.is_file():
+        return None
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return p.read_text(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+LOCK_TRIES = 20
+"""Attempts (0.1 s apart) to take a run's lock before :class:`RunLockedError`."""
+
+
+@contextlib.contextmanager
+def run_lock(results_dir: str | Path, run_id: str) -> Any:
+    """Hold the exclusive lock of ``run_id`` for the body (``flock``; the kernel releases it
+    when the process ends, even by kill −9). Another holder: :class:`RunLockedError`."""
+    if fcntl is None:  # pragma: no cover
+        yield None
+        return
+    p = lock_path(results_dir, run_id)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for attempt in range(LOCK_TRIES):  # a moment's grace (e.g. `show` probing the lock)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < LOCK_TRIES - 1:
+                    time.sleep(0.1)
+        else:
+            holder = p.read_text(errors="replace").strip() or "another process"
+            raise RunLockedError(
+                f"run {run_id} is being trained by {holder} (lock {p}); wait for it to finish "
+                f"or stop that process (a stopped or killed run releases the lock; the same "
+                f"command then resumes it)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())  # fmt: skip
+        yield p
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> RunInfo | None:
+    """What state a run folder is in (see :class:`RunInfo`); None if it is not a run folder
+    (no config.json, results.json or checkpoint). Every file read is verified."""
+    rd = Path(run_dir)
+    root = Path(results_dir) if results_dir is not None else rd.parent
+    res, cfg_p, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
+    prev = previous_checkpoint(ckpt)
+    if not any(p.is_file() for p in (res, cfg_p, ckpt, prev)):
+        return None
+    info = RunInfo(rd.name, "interrupted", rd)
+    holder = lock_holder(root, rd.name)
+    try:
+        if res.is_file():
+            stored, doc = _read_results(rd)
+            if cfg_p.is_file():
+                read_config_file(cfg_p)
+            info.status, info.config = doc["status"], stored.semantic_dict()
+            info.final = dict(doc.get("final") or {})
+            info.records = list(doc.get("records") or [])
+            info.step = info.final.get("step", doc.get("steps_done"))
+            info.steps = doc.get("steps")
+            info.numerics = doc.get("numerics")
+            info.note = str(doc.get("error") or "")
+            if holder is not None and doc["status"] == "failed":
+                info.status, info.note = "running", f"retried by {holder}"
+            return info
+        if cfg_p.is_file():
+            cdoc = read_config_file(cfg_p)
+            info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
+        if holder is not None:
+            info.status, info.note = "running", holder
+        state = load_checkpoint(ckpt, "cpu", restart=RESTART)
+        if state is not None:
+            recs = list(state.get("records") or [])
+            info.final = dict(recs[-1]) if recs else {}
+            info.records = recs
+            info.step = int(state.get("step", 0))
+            if info.numerics is None:
+                info.numerics = (state.get("meta") or {}).get("numerics")
+        else:
+            info.step = 0
+        if info.config is not None and info.config.get("steps") is not None:
+            info.steps = int(info.config["steps"])
+        if info.status == "interrupted":
+            info.note = "resume: run the same command again"
+    except DamagedFileError as e:
+        if holder is not None:
+            info.status, info.note = "running", holder
+        else:
+            info.status, info.note = "damaged", str(e)
+    except StaleResultsError as e:
+        info.status, info.note = "damaged", str(e)
+    return info
+
+
+def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
+                  _depth: int = 0) -> list[RunInfo]:  # fmt: skip
+    """Every run folder of the store with its state (:func:`inspect_run`), sorted by run id;
+    damaged, interrupted and running runs included, never aborting on one bad folder. A
+    folder that holds run folders (e.g. an experiment setting's ``measure-<hash>/``) is
+    listed too, its runs named ``<folder>/<run_id>``.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist; NotADirectoryError: it is a file.
+    """
+    root = Path(results_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"no result store at {root} (no such folder)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is a file, not a result store folder")
+    out = []
+    for rd in sorted(root.iterdir()):
+        if rd.is_dir() and not rd.name.startswith("."):
+            info = inspect_run(rd, root)
+            if info is not None:
+                out.append(info)
+            elif _depth < 1:  # a store of stores (e.g. the chapters' measure-<hash>/ folders)
+                for sub in inspect_store(rd, _depth=_depth + 1):
+                    sub.run_id = f"{rd.name}/{sub.run_id}"
+                    out.append(sub)
     return out
 
 
@@ -475,6 +978,11 @@ def _load_data(config: RunConfig) -> _data.Dataset:
 
 
 def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
+    if config.eval_size > ds.n_train:
+        raise ValueError(
+            f"eval_size={config.eval_size} exceeds the training set (n_train={ds.n_train}); "
+            f"use eval_size ≤ {ds.n_train} (--eval-size {ds.n_train})"
+        )
     B = _train.resolve_batch_size(config.batch_size, ds.n_train)
     spe = max(1, ds.n_train // B)
     steps = config.steps if config.steps is not None else max(1, round(config.epochs * spe))
@@ -483,10 +991,18 @@ def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
 
 
 def _build_model(config: RunConfig, ds: _data.Dataset) -> torch.nn.Module:
-    return _models.build(
-        config.model, ds.input_shape, ds.n_classes, seed=config.seed,
-        dtype=_data.as_dtype(config.dtype), **config.model_kw,
-    )  # fmt: skip
+    try:
+        return _models.build(
+            config.model, ds.input_shape, ds.n_classes, seed=config.seed,
+            dtype=_data.as_dtype(config.dtype), **config.model_kw,
+        )  # fmt: skip
+    except (RuntimeError, TypeError) as e:  # torch's own errors: name the options instead
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"model_kw {dict(config.model_kw)} cannot build model {config.model!r} for inputs "
+            f"{tuple(ds.input_shape)} ({first}); allowed options: "
+            f"{list(_models.MODEL_OPTIONS[config.model])}"
+        ) from None
 
 
 def prepare(config: RunConfig) -> tuple[_data.Dataset, torch.nn.Module, int]:
@@ -529,116 +1045,184 @@ def run(
 ) -> Results:
     """Run ``config`` (or resume it, or return its finished results) and store the results.
 
-    - finished results for this config exist (and ``overwrite`` is False): they are loaded
-      and returned (no training);
-    - a checkpoint exists: training resumes from it;
+    - finished results for this config exist (and ``overwrite`` is False): they are verified,
+      loaded and returned (no training; another numerics fingerprint is flagged);
+    - a checkpoint exists: training resumes from it (refused under another numerics
+      fingerprint: :class:`NumericsMismatchError`);
+    - a store file is damaged: :class:`~flatbook._io.DamagedFileError` naming it and the way
+      out, before any training and without recording anything;
     - the run diverges: ``status="diverged"`` with ``diverged_at`` (no exception);
     - any other error: ``results.json`` records ``status="failed"`` and the error, then the
       exception propagates. KeyboardInterrupt / SIGTERM: the checkpoint is kept, no
-      ``results.json`` is written, the interrupt propagates.
+      ``results.json`` is written, the interrupt propagates. A full disk:
+      :class:`~flatbook._io.NoSpaceError`, the previous checkpoint kept.
+
+    One process trains a run id at a time (:func:`run_lock`); the run folder is proven
+    writable before any training.
 
     Args:
+        overwrite: start over (the CLI's ``--restart``): the run's results, checkpoints and
+            config are removed first.
         measure: override the measurement function (default: built from ``config.measures``).
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig; got {type(config).__name__}")
     rd = run_dir_for(config, results_dir)
     res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
-    if overwrite:
-        for p in (res_path, ckpt):
-            if p.exists():
-                p.unlink()
-    elif res_path.is_file():
-        _, doc = _read_results(rd)
+    prev = previous_checkpoint(ckpt)
+    if not overwrite and res_path.is_file():
+        _, doc = _read_results(rd)  # verified: a damaged file is named, never reused
         if doc.get("status") in FINISHED:
-            return load_results(results_dir, config, check="none")  # type: ignore[return-value]
-        res_path.unlink()  # a failed attempt: try again
+            if cfg_path.is_file():
+                read_config_file(cfg_path)  # a damaged config.json is named here too
+            else:  # moved aside: rewritten from the results (best effort: may be read-only)
+                with contextlib.suppress(OSError):
+                    write_json(cfg_path, _config_doc(config, doc.get("numerics")))
+            return _load_finished(config, results_dir)
     device = _resolve_device(config.device)
     t0 = time.perf_counter()
     ds, net, steps = prepare(config)  # data-dependent checks: before anything is written
-    for tmp in rd.glob(".*.tmp"):  # left by a process killed mid-write (SIGKILL, power loss)
-        if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
-            tmp.unlink(missing_ok=True)
-    cfg_doc = {"run_id": config.run_id, "config_hash": config.config_hash,
-               "config": config.semantic_dict()}  # fmt: skip
-    if not cfg_path.is_file() or read_json(cfg_path) != cfg_doc:
-        write_json(cfg_path, cfg_doc)
-    old_threads = torch.get_num_threads()
     n_params = sum(p.numel() for p in net.parameters())
-    threads = config.threads
-    if threads is None and device.type == "cpu" and n_params < SMALL_MODEL:
-        threads = 1
-    try:
-        if threads is not None:
+    threads = resolve_threads(config, device, n_params)
+    fp = numerics_fingerprint(device, threads, config.dtype)
+    check_writable(rd, "run folder")
+    with run_lock(results_dir, config.run_id):
+        if overwrite:
+            for p in (res_path, ckpt, prev, cfg_path):
+                p.unlink(missing_ok=True)
+        elif res_path.is_file():
+            _, doc = _read_results(rd)
+            if doc.get("status") in FINISHED:  # finished by another process meanwhile
+                return _load_finished(config, results_dir)
+            res_path.unlink()  # a failed attempt: try again
+        for tmp in rd.glob(".*.tmp"):  # left by a process killed mid-write (SIGKILL, power loss)
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink(missing_ok=True)
+        cfg_doc = _config_doc(config, fp)
+        if cfg_path.is_file():
+            stored = read_config_file(cfg_path)
+            if stored["config_hash"] != config.config_hash:
+                raise DamagedFileError(cfg_path, "describes another config than this run's",
+                                       f"move it aside and run the same command again, "
+                                       f"or {RESTART}")
+            diff = numerics_diff(stored.get("numerics"), fp)
+            if diff and (ckpt.is_file() or prev.is_file()):
+                raise NumericsMismatchError(
+                    f"run {config.run_id} was started under other numerics ({'; '.join(diff)}; "
+                    f"{cfg_path}): resuming here would mix numbers — resume it with the same "
+                    f"settings (e.g. --threads {stored['numerics'].get('threads')}, "
+                    f"--device as before), or {RESTART}"
+                )
+        elif ckpt.is_file() or prev.is_file():  # config.json moved aside: the checkpoint's
+            state = load_checkpoint(ckpt, "cpu", restart=RESTART)  # fingerprint decides
+            stored_fp = ((state or {}).get("meta") or {}).get("numerics")
+            diff = numerics_diff(stored_fp, fp)
+            if diff:
+                raise NumericsMismatchError(
+                    f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
+                    f"here would mix numbers — resume it with the same settings (e.g. "
+                    f"--threads {stored_fp.get('threads')}), or {RESTART}"
+                )
+        if not cfg_path.is_file() or read_config_file(cfg_path) != _unsealed(cfg_doc):
+            write_json(cfg_path, cfg_doc)
+        old_threads = torch.get_num_threads()
+        try:
             torch.set_num_threads(threads)
-        net = net.to(device)
-        if measure is None and config.measures:
-            B = _train.resolve_batch_size(config.batch_size, ds.n_train)
-            measure = _train.make_measure(
-                config.measures, tol=config.sharpness_tol, lr=config.lr,
-                batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
-            )  # fmt: skip
-        result = _train.train(
-            net,
-            ds.X_train.to(device),
-            ds.Y_train.to(device),
-            ds.X_test.to(device),
-            ds.Y_test.to(device),
-            loss=config.loss,
-            optimizer=config.optimizer,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-            batch_size=config.batch_size,
-            steps=steps,
-            measure_every=config.measure_every,
-            schedule=config.schedule,
-            measure=measure,
-            eval_size=config.eval_size,
-            eval_seed=config.data_seed,
-            seed=config.seed,
-            label_noise=config.label_noise,
-            target_loss=config.target_loss,
-            divergence_threshold=config.divergence_threshold,
-            checkpoint_path=ckpt,
-            checkpoint_every=config.checkpoint_every,
-            checkpoint_meta={"run_id": config.run_id, "config_hash": config.config_hash},
-            callback=callback,
-            progress=config.progress,
-            desc=config.run_id[: config.run_id.rfind("-")],
-        )
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        doc = _base_doc(config, ds, net)
-        doc.update(status="failed", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc(limit=20))  # fmt: skip
-        doc["provenance"] = {**provenance(), "elapsed_s": time.perf_counter() - t0,
-                             "device": str(device)}  # fmt: skip
-        write_json(res_path, doc)
-        raise
-    finally:
-        torch.set_num_threads(old_threads)
-    doc = _base_doc(config, ds, net)
-    doc.update(result.summary())
-    doc["provenance"] = {
-        **provenance(),
-        "elapsed_s": time.perf_counter() - t0,
-        "resumed_from": result.resumed_from,
-        "device": str(device),
-        "threads": threads if threads is not None else old_threads,
-    }
-    write_json(res_path, doc)
+            net = net.to(device)
+            if measure is None and config.measures:
+                B = _train.resolve_batch_size(config.batch_size, ds.n_train)
+                measure = _train.make_measure(
+                    config.measures, tol=config.sharpness_tol, lr=config.lr,
+                    batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
+                )  # fmt: skip
+            result = _train.train(
+                net,
+                ds.X_train.to(device),
+                ds.Y_train.to(device),
+                ds.X_test.to(device),
+                ds.Y_test.to(device),
+                loss=config.loss,
+                optimizer=config.optimizer,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                nesterov=config.nesterov,
+                batch_size=config.batch_size,
+                steps=steps,
+                measure_every=config.measure_every,
+                schedule=config.schedule,
+                measure=measure,
+                eval_size=config.eval_size,
+                eval_seed=config.data_seed,
+                seed=config.seed,
+                label_noise=config.label_noise,
+                target_loss=config.target_loss,
+                divergence_threshold=config.divergence_threshold,
+                checkpoint_path=ckpt,
+                checkpoint_every=config.checkpoint_every,
+                checkpoint_meta={"run_id": config.run_id, "config_hash": config.config_hash,
+                                 "numerics": fp},  # fmt: skip
+                callback=callback,
+                progress=config.progress,
+                desc=config.run_id[: config.run_id.rfind("-")],
+            )
+        except KeyboardInterrupt:
+            raise
+        except _train.CheckpointMismatchError as e:
+            if e.differ == ["numerics"]:
+                diff = numerics_diff((e.stored or {}).get("numerics"), fp)
+                raise NumericsMismatchError(
+                    f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
+                    f"here would mix numbers — resume it with the same settings, or {RESTART}"
+                ) from None
+            raise
+        except DamagedFileError as e:  # a checkpoint: name the store's way out
+            raise DamagedFileError(e.path, e.problem,
+                                   e.way_out.replace(_io_RESTART_DEFAULT, RESTART)) from None
+        except (StoreProblem, _train.BadDataError):
+            raise  # nothing to record: the store or the data, not the run, is at fault
+        except Exception as e:
+            doc = _base_doc(config, ds, net, fp)
+            doc.update(status="failed", error=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc(limit=20))  # fmt: skip
+            doc["provenance"] = {**provenance(), "elapsed_s": time.perf_counter() - t0,
+                                 "device": str(device), "threads": threads}  # fmt: skip
+            with contextlib.suppress(OSError):
+                write_json(res_path, seal(doc))
+            raise
+        finally:
+            torch.set_num_threads(old_threads)
+        doc = _base_doc(config, ds, net, fp)
+        doc.update(result.summary())
+        doc["provenance"] = {
+            **provenance(),
+            "elapsed_s": time.perf_counter() - t0,
+            "resumed_from": result.resumed_from,
+            "device": str(device),
+            "threads": threads,
+        }
+        write_json(res_path, seal(doc))
+        prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
 
 
-def _base_doc(config: RunConfig, ds: Any, net: Any) -> dict[str, Any]:
+def _unsealed(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "sha256"}
+
+
+def _load_finished(config: RunConfig, results_dir: str | Path) -> Results:
+    return load_results(results_dir, config, check="none")  # type: ignore[return-value]
+
+
+def _base_doc(config: RunConfig, ds: Any, net: Any,
+              fp: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     doc: dict[str, Any] = {
+        "store_format": STORE_FORMAT,
         "run_id": config.run_id,
         "config_hash": config.config_hash,
         "config": config.semantic_dict(),
         "seed": config.seed,
+        "numerics": dict(fp) if fp is not None else None,
     }
     if ds is not None:
         doc.update(
@@ -661,6 +1245,9 @@ def run_one(
 
     Returns ``{"run_id", "status", "skipped", "error", "final"}`` (plain JSON-able dict), so a
     scheduler (e.g. submitit, see :mod:`flatbook.executors`) can pickle the call and its result.
+    A store problem (damaged file, full disk, run locked by another process, other numerics)
+    is returned with status ``"damaged"`` / ``"interrupted"`` / ``"running"`` / ``"failed"``
+    and its message, and not recorded (the run is not at fault).
     ``callback`` is passed to :func:`run` (monitoring; raising KeyboardInterrupt in it
     checkpoints and stops the run).
     """
@@ -669,11 +1256,13 @@ def run_one(
     skipped = False
     if (rd / "results.json").is_file():
         try:
-            skipped = read_json(rd / "results.json").get("status") in FINISHED
+            skipped = _read_results(rd)[1].get("status") in FINISHED
         except (OSError, ValueError):
             skipped = False
     try:
-        res = run(cfg, results_dir, callback=callback)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumericsWarning)  # summarised in the outcome
+            res = run(cfg, results_dir, callback=callback)
         return {"run_id": cfg.run_id, "status": res.status, "skipped": skipped, "error": None,
                 "final": res.final}  # fmt: skip
     except KeyboardInterrupt:
@@ -687,14 +1276,21 @@ def failure_outcome(cfg: RunConfig, rd: Path, e: BaseException) -> dict[str, Any
 
     A run that failed before training (e.g. data missing) has no ``results.json`` yet: one is
     written atomically with ``status="failed"``, the error and its traceback, so a sweep can go
-    on and the failure is not lost. Returns the ``run_one`` outcome dict.
+    on and the failure is not lost. A store problem (:class:`~flatbook._io.StoreProblem`:
+    damaged file, full disk, locked run, other numerics) and bad data are not failures of the
+    run: nothing is written, the outcome carries the problem's status. Returns the
+    ``run_one`` outcome dict.
     """
     error = f"{type(e).__name__}: {e}"
+    if isinstance(e, StoreProblem):
+        return {"run_id": cfg.run_id, "status": e.status, "skipped": False, "error": error,
+                "final": {}}  # fmt: skip
     if not (rd / "results.json").is_file():
         doc = _base_doc(cfg, None, None)
         doc.update(status="failed", error=error, traceback=traceback.format_exc(limit=20))
         doc["provenance"] = provenance()
-        write_json(rd / "results.json", doc)
+        with contextlib.suppress(OSError):
+            write_json(rd / "results.json", seal(doc))
     return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
             "final": {}}  # fmt: skip
 
@@ -731,6 +1327,8 @@ def sweep(
     for c in configs:
         if not isinstance(c, RunConfig):
             raise TypeError(f"sweep needs RunConfig objects; got {type(c).__name__}")
+    if configs:
+        check_writable(results_dir)  # before the first run, not once per run
     seen: dict[str, dict] = {}
     out: list[dict] = []
     from tqdm.auto import tqdm

@@ -19,11 +19,15 @@ a fixed evaluation subset of the training set — by default λ_max
 Gauss–Newton) and every geometry measure and bound of ``flatbook.report(...).as_dict()``.
 
 Robustness: arguments are validated up front (one-line ValueErrors naming the parameter and the
-allowed values); a non-finite (or exploding) loss or parameter ends the run with
+allowed values); so is the data — NaN/inf in X or Y, a wrong dtype or shape raise
+:class:`BadDataError` ("bad data: …", naming the tensor) before any step, so that bad data is
+never reported as a diverging run; a non-finite (or exploding) loss or parameter ends the run with
 ``status="diverged"`` and the step; the complete state (parameters, optimizer buffers, records,
 RNG state) is checkpointed atomically every ``checkpoint_every`` steps, at the end, and when the
-run is interrupted (Ctrl-C / SIGTERM are deferred to the next step boundary); re-running with the
-same checkpoint path resumes bit-identically.
+run is interrupted (with a digest, verified on disk before it replaces the previous checkpoint,
+which is kept as ``<name>.prev.pt``: :func:`flatbook._io.save_checkpoint`; a damaged file is
+named, never loaded unsafely; Ctrl-C / SIGTERM are deferred to the next step boundary);
+re-running with the same checkpoint path resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flatbook import losses
-from flatbook._io import atomic_write
+from flatbook import _io, losses
 from flatbook._validate import (  # noqa: F401 - re-exported (experiment, executors)
+    BadDataError,
     _fail,
     check_choice,
+    check_data,
     check_positive_float,
     check_positive_int,
     check_seed,
@@ -433,18 +438,27 @@ def _label_noise(yb: Tensor, seed: int, step: int) -> Tensor:
     return torch.randn(yb.shape, generator=g, dtype=torch.float64).to(yb.device, yb.dtype)
 
 
-def _check_data(X: Tensor, Y: Tensor, which: str, loss: str) -> None:
-    if not isinstance(X, Tensor) or not isinstance(Y, Tensor):
-        raise TypeError(f"X_{which} and Y_{which} must be tensors")
-    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise ValueError(
-            f"X_{which} ({X.shape[0]} samples) and Y_{which} ({Y.shape[0]}) must be non-empty "
-            "and of equal length"
-        )
-    if loss == "squared" and Y.ndim != 2:
-        raise ValueError(
-            f"loss='squared' needs one-hot targets Y_{which} of shape [n, k]; got {tuple(Y.shape)}"
-        )
+def _meta_differences(stored: Any, meta: Mapping[str, Any]) -> list[str]:
+    """Keys on which a checkpoint's stored meta and the requested one disagree (a key the
+    stored meta lacks — written by an older version — is not a difference)."""
+    if not isinstance(stored, Mapping):
+        return sorted(meta) or ["meta"]
+    keys = set(stored) | set(meta)
+    return sorted(k for k in keys if k in stored and stored.get(k) != meta.get(k))
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint at ``checkpoint_path`` belongs to another run (its meta differs in
+    ``differ``; ``stored`` is its meta)."""
+
+    def __init__(self, message: str, differ: list[str], stored: Any) -> None:
+        super().__init__(message)
+        self.differ, self.stored = differ, stored
+
+
+def _check_data(X: Tensor, Y: Tensor, which: str, loss: str,
+                model: nn.Module | None = None) -> None:  # fmt: skip
+    check_data(X, Y, which, loss, model)
 
 
 def train(
@@ -523,18 +537,24 @@ def train(
     Returns:
         :class:`TrainResult`. Raises KeyboardInterrupt (after checkpointing) when interrupted.
     """
+    if measure_at is not None:  # explicit steps: measure_every / schedule are not used
+        check_positive_int(steps, "steps")
+        if isinstance(measure_at, str) or not isinstance(measure_at, Sequence):
+            _fail("measure_at", measure_at, "a list of integer steps")
     check_train_args(
         loss=loss, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        nesterov=nesterov, steps=steps, measure_every=measure_every, schedule=schedule,
+        nesterov=nesterov, steps=steps,
+        measure_every=measure_every if measure_at is None else 1,
+        schedule=schedule if measure_at is None else "linear",
         seed=seed, target_loss=target_loss, divergence_threshold=divergence_threshold,
         checkpoint_every=checkpoint_every, eval_size=eval_size,
     )  # fmt: skip
     check_positive_int(chunk, "chunk")
     label_noise = check_label_noise(label_noise, loss)
-    _check_data(X_train, Y_train, "train", loss)
+    _check_data(X_train, Y_train, "train", loss, model)
     has_test = X_test is not None and Y_test is not None
     if has_test:
-        _check_data(X_test, Y_test, "test", loss)  # type: ignore[arg-type]
+        _check_data(X_test, Y_test, "test", loss, model)  # type: ignore[arg-type]
     n = int(X_train.shape[0])
     B = resolve_batch_size(batch_size, n)
     full_batch = B == n and (batch_size is None or batch_size == "full")
@@ -576,15 +596,18 @@ def train(
             "target_step": target_step,
             "torch_rng": torch.random.get_rng_state(),
         }
-        atomic_write(ckpt, lambda fh: torch.save(state, fh))
+        _io.save_checkpoint(ckpt, state)  # verified on disk; the one before is kept
 
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=X_train.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("meta") != meta:
-            raise ValueError(
-                f"checkpoint {ckpt} was written for a different run (meta {state.get('meta')} "
-                f"≠ {meta}); delete it or use another path"
-            )
+    state = None if ckpt is None else _io.load_checkpoint(ckpt, X_train.device)
+    if state is not None:
+        stored = state.get("meta")
+        differ = _meta_differences(stored, meta)
+        if state.get("format") != CHECKPOINT_FORMAT or differ:
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt} was written for a different run (differs in {differ}: "
+                f"stored {stored} ≠ {meta}); delete it or use another path",
+                differ, stored,
+            )  # fmt: skip
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         records = list(state["records"])
@@ -736,6 +759,8 @@ def _progress(total: int, initial: int, desc: str | None, enabled: bool) -> Any:
 
 
 __all__ = [
+    "BadDataError",
+    "CheckpointMismatchError",
     "LOSS_NAMES",
     "MEASURES",
     "OPTIMIZERS",

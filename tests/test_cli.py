@@ -1,11 +1,15 @@
-"""Command line: help, run / rerun / show, sweeps over a grid, one-line errors."""
+"""Command line: help (defaults), run / rerun / show (table, CSV, JSON, every status) / plot,
+sweeps over a grid, one-line errors."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +103,150 @@ def test_bad_parameters_exit_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert param in err[-1] and "error" in err[-1]
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+# ------------------------------------------------------------------------- show and plot
+
+
+def _store_with_every_status(tmp_path: Path) -> dict[str, str]:
+    """Two completed runs, one diverged, one interrupted, one damaged: {run_id: status}."""
+    base = ["run", *TINY, "--batch-size", "8", "--results-dir", str(tmp_path)]
+    ids = {}
+    for lr, want in (("0.1", "completed"), ("0.05", "completed"), ("1e5", "diverged")):
+        assert main([*base, "--lr", lr]) == 0
+        ids[ex.RunConfig(**_tiny_fields(lr=float(lr))).run_id] = want
+    cfg = ex.RunConfig(**_tiny_fields(lr=0.2))
+
+    def stop(step: int, model: object, rec: object) -> None:
+        if step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(cfg, tmp_path, callback=stop)
+    ids[cfg.run_id] = "interrupted"
+    bad = ex.RunConfig(**_tiny_fields(lr=0.3))
+    ex.run(bad, tmp_path)
+    (tmp_path / bad.run_id / "results.json").write_text('{"status": "compl')  # truncated
+    ids[bad.run_id] = "damaged"
+    return ids
+
+
+def _tiny_fields(**kw: Any) -> dict[str, Any]:
+    return dict(n_train=40, n_test=20, classes=(0, 1, 2), model_kw={"hidden": [6]}, steps=20,
+                measure_every=10, schedule="linear", eval_size=12,
+                measures=("sharpness", "trace"), batch_size=8, **kw)  # fmt: skip
+
+
+def test_show_table_csv_json_sort_and_filter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _store_with_every_status(tmp_path)
+    capsys.readouterr()
+    assert main(["show", str(tmp_path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["run_id"]: r["status"] for r in rows} == ids  # one row per run, all statuses
+    assert {"lambda_max", "trace_gn", "test_acc", "numerics_threads", "note"} <= set(rows[0])
+    inter = next(r for r in rows if r["status"] == "interrupted")
+    assert inter["step"] == "7" and inter["steps"] == "20"
+    dmg = next(r for r in rows if r["status"] == "damaged")
+    assert "results.json" in dmg["note"] and "--restart" in dmg["note"]
+    # table: a header, a rule, one aligned line per run
+    assert main(["show", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "id", "status"] and set(lines[1]) <= {"-", " "}
+    col = lines[0].index("status")
+    assert all(line[col - 2 : col] == "  " for line in lines[2 : 2 + len(ids)])
+    assert [line[col:].split()[0] for line in lines[2 : 2 + len(ids)]] == [
+        ids[k] for k in sorted(ids)]
+    # json, sorted by λ_max descending (runs without it last), filtered
+    assert main(["show", str(tmp_path), "--format", "json", "--sort=-lambda_max",
+                 "--filter", "status=completed"]) == 0  # fmt: skip
+    got = json.loads(capsys.readouterr().out)
+    lam = [r["lambda_max"] for r in got]
+    assert len(got) == 2 and lam == sorted(lam, reverse=True)
+    assert main(["show", str(tmp_path), "--format", "csv", "--filter", "lr<0.09"]) == 0
+    assert [r["lr"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["0.05"]
+
+
+@pytest.mark.parametrize("where", ["missing", "file"])
+def test_show_on_a_missing_or_wrong_path_exits_nonzero(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nope"
+    if where == "file":
+        path.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["show", str(path)])
+    assert e.value.code == 2 and str(path) in capsys.readouterr().err
+
+
+def test_show_rejects_an_unknown_sort_or_filter_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", *TINY, "--results-dir", str(tmp_path), "--batch-size", "8"]) == 0
+    for args, says in ((["--sort", "nonsense"], "unknown key 'nonsense'"),
+                       (["--filter", "nonsense=1"], "unknown key 'nonsense'"),
+                       (["--filter", "lr"], "expected KEY OP VALUE")):
+        with pytest.raises(SystemExit) as e:
+            main(["show", str(tmp_path), *args])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_plot_writes_a_png_of_trajectories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for lr in ("0.1", "0.05"):
+        assert main(["run", *TINY, "--lr", lr, "--batch-size", "8", "--results-dir",
+                     str(tmp_path)]) == 0  # fmt: skip
+    out = tmp_path / "fig" / "t.png"
+    assert main(["plot", str(tmp_path), "--keys", "lambda_max", "train_loss", "--out",
+                 str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "2 runs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path), "--keys", "volume", "--out", str(out)])
+    assert e.value.code == 2 and "volume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- inputs and help
+
+
+@pytest.mark.parametrize(
+    ("args", "param"),
+    [
+        (["--model-kw", "hidden=[12.5]"], "model_kw hidden"),
+        (["--n-train", "100", "--eval-size", "100000"], "eval_size"),
+        (["--checkpoint-every", "0"], "--checkpoint-every"),
+        (["--checkpoint-every", "-3"], "--checkpoint-every"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_listed_bad_inputs_exit_2_naming_the_parameter(
+    args: list[str], param: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", *args, "--steps", "10", "--measure-every", "5", "--results-dir",
+              str(tmp_path), "--no-progress"])  # fmt: skip
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert param in err[-1] and "error" in err[-1] and "empty()" not in err[-1]
+    assert not any(tmp_path.iterdir())
+
+
+def test_help_gives_every_option_a_line_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    def block(opt: str) -> str:  # the option's help text, joined over its lines
+        return " ".join(out.split("\n  " + opt, 1)[1].split("\n  -", 1)[0].split())
+
+    for opt, default in (("--lr LR", "0.2"), ("--batch-size BATCH_SIZE", "32"),
+                         ("--measure-every MEASURE_EVERY", "1000"),
+                         ("--eval-size EVAL_SIZE", "256"), ("--n-train N_TRAIN", "all"),
+                         ("--checkpoint-every CHECKPOINT_EVERY", "2000")):  # fmt: skip
+        assert f"(default: {default})" in block(opt), (opt, block(opt))
+    options = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  --")]
+    assert len(options) > 25
+    for o in options:  # each option has help text (argparse puts it on the same or next line)
+        assert "default" in block(o), o

@@ -12,7 +12,7 @@ import torch
 
 from flatbook import __version__, train
 from flatbook import experiment as ex
-from flatbook._io import atomic_write, dumps, read_json, write_json
+from flatbook._io import DamagedFileError, atomic_write, dumps, read_json, seal, write_json
 
 TINY = dict(
     n_train=48, n_test=24, classes=[0, 1, 2], model_kw={"hidden": [8]}, steps=30,
@@ -27,6 +27,7 @@ def tiny(**kw: object) -> ex.RunConfig:
 
 def without_time(doc: dict) -> dict:
     doc = json.loads(dumps(doc))
+    doc.pop("sha256", None)  # the seal covers the timestamps too
     for k in ("created", "elapsed_s"):
         doc["provenance"].pop(k)
     return doc
@@ -193,7 +194,9 @@ def test_kill_midway_then_rerun_resumes_to_the_same_final_numbers(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         ex.run(cfg, store, callback=kill)
     rd = store / cfg.run_id
-    assert sorted(p.name for p in rd.iterdir()) == ["checkpoint.pt", "config.json"]
+    # the step-17 checkpoint and the one before it (step 10), kept until the next verifies
+    assert sorted(p.name for p in rd.iterdir()) == [
+        "checkpoint.prev.pt", "checkpoint.pt", "config.json"]
     stale = rd / ".checkpoint.pt.12345.abcdef.tmp"  # as left by a SIGKILL during a write
     stale.write_bytes(b"partial")
     os.utime(stale, (0, 0))
@@ -235,23 +238,30 @@ def test_load_results_refuses_stale_or_mismatched_results(tmp_path: Path) -> Non
     assert ex.load_results(tmp_path, cfg.to_dict()).status == "completed"  # type: ignore[union-attr]
     path = tmp_path / cfg.run_id / "results.json"
     doc = read_json(path)
-    # code hash differs: warned by default, refused with check="code"
+    # an edit that is not re-sealed is damage, whatever the edit
     doc["provenance"]["code_hash"] = "0" * 64
     write_json(path, doc)
+    with pytest.raises(DamagedFileError, match=r"results.json: its content does not match its "
+                                               r"checksum .* --restart"):
+        ex.load_results(tmp_path, cfg)
+    # the following edits are re-sealed (as an older flatbook would have written them)
+    # code hash differs: warned by default, refused with check="code"
+    doc["provenance"]["code_hash"] = "0" * 64
+    write_json(path, seal(doc))
     with pytest.warns(UserWarning, match="different numeric code"):
         ex.load_results(tmp_path, cfg)
     with pytest.raises(ex.StaleResultsError, match="code hash"):
         ex.load_results(tmp_path, cfg, check="code")
     # another minor version: refused
     doc["provenance"]["flatbook"] = "0.0.9"
-    write_json(path, doc)
+    write_json(path, seal(doc))
     with pytest.raises(ex.StaleResultsError, match=r"major.minor must match"):
         ex.load_results(tmp_path, cfg)
     assert ex.load_results(tmp_path, cfg, check="none").status == "completed"  # type: ignore[union-attr]
     # the stored config was edited: never accepted
     doc["config"]["lr"] = 0.3
-    write_json(path, doc)
-    with pytest.raises(ex.StaleResultsError, match=r"differs from the requested one in \['lr'\]"):
+    write_json(path, seal(doc))
+    with pytest.raises(DamagedFileError, match=r"its config, hash and folder name do not agree"):
         ex.load_results(tmp_path, cfg, check="none")
     with pytest.raises(ValueError, match="unknown check"):
         ex.load_results(tmp_path, cfg, check="loose")

@@ -19,6 +19,7 @@ import pytest
 from flatbook import analysis as A
 from flatbook import data
 from flatbook import experiment as E
+from flatbook._io import seal
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ["exp_late_phase", "exp_lr_batch", "exp_correlations", "exp_test_data", "exp_report"]
@@ -166,7 +167,7 @@ def test_fashion_mlp_path_on_synthetic_files(tmp_path: Path, no_checksums: None)
     res = next(A.store_for(store, A.get_setting("fashion-mlp")).glob("*/results.json"))
     doc = json.loads(res.read_text())
     doc["provenance"]["code_hash"] = "0" * 64
-    res.write_text(json.dumps(doc))
+    res.write_text(json.dumps(seal(doc)))       # re-sealed: an unsealed edit is damage
     with pytest.raises(E.StaleResultsError, match="numeric code"):
         A.load_study("fashion-mlp", results_dir=store, compute_missing=False, **kw)
     A.load_study("fashion-mlp", results_dir=store, **kw)              # recomputed

@@ -132,6 +132,7 @@ def obtain(
             _compute_parallel(todo, setting, store, n_workers)
             for i, c, _ in todo:
                 out[i] = E.load_results(store, c, check="code")
+    E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
     return out
 
 
