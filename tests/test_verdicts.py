@@ -177,3 +177,26 @@ def test_shuffle_keeps_values_and_order_columns() -> None:
     # a strong planted trend is reproduced before and not after shuffling
     assert _trend_verdicts(st, 0)["ld_differs"] == R
     assert _trend_verdicts(sh, 0)["ld_differs"] != R
+
+
+# --------------------------------------------------------------------------- a real store
+@pytest.fixture(scope="module")
+def small_real_study(tmp_path_factory: pytest.TempPathFactory) -> A.Study:
+    """A small real sweep of the default setting: 8 independent runs of the digits MLP on 150
+    points, 12 measurements each (about a minute on 2 cores)."""
+    store = tmp_path_factory.mktemp("store")
+    return A.load_study("digits-mlp", lrs=[0.25, 0.5], batch_sizes=[16, 64], seeds=[0, 1],
+                        steps=440, measure_every=40, n_train=150, results_dir=store,
+                        loss_threshold=0.05)
+
+
+def test_shuffle_in_time_on_a_real_store_rarely_decides(small_real_study: A.Study) -> None:
+    st = small_real_study
+    assert len(st.interpolating) >= 6 and len(set(A.claims.run_units(st, st.finished))) == 8
+    decided: dict[str, int] = {}
+    n = 40
+    for r in range(n):
+        for k, v in A.trend_claims(K.shuffle_late_phase(st, seed=r), n_boot=300, seed=r).items():
+            decided[k] = decided.get(k, 0) + (v in A.DECIDED)
+    for k, d in decided.items():
+        assert d <= 0.15 * n, (k, d)      # the acceptance rate of a shuffle null (nominal 5%)
