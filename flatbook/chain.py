@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import bounds as _bounds
-from flatbook import curvature
+from flatbook import curvature, data, models, train
 from flatbook._validate import check_positive_float
 
-__all__ = ["LINKS", "Corollary", "Hypothesis", "Link", "budget", "corollary", "link_slacks"]
+__all__ = ["LINKS", "REFERENCE", "Corollary", "Hypothesis", "Link", "budget", "corollary",
+           "link_slacks", "reference_network"]
 
 
 # ----------------------------------------------------------------------------- the map
@@ -57,6 +58,7 @@ class Link:
         chapter: the chapter (document name in ``book/``) that proves and checks it.
         bound: key of :func:`flatbook.bounds.all_bounds` (or of :func:`link_slacks`) whose
             slack rhs/lhs measures the step on a network; ``None`` where no bound exists.
+        branch_of: for a side branch (no bound), the key of the main link it qualifies.
     """
 
     key: str
@@ -68,6 +70,7 @@ class Link:
     whose: str
     chapter: str
     bound: str | None
+    branch_of: str | None = None
 
 
 LINKS: tuple[Link, ...] = (
@@ -77,27 +80,52 @@ LINKS: tuple[Link, ...] = (
     Link("T7", "thm-sgd-stability", "stability ceiling", "η, B", "tr H ≤ 2k/(pη)",
          "linearly stable minimum (mean square), B < n", "Ma & Ying 2021; Wu, Ma & E 2018",
          "ch02_stability", "t7_sgd"),
-    Link("T1", "thm-t1-smoothness", "input smoothness", "tr H", "‖x‖²‖Jₓ‖²_F",
+    Link("T1", "thm-t1-smoothness", "input smoothness", "tr H", "‖x‖²‖Jₓ‖_F²",
          "dense first layer W₁", "Ma & Ying 2021 (min form); weighted form ours",
          "ch03_input_smoothness", "t1_weighted"),
-    Link("T2", "thm-t2-volume", "volume", "‖Jₓ‖²_F", "LVR^{2/r}",
+    Link("T2", "thm-t2-volume", "volume", "‖Jₓ‖_F²", "LVR^(2/r)",
          "dense first layer; AM–GM over r = min(k, d) directions", "paper (v1 min, v3+ GM)",
          "ch04_volume", "t2_gm"),
-    Link("T3", "thm-t3-mls", "max. sensitivity", "‖Jₓ‖²_F", "MLS²",
+    Link("T3", "thm-t3-mls", "max. sensitivity", "‖Jₓ‖_F²", "MLS²",
          "dense first layer", "paper v3+", "ch05_mls_network", "t3_gm"),
     Link("T4", "thm-t4-network", "every dense layer", "tr H", "NMLS, NVR",
          "dense layers (disjoint weight blocks)", "paper v5 (normalisation ours)",
          "ch05_mls_network", "t4_nmls"),
     Link("T6", "thm-t6-ld", "no bound on LD", "tr H", "LD (none)",
          "— (a construction: any tr H with any LD)", "paper (claim); construction ours",
-         "ch06_local_dim", None),
-    Link("T5", "thm-t5-kappa", "invariant sharpness", "κ_l", "‖h‖² MLS_l²",
+         "ch06_local_dim", None, "T2"),
+    Link("T5", "thm-t5-kappa", "invariant sharpness", "κ_l", "‖h‖² MLSₗ²",
          "interpolation; dense layer l", "paper v4+ (κ: Petzka et al.); identity ours",
          "ch07_invariance", "t5_mls_l1"),
-    Link("S", "lem-shared", "shared weights", "U (untied)", "Σₜ‖hₜ‖²‖GₜW‖²_F",
+    Link("S", "lem-shared", "shared weights", "U (untied)", "Σₜ‖hₜ‖²‖GₜW‖_F²",
          "none beyond the untied sum; tied form not implied", "ours",
-         "ch08_shared_weights", None),
+         "ch08_shared_weights", None, "T4"),
 )
+
+
+#: The book's reference network (capstone and chain card): a tanh MLP 64 → 32 → 32 → 10 trained
+#: with plain SGD on the digits, squared loss, one-hot targets.
+REFERENCE: dict[str, object] = {"n_train": 256, "lr": 0.2, "batch_size": 4, "steps": 4000,
+                                "seed": 0, "widths": (64, 32, 32, 10), "activation": "tanh"}
+
+
+def reference_network(n_train: int = 256, lr: float = 0.2, batch_size: int = 4,
+                      steps: int = 4000, seed: int = 0,
+                      widths: tuple[int, ...] = (64, 32, 32, 10), activation: str = "tanh",
+                      ) -> tuple[nn.Sequential, Tensor, Tensor, train.TrainResult]:
+    """Train the reference network (defaults: :data:`REFERENCE`) and return it in float64.
+
+    SGD (:func:`flatbook.train.train`, float32) with step ``lr`` and batch ``batch_size`` for
+    ``steps`` steps on the first ``n_train`` digits (:func:`flatbook.data.load`, ``seed``).
+    Returns ``(model, X, Y, result)``: the model converted to float64, the training inputs
+    X [n, 64] and one-hot targets Y [n, 10] in float64, and the training result (status,
+    final losses). About 6 s on one CPU core at the defaults.
+    """
+    ds = data.load("digits", n_train=n_train, seed=seed, flatten=True, dtype="float64")
+    net = models.mlp(list(widths), activation=activation, seed=seed, dtype=torch.float32)
+    res = train.train(net, ds.X_train.float(), ds.Y_train.float(), batch_size=batch_size, lr=lr,
+                      steps=steps, measure=None, measure_every=steps, seed=seed, progress=False)
+    return net.double(), ds.X_train, ds.Y_train, res
 
 
 def link_slacks(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size: int,

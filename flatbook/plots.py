@@ -213,6 +213,7 @@ def waterfall(
     ax.bar(x[-1], levels[-1], 0.6, color="k")
     ax.set_xticks(x, [start_label, *names, end_label], rotation=30, ha="right")
     ax.axhline(0.0, color="k", lw=0.8)
+    ax.margins(y=0.12)
     ax.set_ylabel(ylabel)
     return ax
 
@@ -221,10 +222,10 @@ def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None =
     """The derivation chain as boxes and arrows (one box per :class:`flatbook.chain.Link`).
 
     The main chain runs left to right (L1, T7, T1, T2/T3, T4, T5 in the order given); links
-    whose ``bound`` is ``None`` (no inequality: T6, shared weights) are drawn below as
-    side branches, dashed. Each box shows the key, the title, what it bounds, the hypothesis,
-    whose result it is and the chapter; with ``slacks`` (``{link.bound: slack}``) also the
-    measured slack.
+    whose ``bound`` is ``None`` (no inequality: T6, shared weights) are drawn below as dashed
+    side branches, under the main link they qualify (``branch_of``). Each box shows the key,
+    the title, what it bounds, the hypothesis, whose result it is and the chapter; with
+    ``slacks`` (``{link.bound: slack}``) also the measured slack.
     """
     main = [lk for lk in links if getattr(lk, "bound", None) is not None]
     side = [lk for lk in links if getattr(lk, "bound", None) is None]
@@ -237,7 +238,7 @@ def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None =
                  lk.chapter.split("_")[0]]
         if slacks is not None and lk.bound in slacks:
             lines.append(f"slack ×{slacks[lk.bound]:.3g}")
-        text = "\n".join(textwrap.fill(t, 24) for t in lines)
+        text = "\n".join(textwrap.fill(t, 22) for t in lines)
         ax.text(x, y, text, ha="center", va="center", fontsize=MIN_FONT_PT,
                 bbox={"boxstyle": "round,pad=0.4", "fc": "white" if dashed else "0.94",
                       "ec": "0.3", "ls": "--" if dashed else "-"})
@@ -247,7 +248,12 @@ def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None =
         if i:
             ax.annotate("", xy=(i - 0.42, 0.0), xytext=(i - 0.58, 0.0),
                         arrowprops={"arrowstyle": "->", "lw": 1.5})
+    keys = [lk.key for lk in main]
     for j, lk in enumerate(side):
-        x = (len(main) - 1) * (j + 1) / (len(side) + 1)
+        parent = getattr(lk, "branch_of", None)
+        x = keys.index(parent) if parent in keys else (len(main) - 1) * (j + 1) / (len(side) + 1)
         box(x, -1.15, lk, dashed=True)
+        if parent in keys:
+            ax.annotate("", xy=(x, -0.72), xytext=(x, -0.5),
+                        arrowprops={"arrowstyle": "->", "lw": 1.2, "ls": "--"})
     return ax
