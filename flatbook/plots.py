@@ -213,7 +213,9 @@ def waterfall(
     ax.bar(x[-1], levels[-1], 0.6, color="k")
     ax.set_xticks(x, [start_label, *names, end_label], rotation=30, ha="right")
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.margins(y=0.12)
+    lo, hi = min(float(levels.min()), 0.0), max(top, 0.0)
+    pad = 0.15 * max(hi - lo, 1e-9)
+    ax.set_ylim(lo - 0.3 * pad, hi + pad)   # room for the factor labels above each bar
     ax.set_ylabel(ylabel)
     return ax
 

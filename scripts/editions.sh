@@ -33,7 +33,7 @@ if [ "$what" = student ] || [ "$what" = all ]; then
   echo "[editions] student edition: $ROOT/_build/student$suffix/_build/html/index.html"
 fi
 if [ "$what" = pdf ] || [ "$what" = all ]; then
-  $PY scripts/prepare_fast_book.py --out "_build/pdf$suffix" --edition instructor \
+  $PY scripts/prepare_fast_book.py --out "_build/pdf$suffix" --edition instructor --print \
     --params "$params" --cache "$CACHE"
   .venv/bin/jupyter-book build "_build/pdf$suffix" --builder singlehtml "${strict[@]}" --quiet
   bash scripts/ensure_chromium.sh

@@ -84,10 +84,18 @@ def edition_config(cfg: dict, edition: str = "instructor", cache: Path | None = 
     return cfg
 
 
-def convert(md: Path, dest: Path, inject: bool = True) -> None:
+#: For print (the PDF): collapsed parts cannot be expanded on paper, and the single-page HTML
+#: builder cannot render myst-nb's collapsed cells; they are removed instead.
+PRINT_TAGS = {"hide-input": "remove-input", "hide-output": "remove-output",
+              "hide-cell": "remove-cell"}
+
+
+def convert(md: Path, dest: Path, inject: bool = True, for_print: bool = False) -> None:
     nb = jupytext.read(md)
     for cell in nb.cells:  # papermill expects a tags list on every cell
         cell.metadata.setdefault("tags", [])
+        if for_print:
+            cell.metadata["tags"] = [PRINT_TAGS.get(t, t) for t in cell.metadata["tags"]]
     nb.metadata.setdefault("papermill", {})
     params = (nb.metadata.get("flatbook") or {}).get("test_parameters") or {}
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -108,6 +116,8 @@ def main() -> None:
                     help="student: solutions hidden (default: instructor, every solution)")
     ap.add_argument("--params", default="fast", choices=["fast", "default"],
                     help="fast: inject each chapter's test parameters (default); default: not")
+    ap.add_argument("--print", dest="for_print", action="store_true",
+                    help="for the PDF: hidden (collapsed) cell parts are removed instead")
     ap.add_argument("--cache", default=None,
                     help="execute through the Jupyter Book cache under this folder")
     args = ap.parse_args()
@@ -140,7 +150,8 @@ def main() -> None:
             sys.exit(f"error: _toc.yml lists {f!r} but {src} does not exist")
         rel = src.relative_to(ROOT)
         if is_notebook(src):
-            convert(src, (out / rel).with_suffix(".ipynb"), inject=args.params == "fast")
+            convert(src, (out / rel).with_suffix(".ipynb"), inject=args.params == "fast",
+                    for_print=args.for_print)
             n_nb += 1
         else:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)

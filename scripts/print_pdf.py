@@ -5,8 +5,9 @@ The book's ``singlehtml`` build (``jupyter-book build SRC --builder singlehtml``
 test (``tests/browser/harness.py``), no extra Python package. Printing waits until
 ``MathJax.startup.promise`` has resolved (every formula typeset) and every image has loaded:
 ``chromium --print-to-pdf`` does not wait for MathJax, so it would print raw TeX. Collapsed
-dropdowns (solutions, hidden inputs) are printed as they are shown. The page is printed with
-the DevTools command ``Page.printToPDF`` (A4, backgrounds on).
+cell parts are removed when the source is prepared for print (``prepare_fast_book.py
+--print``), and solution dropdowns are opened before printing. The page is printed with the
+DevTools command ``Page.printToPDF`` (A4, backgrounds on).
 
 Usage: python scripts/print_pdf.py _build/pdf/_build/singlehtml _build/flatbook.pdf
 """
@@ -30,6 +31,8 @@ WAIT_JS = """
 const done = arguments[arguments.length - 1];
 (async () => {
   for (const img of document.images) img.loading = "eager";
+  for (const d of document.querySelectorAll("details")) d.open = true;   // dropdowns, on paper
+  for (const t of document.querySelectorAll(".toggle-hidden")) t.classList.remove("toggle-hidden");
   const mj = window.MathJax && window.MathJax.startup ? window.MathJax.startup.promise : null;
   if (mj) await mj;
   await Promise.all([...document.images].map(img => img.complete ? null :

@@ -157,3 +157,17 @@ def test_pdf_has_every_chapter_and_no_raw_tex() -> None:
                                         text)})
     assert not raw, f"raw TeX left in the PDF: {raw}"
     assert len(reader.pages) > 3 * len(PAGES)
+
+
+def test_print_conversion_removes_collapsed_parts(tmp_path: Path) -> None:
+    from prepare_fast_book import convert
+
+    md = tmp_path / "x.md"
+    md.write_text("---\njupytext:\n  text_representation:\n    extension: .md\n"
+                  "    format_name: myst\nkernelspec:\n  display_name: Python 3\n"
+                  "  language: python\n  name: python3\n---\n\n# T\n\n"
+                  "```{code-cell} ipython3\n:tags: [hide-input]\nx = 1\n```\n")
+    for flag, want in ((False, "hide-input"), (True, "remove-input")):
+        convert(md, tmp_path / "x.ipynb", for_print=flag)
+        nb = jupytext.read(tmp_path / "x.ipynb")
+        assert [c.metadata["tags"] for c in nb.cells if c.cell_type == "code"] == [[want]]
