@@ -129,6 +129,9 @@ def main() -> None:
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     cfg["exclude_patterns"] = [p for p in cfg.get("exclude_patterns", []) if "ipynb" not in p]
     cfg = edition_config(cfg, args.edition, None if args.cache is None else ROOT / args.cache)
+    if args.for_print:  # the single-page HTML builder needs every node's html handlers
+        cfg["sphinx"]["local_extensions"] = {**cfg["sphinx"].get("local_extensions", {}),
+                                             "print_support": "_ext"}
     (out / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for name in ["_toc.yml", "references.bib"]:
         shutil.copy2(ROOT / name, out / name)

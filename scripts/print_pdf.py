@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 import tempfile
 from functools import partial
@@ -49,11 +50,28 @@ const done = arguments[arguments.length - 1];
 """
 
 
-def print_pdf(html_dir: Path, out: Path, page: str = "index.html") -> dict:
-    """Print ``html_dir/page`` to ``out``; return the page's MathJax / image counts.
+def root_page(html_dir: Path) -> str:
+    """The single page of a singlehtml build: Jupyter Book writes the root document
+    (``book/intro.html``) and an ``index.html`` that only redirects to it."""
+    index = (html_dir / "index.html").read_text(encoding="utf-8", errors="replace")
+    m = re.search(r'http-equiv="Refresh"[^>]*url=([^"]+)"', index, flags=re.I)
+    return m.group(1).strip() if m else "index.html"
+
+
+def print_pdf(html_dir: Path, out: Path, page: str | None = None) -> dict:
+    """Print ``html_dir/page`` (default: :func:`root_page`) to ``out``; return the page's
+    MathJax / image counts.
 
     Raises RuntimeError if MathJax did not run, left errors, or an image did not load.
     """
+    page = root_page(html_dir) if page is None else page
+    if "/" in page:  # singlehtml writes links relative to the site root: print a copy there
+        copy = html_dir / "__print__.html"
+        copy.write_bytes((html_dir / page).read_bytes())
+        try:
+            return print_pdf(html_dir, out, copy.name)
+        finally:
+            copy.unlink()
     browser, driver = find_browser()
     if not (browser and driver):
         raise RuntimeError(f"headless Chromium not found (browser: {browser}, driver: "

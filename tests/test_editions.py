@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 import jupytext
@@ -115,6 +116,14 @@ def _solution_texts() -> list[str]:
     return out
 
 
+RAW_TEX = r"\\(?:frac|lVert|rVert|operatorname|mathrm|sum|begin|left|right)\b|\$\$|\\[(\[]"
+
+
+def test_raw_tex_pattern() -> None:
+    assert re.findall(RAW_TEX, r"the bound $$\frac{a}{b}$$ and \(x\)")
+    assert not re.findall(RAW_TEX, "tr H ≤ 2k/(pη), GM LVR^(2/k) — rendered math has no macros")
+
+
 def _visible_text(html: str) -> str:
     html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
@@ -149,13 +158,25 @@ def test_pdf_has_every_chapter_and_no_raw_tex() -> None:
     from pypdf import PdfReader
 
     reader = PdfReader(pdf_path)
-    text = "\n".join(page.extract_text() or "" for page in reader.pages)
+    everything: list[str] = []
+    prose: list[str] = []       # text outside code: code (monospace) may show TeX on purpose
+
+    def keep(text: str, cm: object, tm: object, font: dict | None, size: float) -> None:
+        everything.append(text)
+        name = str((font or {}).get("/BaseFont", ""))
+        if "Mono" not in name and "Courier" not in name:
+            prose.append(text)
+
+    for page in reader.pages:
+        page.extract_text(visitor_text=keep)
+    text = unicodedata.normalize("NFKC", "".join(everything))   # ligatures: "ﬂat" -> "flat"
+    tex = unicodedata.normalize("NFKC", "".join(prose))
+    assert 0 < len(tex) < len(text), "the font filter must keep the prose and drop the code"
     flat = _words(text).lower()
     missing = [md.stem for md in PAGES if _words(_title(md)).lower() not in flat]
     assert not missing, f"pages missing from the PDF: {missing}"
-    raw = sorted({m for m in re.findall(r"\\(?:frac|lVert|operatorname|mathrm|sum|begin)\b|\$\$",
-                                        text)})
-    assert not raw, f"raw TeX left in the PDF: {raw}"
+    raw = sorted(set(re.findall(RAW_TEX, tex)))
+    assert not raw, f"raw TeX left in the PDF's prose: {raw}"
     assert len(reader.pages) > 3 * len(PAGES)
 
 
