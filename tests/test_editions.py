@@ -126,6 +126,7 @@ def test_raw_tex_pattern() -> None:
 
 def _visible_text(html: str) -> str:
     html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    html = re.sub(r'<(span|div) class="math\b[^"]*">.*?</\1>', " ", html, flags=re.S)  # TeX
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
