@@ -862,20 +862,23 @@ def l1_identity(model: nn.Module, X: Tensor, Y: Tensor | None = None) -> Identit
 
 
 def l2_identity(
-    model: nn.Sequential, X: Tensor, q: Quantities | None = None
+    model: nn.Sequential, X: Tensor, q: Quantities | None = None, method: str = "auto"
 ) -> dict[str, Identity]:
     """L2 per dense layer and sample: ‖∇_{W_l} f(x_i)‖_F = ‖G_i‖_F ‖h_{l−1}(x_i)‖.
 
     lhs from the parameter Jacobian (:func:`flatbook.curvature.jacobian_sqnorms`), rhs from an
-    independent input Jacobian G = ∂f/∂z of the rest of the network at z = W h + b.
+    input Jacobian G = ∂f/∂z of the rest of the network at z = W h + b.
     Returns ``{"l1": Identity, …}`` with tensors [n]. ``q`` (of the same model and X) reuses
-    its parameter-Jacobian norms.
+    its parameter-Jacobian norms. ``method`` is passed to ``jacobian_sqnorms`` when ``q`` is
+    None: its default ``"auto"`` computes dense-layer norms by ghost norms, i.e. as
+    ‖δ‖²‖h‖² — L2 itself — so for an *independent* check of the identity use
+    ``method="jacrev"`` (per-sample autograd Jacobians of every parameter).
     """
     model = _layers.check_sequential(model)
     out = {}
     with curvature.eval_mode(model):
         if q is None:
-            sq = curvature.jacobian_sqnorms(model, X)
+            sq = curvature.jacobian_sqnorms(model, X, method=method)
         else:
             sq = {d.layer.weight_name: q.grad_w_sqnorm[k] for k, d in q.layers.items()}
         for d in _layers.dense_layers(model, X):

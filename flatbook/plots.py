@@ -2,16 +2,63 @@
 
 Conventions: log axes for positive quantities spanning decades, the identity line dashed black,
 symbols in axis labels as in the paper (λ_max, tr H, LVR, MLS, LD).
+
+One style for the whole book: importing this module applies :data:`STYLE` (150 dpi, 10 pt
+labels, 9 pt ticks and legends, no top/right spines) through :func:`use_style`; every chapter
+imports it, and :mod:`flatbook.plots_experiments` imports it for the experiment chapters.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from numpy.typing import ArrayLike
+
+#: The book's matplotlib style (rcParams). Figures are rendered at ``figure.dpi`` = 150 (the
+#: inline backend prints PNGs at the figure's dpi); no text is smaller than 9 pt.
+STYLE: dict[str, object] = {
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 5,
+    "figure.autolayout": False,
+}
+MIN_FONT_PT = 9.0  #: smallest font size (pt) any figure text may use; see :func:`small_text`
+
+
+def use_style() -> None:
+    """Apply :data:`STYLE` to matplotlib's rcParams (idempotent)."""
+    plt.rcParams.update(STYLE)
+
+
+def small_text(fig: plt.Figure, min_pt: float = MIN_FONT_PT) -> list[str]:
+    """Visible texts of ``fig`` (labels, ticks, legends, annotations) smaller than ``min_pt``.
+
+    Returns ``"size pt: text"`` strings; empty when every text is legible. Used by the tests
+    and by the chapters' guard cells to keep the one style.
+    """
+    fig.canvas.draw()
+    out = []
+    for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
+        if t.get_visible() and t.get_text().strip() and t.get_fontsize() < min_pt - 1e-9:
+            out.append(f"{t.get_fontsize():g} pt: {t.get_text()[:40]}")
+    return out
+
+
+use_style()
 
 
 def lhs_rhs_scatter(
@@ -135,4 +182,80 @@ def slack_budget(
                   ha="right" if len(labels) > 6 else "center")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_ylabel(ylabel)
+    return ax
+
+
+def waterfall(
+    ax: Axes,
+    start: float,
+    steps: dict[str, float],
+    start_label: str = "ceiling",
+    end_label: str = "measured",
+    ylabel: str = r"$\log_{10}$ value",
+) -> Axes:
+    """A slack budget as a descending staircase on a log scale.
+
+    Starts at ``start`` (e.g. the stability ceiling 2k/(pη) turned into the bound's right-hand
+    side), divides by each step's slack factor (``steps``: name → factor ≥ 1, in the order of
+    the proof) and ends at the measured left-hand side ``start / Π factors``. Each bar spans
+    one step's log10 factor, labelled with it.
+    """
+    names = list(steps)
+    vals = np.log10(np.asarray([steps[n] for n in names], dtype=float))
+    top = np.log10(float(start))
+    levels = top - np.concatenate([[0.0], np.cumsum(vals)])
+    x = np.arange(len(names) + 2)
+    ax.bar(x[0], top, 0.6, color="0.55")
+    for j, (name, h) in enumerate(zip(names, vals, strict=True)):
+        ax.bar(x[j + 1], -h, 0.6, bottom=levels[j], color=f"C{j}", label=name)
+        ax.text(x[j + 1], levels[j] + 0.02 * max(1.0, abs(top)), f"×{10 ** h:.3g}",
+                ha="center", va="bottom", fontsize=MIN_FONT_PT)
+    ax.bar(x[-1], levels[-1], 0.6, color="k")
+    ax.set_xticks(x, [start_label, *names, end_label], rotation=30, ha="right")
+    ax.axhline(0.0, color="k", lw=0.8)
+    lo, hi = min(float(levels.min()), 0.0), max(top, 0.0)
+    pad = 0.15 * max(hi - lo, 1e-9)
+    ax.set_ylim(lo - 0.3 * pad, hi + pad)   # room for the factor labels above each bar
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None = None) -> Axes:
+    """The derivation chain as boxes and arrows (one box per :class:`flatbook.chain.Link`).
+
+    The main chain runs left to right (L1, T7, T1, T2/T3, T4, T5 in the order given); links
+    whose ``bound`` is ``None`` (no inequality: T6, shared weights) are drawn below as dashed
+    side branches, under the main link they qualify (``branch_of``). Each box shows the key,
+    the title, what it bounds, the hypothesis, whose result it is and the chapter; with
+    ``slacks`` (``{link.bound: slack}``) also the measured slack.
+    """
+    main = [lk for lk in links if getattr(lk, "bound", None) is not None]
+    side = [lk for lk in links if getattr(lk, "bound", None) is None]
+    ax.set_xlim(-0.5, len(main) - 0.5)
+    ax.set_ylim(-1.75, 0.75)
+    ax.axis("off")
+
+    def box(x: float, y: float, lk: object, dashed: bool = False) -> None:
+        lines = [f"{lk.key}: {lk.title}", f"→ {lk.target}", lk.hypothesis, lk.whose,
+                 lk.chapter.split("_")[0]]
+        if slacks is not None and lk.bound in slacks:
+            lines.append(f"slack ×{slacks[lk.bound]:.3g}")
+        text = "\n".join(textwrap.fill(t, 22) for t in lines)
+        ax.text(x, y, text, ha="center", va="center", fontsize=MIN_FONT_PT,
+                bbox={"boxstyle": "round,pad=0.4", "fc": "white" if dashed else "0.94",
+                      "ec": "0.3", "ls": "--" if dashed else "-"})
+
+    for i, lk in enumerate(main):
+        box(i, 0.0, lk)
+        if i:
+            ax.annotate("", xy=(i - 0.42, 0.0), xytext=(i - 0.58, 0.0),
+                        arrowprops={"arrowstyle": "->", "lw": 1.5})
+    keys = [lk.key for lk in main]
+    for j, lk in enumerate(side):
+        parent = getattr(lk, "branch_of", None)
+        x = keys.index(parent) if parent in keys else (len(main) - 1) * (j + 1) / (len(side) + 1)
+        box(x, -1.15, lk, dashed=True)
+        if parent in keys:
+            ax.annotate("", xy=(x, -0.72), xytext=(x, -0.5),
+                        arrowprops={"arrowstyle": "->", "lw": 1.2, "ls": "--"})
     return ax

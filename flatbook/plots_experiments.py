@@ -15,6 +15,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from numpy.typing import ArrayLike
 
+from flatbook import plots as _plots  # noqa: F401  (applies the book's one figure style)
+
 PHASE_STYLE = {"color": "0.4", "ls": "--", "lw": 1.0}
 
 

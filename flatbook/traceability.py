@@ -94,6 +94,9 @@ LABELS: dict[str, tuple[str, ...]] = {
     "thm-shared-counterexample": ("flatbook.curvature.dense_hessian",
                                   "flatbook.curvature.gn_trace",
                                   "flatbook.geometry.output_measures"),
+    # ch09 — capstone
+    "thm-capstone": ("flatbook.chain.corollary", "flatbook.bounds.mean_square_lr",
+                     "flatbook.bounds.t2_gm", "flatbook.bounds.t3_gm"),
 }
 
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{prf:(?P<kind>[a-z]+)\}\s*(?P<title>.*)$")

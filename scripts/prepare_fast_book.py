@@ -8,12 +8,22 @@ Plain markdown pages, ``_config.yml`` (with ``**.ipynb`` no longer excluded), ``
 ``references.bib`` and ``_ext`` are copied, so that ``jupyter-book build OUT`` builds the same
 book at test scale and ``pytest --nbval-lax OUT/book`` runs every chapter.
 
+Editions (``scripts/editions.sh``): ``--edition student`` sets sphinx-exercise's
+``hide_solutions`` (no solution is written to the student book); ``--params default`` keeps
+every chapter at its default parameters (the real book) instead of the fast ones; ``--cache``
+switches execution to Jupyter Book's execution cache in a folder named by a hash of the
+``flatbook`` package sources, so that the editions built from one checkout execute each
+notebook once and reuse it (a change to the package or to a notebook's code re-executes).
+
 Usage: python scripts/prepare_fast_book.py --out _build/fast
+       python scripts/prepare_fast_book.py --out _build/student --edition student \
+           --params default --cache _build/.jupyter_cache
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -49,16 +59,49 @@ def is_notebook(md: Path) -> bool:
     return head.startswith("---") and "jupytext:" in head and "kernelspec:" in head
 
 
-def convert(md: Path, dest: Path) -> None:
+def package_hash(root: Path = ROOT) -> str:
+    """Short sha256 of every ``flatbook/*.py`` (names and contents): the cache's key."""
+    h = hashlib.sha256()
+    for f in sorted((root / "flatbook").rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def edition_config(cfg: dict, edition: str = "instructor", cache: Path | None = None) -> dict:
+    """The book's ``_config.yml`` for an edition: ``student`` hides every solution
+    (sphinx-exercise ``hide_solutions``); ``cache`` executes through the Jupyter Book cache
+    in ``cache/<package_hash()>`` instead of forcing every notebook."""
+    if edition not in ("instructor", "student"):
+        raise ValueError(f"edition must be 'instructor' or 'student'; got {edition!r}")
+    cfg = {**cfg, "sphinx": {**cfg.get("sphinx", {})}}
+    cfg["sphinx"]["config"] = {**cfg["sphinx"].get("config", {})}
+    if edition == "student":
+        cfg["sphinx"]["config"]["hide_solutions"] = True
+        cfg["title"] = f"{cfg.get('title', '')} (student edition)"
+    if cache is not None:
+        cfg["execute"] = {**cfg.get("execute", {}), "execute_notebooks": "cache",
+                          "cache": str((cache / package_hash()).resolve())}
+    return cfg
+
+
+#: For print (the PDF): collapsed parts cannot be expanded on paper, and the single-page HTML
+#: builder cannot render myst-nb's collapsed cells; they are removed instead.
+PRINT_TAGS = {"hide-input": "remove-input", "hide-output": "remove-output",
+              "hide-cell": "remove-cell"}
+
+
+def convert(md: Path, dest: Path, inject: bool = True, for_print: bool = False) -> None:
     nb = jupytext.read(md)
     for cell in nb.cells:  # papermill expects a tags list on every cell
         cell.metadata.setdefault("tags", [])
+        if for_print:
+            cell.metadata["tags"] = [PRINT_TAGS.get(t, t) for t in cell.metadata["tags"]]
     nb.metadata.setdefault("papermill", {})
     params = (nb.metadata.get("flatbook") or {}).get("test_parameters") or {}
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) > 1:
         sys.exit(f"error: {md} has {len(tagged)} cells tagged 'parameters' (want at most 1)")
-    if params:
+    if params and inject:
         if not tagged:
             sys.exit(f"error: {md} declares test_parameters but has no cell tagged 'parameters'")
         nb = parameterize_notebook(nb, params, report_mode=False, comment="fast test parameters")
@@ -69,13 +112,26 @@ def convert(md: Path, dest: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="_build/fast", help="output folder (default: _build/fast)")
-    out = (ROOT / ap.parse_args().out).resolve()
+    ap.add_argument("--edition", default="instructor", choices=["instructor", "student"],
+                    help="student: solutions hidden (default: instructor, every solution)")
+    ap.add_argument("--params", default="fast", choices=["fast", "default"],
+                    help="fast: inject each chapter's test parameters (default); default: not")
+    ap.add_argument("--print", dest="for_print", action="store_true",
+                    help="for the PDF: hidden (collapsed) cell parts are removed instead")
+    ap.add_argument("--cache", default=None,
+                    help="execute through the Jupyter Book cache under this folder")
+    args = ap.parse_args()
+    out = (ROOT / args.out).resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     cfg["exclude_patterns"] = [p for p in cfg.get("exclude_patterns", []) if "ipynb" not in p]
+    cfg = edition_config(cfg, args.edition, None if args.cache is None else ROOT / args.cache)
+    if args.for_print:  # the single-page HTML builder needs every node's html handlers
+        cfg["sphinx"]["local_extensions"] = {**cfg["sphinx"].get("local_extensions", {}),
+                                             "print_support": "_ext"}
     (out / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for name in ["_toc.yml", "references.bib"]:
         shutil.copy2(ROOT / name, out / name)
@@ -97,12 +153,14 @@ def main() -> None:
             sys.exit(f"error: _toc.yml lists {f!r} but {src} does not exist")
         rel = src.relative_to(ROOT)
         if is_notebook(src):
-            convert(src, (out / rel).with_suffix(".ipynb"))
+            convert(src, (out / rel).with_suffix(".ipynb"), inject=args.params == "fast",
+                    for_print=args.for_print)
             n_nb += 1
         else:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out / rel)
-    print(f"[prepare] {n_nb} notebooks -> {out}")
+    print(f"[prepare] {n_nb} notebooks -> {out} ({args.edition} edition, {args.params} "
+          f"parameters{', cached' if args.cache else ''})")
 
 
 if __name__ == "__main__":

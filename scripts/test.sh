@@ -12,7 +12,8 @@ echo "[test] ruff"
 .venv/bin/ruff check flatbook tests scripts bench _ext
 
 echo "[test] preparing chapters with their fast test parameters in _build/fast"
-$PY scripts/prepare_fast_book.py --out _build/fast
+# executed through the cache _build/.jupyter_cache-fast/<package hash>, reused by the editions
+$PY scripts/prepare_fast_book.py --out _build/fast --cache _build/.jupyter_cache-fast
 
 echo "[test] strict book build (-W -n) of the fast book"
 .venv/bin/jupyter-book build _build/fast -W -n --keep-going --quiet
@@ -20,9 +21,15 @@ echo "[test] strict book build (-W -n) of the fast book"
 echo "[test] headless Chromium for the browser test (apt-get install when missing)"
 bash scripts/ensure_chromium.sh || echo "[test] warning: no Chromium; tests/test_browser.py will fail" >&2
 
+echo "[test] student edition and PDF of the fast book (from the same executed notebooks)"
+bash scripts/editions.sh student --fast
+if [ "${FLATBOOK_SKIP_BROWSER:-}" != "1" ]; then
+  bash scripts/editions.sh pdf --fast
+fi
+
 echo "[test] pytest (package, browser) + nbval (chapters)"
 set +e
-FLATBOOK_FAST_HTML="$ROOT/_build/fast/_build/html" \
+FLATBOOK_FAST_HTML="$ROOT/_build/fast/_build/html" FLATBOOK_REQUIRE_EDITIONS=1 \
   $PY -m pytest tests _build/fast/book --nbval-lax --nbval-current-env -p no:cacheprovider "$@"
 rc=$?
 set -e

@@ -249,3 +249,12 @@ def test_papermill_full_scale_setting_on_synthetic_files(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("name", [*CHAPTERS, "own_model"])
+def test_experiment_chapters_have_objectives_and_summary(name: str) -> None:
+    text = (ROOT / "book" / f"{name}.md").read_text(encoding="utf-8")
+    i, j = text.find("**Objectives.**"), text.find("\n## Summary")
+    assert 0 < i < j < text.find("\n## Exercises"), name
+    summary = text[j:text.find("\n## ", j + 5)]
+    assert summary.count("\n- ") >= 2, name

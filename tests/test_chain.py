@@ -1,0 +1,94 @@
+"""flatbook.chain: the links of the book's map and the end-to-end corollary (capstone)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from flatbook import bounds, chain, data, models, plots, traceability, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A small tanh MLP trained with SGD (B = 4) on 64 digits, in float64."""
+    torch.set_num_threads(1)
+    ds = data.load("digits", n_train=64, seed=0, flatten=True, dtype="float64")
+    net = models.mlp([64, 16, 10], activation="tanh", seed=0, dtype=torch.float32)
+    train.train(net, ds.X_train.float(), ds.Y_train.float(), batch_size=4, lr=0.2, steps=800,
+                measure=None, measure_every=800, seed=0, progress=False)
+    return net.double(), ds.X_train, ds.Y_train
+
+
+def test_links_name_real_statements_and_bounds() -> None:
+    for link in chain.LINKS:
+        assert link.label in traceability.LABELS, link.label
+    keys = {b for b in (lk.bound for lk in chain.LINKS) if b is not None}
+    # every named bound is computable by all_bounds or link_slacks
+    q = bounds.quantities(models.mlp([3, 4, 2], seed=0, dtype=torch.float64),
+                          torch.randn(5, 3, dtype=torch.float64))
+    known = set(bounds.all_bounds(q, lr=0.1, batch_size=2)) | {"l1_gap"}
+    assert keys <= known, keys - known
+
+
+def test_corollary_holds_and_budget_is_exact(trained) -> None:
+    net, X, Y = trained
+    c = chain.corollary(net, X, Y, lr=0.2, batch_size=4)
+    assert c.hypotheses["stable"].ok and c.hypotheses["batch"].ok
+    assert c.hypotheses["k_le_d"].ok and c.p == pytest.approx(bounds.sgd_p(64, 4))
+    # the three forms: lhs <= rhs, and the sharper form is exactly sqrt(k) tighter
+    for b in (c.lvr, c.mls, c.mls_sharp, c.mls_qm):
+        assert b.holds(1e-9), b
+    assert c.mls.rhs / c.mls_sharp.rhs == pytest.approx(math.sqrt(c.k), rel=1e-12)
+    # the step to the sharper form: (1/n) sum ||H_i||_F^2 <= 2 tr H / (p eta) at a stable point
+    assert c.hess_sq <= 2 * c.trace / (c.p * c.lr) * (1 + 1e-9)
+    # exact slack budgets; independent traces agree
+    assert chain.budget(c.steps_lvr) == pytest.approx(c.lvr.slack, rel=1e-9)
+    assert chain.budget(c.steps_mls) == pytest.approx(c.mls.slack, rel=1e-9)
+    assert c.trace_jacrev == pytest.approx(c.trace, rel=1e-9)
+    # the corollary's rhs is T2's GM rhs with tr H replaced by the ceiling 2k/(p eta)
+    t2 = bounds.t2_gm(bounds.quantities(net, X))
+    assert c.lvr.rhs == pytest.approx(t2.rhs * c.ceiling / c.trace, rel=1e-9)
+
+
+def test_corollary_fails_with_its_hypothesis(trained) -> None:
+    net, X, Y = trained
+    c = chain.corollary(net, X, Y, lr=0.2, batch_size=4)
+    fake = chain.corollary(net, X, Y, lr=2 * c.lvr.slack * 0.2, batch_size=4)
+    assert not fake.lvr.holds() and not fake.hypotheses["stable"].ok
+    assert not fake.hypotheses_hold
+
+
+def test_corollary_rejects_bad_input(trained) -> None:
+    net, X, Y = trained
+    with pytest.raises(ValueError, match="B < n"):
+        chain.corollary(net, X, Y, lr=0.1, batch_size=X.shape[0])
+    with pytest.raises(ValueError, match="lr"):
+        chain.corollary(net, X, Y, lr=-1.0, batch_size=4)
+    with pytest.raises(TypeError, match="batch_size"):
+        chain.corollary(net, X, Y, lr=0.1, batch_size="full")
+
+
+def test_link_slacks(trained) -> None:
+    net, X, Y = trained
+    s = chain.link_slacks(net, X, Y, lr=0.2, batch_size=4)
+    assert s["l1_gap"] >= 1 and all(v >= 1 - 1e-9 for v in s.values()), s
+    assert {"t7_sgd", "t1_weighted", "t2_gm", "t3_gm", "t4_nmls", "t5_mls_l1"} <= set(s)
+
+
+def test_style_and_figures_are_legible() -> None:
+    assert plt.rcParams["figure.dpi"] >= 150 and plt.rcParams["legend.fontsize"] >= 9
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4))
+    plots.roadmap(ax0, chain.LINKS, slacks={"t7_sgd": 3.0})
+    plots.waterfall(ax1, 100.0, {"a": 2.0, "b": 5.0})
+    assert plots.small_text(fig) == []
+    ax1.legend(fontsize=6)
+    ax1.set_xlabel("tiny", fontsize=6)
+    assert plots.small_text(fig), "small_text must flag 6 pt text"
+    plt.close(fig)
