@@ -499,18 +499,111 @@ def per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None = None,
             yield {name: J.detach() for name, J in jac(psub, X[start : start + c]).items()}
 
 
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d)
+#: entries of the largest intermediate per sub-batch when forming per-sample Gram blocks
+GRAM_BLOCK_ENTRIES = 1 << 24
+
+
+def _ghost_supported(m: nn.Module) -> bool:
+    """Layers whose per-sample weight gradient is Σ_t δ_t u_tᵀ with u_t from ``unfold``."""
+    if isinstance(m, nn.Linear):
+        return True
+    if isinstance(m, _CONV_TYPES):
+        return (m.groups == 1 and m.padding_mode == "zeros"
+                and (not isinstance(m.padding, str) or m.padding == "valid"))
+    return False
+
+
+def _patches(m: nn.Module, h: Tensor, b: int) -> Tensor:
+    """The layer input as [b, T, d]: rows u_t with z_t = W u_t (+ bias) at each of T positions.
+
+    ``nn.Linear``: u_t = h_t (T = token positions × leading axes, d = in_features).
+    ``nn.Conv1d/2d`` (groups = 1, zero padding): u_t = the unfolded receptive field at output
+    position t (``torch.nn.functional.unfold``; d = C_in·∏kernel, T = ∏ output spatial size),
+    in the order of ``W.reshape(C_out, -1)``.
+    """
+    if isinstance(m, nn.Linear):
+        return h.reshape(b, -1, h.shape[-1])
+    pad = (0,) * len(m.kernel_size) if isinstance(m.padding, str) else m.padding
+    if isinstance(m, nn.Conv1d):
+        x = h.reshape(b, h.shape[-2], 1, h.shape[-1])
+        U = nn.functional.unfold(x, (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
+                                 padding=(0, pad[0]), stride=(1, m.stride[0]))
+    else:
+        x = h.reshape(b, *h.shape[-3:])
+        U = nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad,
+                                 stride=m.stride)
+    return U.transpose(1, 2)  # [b, T, d]
+
+
+def _output_grads(m: nn.Module, d: Tensor, k: int, b: int) -> Tensor:
+    """δ = ∂f_c/∂z as [k, b, T, p] (p = out_features / out_channels)."""
+    if isinstance(m, nn.Linear):
+        return d.reshape(k, b, -1, d.shape[-1])
+    return d.reshape(k, b, d.shape[2], -1).transpose(2, 3)
+
+
+def gram_costs(T: int, d: int, p: int, k: int) -> tuple[int, int]:
+    """Multiply-adds per sample of the two ways to get K = J^(W) J^(W)ᵀ [k, k] of one layer.
+
+    With z_t = W u_t at T positions (W [p, d]) and δ_{c,t} = ∂f_c/∂z_t ∈ R^p,
+    ∂f_c/∂W = Σ_t δ_{c,t} u_tᵀ and K_{cc'} = Σ_{t,s} (δ_{c,t}·δ_{c',s}) (u_t·u_s):
+
+    - ghost norms (Goodfellow; Li et al.; Bu et al.): A = U Uᵀ [T, T], then K from A and δ:
+      T²·d + k·T²·p + k²·T·p — grows as T²;
+    - instantiation: G_c = Σ_t δ_{c,t} u_tᵀ [p, d] for every c, then K = ⟨G_c, G_c'⟩:
+      k·T·p·d + k²·p·d — grows as p·d.
+
+    The mixed rule (Bu et al. 2022) takes the cheaper, per layer (for k = 1 it is ghost iff
+    T²(d + p) < T·p·d, essentially their 2T² < p·d). Returns (ghost, instantiate).
+    """
+    return T * T * d + k * T * T * p + k * k * T * p, k * T * p * d + k * k * p * d
+
+
+def _layer_gram(D: Tensor, U: Tensor) -> Tensor:
+    """K_b = Σ over positions of the per-sample weight-gradient Gram, [b, k, k].
+
+    D [k, b, T, p] output gradients, U [b, T, d] patches; the cheaper of ghost norms and
+    instantiated per-sample gradients (:func:`gram_costs`), in sub-batches of samples so that
+    no intermediate exceeds ``GRAM_BLOCK_ENTRIES`` entries.
+    """
+    k, b, T, p = D.shape
+    d = U.shape[2]
+    if T == 1:
+        return (torch.einsum("cbm,ebm->bce", D[:, :, 0], D[:, :, 0])
+                * U[:, 0].pow(2).sum(1)[:, None, None])
+    ghost, inst = gram_costs(T, d, p, k)
+    per = max(T * T + k * T * p, 1) if ghost < inst else max(k * p * d, 1)
+    sb = max(1, min(b, GRAM_BLOCK_ENTRIES // per))
+    out = []
+    for s in range(0, b, sb):
+        Dc, Uc = D[:, s : s + sb], U[s : s + sb]
+        if ghost < inst:
+            A = Uc @ Uc.transpose(1, 2)  # [b, T, T]
+            AD = torch.einsum("bts,ebsm->ebtm", A, Dc)
+            out.append(torch.einsum("cbtm,ebtm->bce", Dc, AD))
+        else:
+            G = torch.einsum("cbtm,btd->cbmd", Dc, Uc)  # per-sample gradients [k, b, p, d]
+            out.append(torch.einsum("cbmd,ebmd->bce", G, G))
+    return torch.cat(out)
+
+
 def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense layers.
+    """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense and
+    convolutional layers (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` with groups = 1 and zero
+    padding).
 
-    "Ghost norms": for an ``nn.Linear`` z = W h + b, ∂f_c(x_i)/∂W = Σ_t δ_{c,t} h_tᵀ with
-    δ = ∂f_c/∂z (t runs over token positions and repeated calls of the module), so
-    K^(W)_{cc'} = Σ_{t,t'} (δ_{c,t}·δ_{c',t'}) (h_t·h_{t'}) and K^(b)_{cc'} = (Σ_t δ_{c,t})·(Σ_t
-    δ_{c',t}) without ever forming the [b, k, P] Jacobian (paper.md L2: for one position,
-    ‖∇_W f_c‖_F = ‖δ_c‖ ‖h‖). Costs k backward passes of the chunk. Every parameter is
-    validated: the total gradient of Σ_i r_iᵀ f(x_i) (random r) rebuilt from (δ, h) must match
-    autograd's; a parameter that fails (e.g. a weight also used outside its module's forward) is
-    left out and handled by the exact ``jacrev`` path. Returns (outputs [b, k], {name: K}).
+    For z_t = W u_t + b at positions t (token positions / repeated calls for a Linear, output
+    pixels for a conv, u_t its unfolded receptive field), ∂f_c(x_i)/∂W = Σ_t δ_{c,t} u_tᵀ with
+    δ = ∂f_c/∂z, so K^(W)_{cc'} = Σ_{t,t'} (δ_{c,t}·δ_{c',t'}) (u_t·u_{t'}) and K^(b)_{cc'} =
+    (Σ_t δ_{c,t})·(Σ_t δ_{c',t}) without the [b, k, P] Jacobian (paper.md L2: for one position,
+    ‖∇_W f_c‖_F = ‖δ_c‖ ‖h‖). Per layer the cheaper of ghost norms and instantiated per-sample
+    gradients is used (:func:`gram_costs`, the mixed rule of Bu et al.). Costs k backward
+    passes of the chunk (to the layer outputs only). Every parameter is validated: the total
+    gradient of Σ_i r_iᵀ f(x_i) (random r) rebuilt from (δ, u) must match autograd's; a
+    parameter that fails (e.g. a weight also used outside its module's forward) is left out and
+    handled by the exact ``jacrev`` path. Returns (outputs [b, k], {name: K}).
     """
     by_id = {id(p): n for n, p in model.named_parameters() if n in params}
     calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
@@ -519,7 +612,7 @@ def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
         calls.setdefault(mod, []).append((inp[0].detach(), out))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear) and id(m.weight) in by_id]
+               if _ghost_supported(m) and id(m.weight) in by_id]
     try:
         with torch.enable_grad():
             F = model(Xc)
@@ -533,35 +626,43 @@ def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
     zs = [z for m in mods for _, z in calls[m]]
     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
     try:
-        deltas = torch.autograd.grad(F, zs, eye, retain_graph=True, is_grads_batched=True)
+        deltas = torch.autograd.grad(F, zs, eye, retain_graph=True, is_grads_batched=True,
+                                     allow_unused=True)
     except RuntimeError:
-        per_c = [torch.autograd.grad(F, zs, eye[c], retain_graph=True) for c in range(k)]
-        deltas = tuple(torch.stack(d) for d in zip(*per_c, strict=True))
+        per_c = [torch.autograd.grad(F, zs, eye[c], retain_graph=True, allow_unused=True)
+                 for c in range(k)]
+        deltas = tuple(None if d[0] is None else torch.stack(d)
+                       for d in zip(*per_c, strict=True))
     r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
     targets = [p for m in mods for p in (m.weight, m.bias) if p is not None and id(p) in by_id]
-    true_grads = dict(zip(map(id, targets), torch.autograd.grad(F, targets, r), strict=True))
+    true_grads = dict(zip(map(id, targets),
+                          torch.autograd.grad(F, targets, r, allow_unused=True), strict=True))
     out: dict[str, Tensor] = {}
     i = 0
+    tol = 1e3 * torch.finfo(F.dtype).eps
     for m in mods:
         hs, ds = [], []
+        ok = True
         for h, _ in calls[m]:
-            hs.append(h.reshape(b, -1, h.shape[-1]))
-            ds.append(deltas[i].reshape(k, b, -1, deltas[i].shape[-1]))
-            i += 1
-        H_ = torch.cat(hs, dim=1)  # [b, T, d]
-        D = torch.cat(ds, dim=2)  # [k, b, T, m]
-        tol = 1e3 * torch.finfo(F.dtype).eps
-        W_name = by_id[id(m.weight)]
-        gW = torch.einsum("bc,cbtm,btd->md", r, D, H_)
-        if (gW - true_grads[id(m.weight)]).norm() <= tol * max(gW.norm().item(), 1e-300):
-            if H_.shape[1] == 1:
-                out[W_name] = (torch.einsum("cbm,ebm->bce", D[:, :, 0], D[:, :, 0])
-                               * H_[:, 0].pow(2).sum(1)[:, None, None])
+            if deltas[i] is None:
+                ok = False
             else:
-                out[W_name] = torch.einsum("cbtm,ebsm,bts->bce", D, D,
-                                           H_ @ H_.transpose(1, 2))
-        if m.bias is not None and id(m.bias) in by_id:
-            Ds = D.sum(2)  # [k, b, m]
+                hs.append(_patches(m, h, b))
+                ds.append(_output_grads(m, deltas[i], k, b))
+            i += 1
+        if not ok:
+            continue
+        H_ = torch.cat(hs, dim=1)  # [b, T, d]
+        D = torch.cat(ds, dim=2)  # [k, b, T, p]
+        W_name = by_id[id(m.weight)]
+        tg = true_grads[id(m.weight)]
+        if tg is not None:
+            gW = torch.einsum("bc,cbtm,btd->md", r, D, H_)
+            tg = tg.reshape(tg.shape[0], -1)
+            if (gW - tg).norm() <= tol * max(gW.norm().item(), 1e-300):
+                out[W_name] = _layer_gram(D, H_)
+        if m.bias is not None and id(m.bias) in by_id and true_grads[id(m.bias)] is not None:
+            Ds = D.sum(2)  # [k, b, p]
             gb = torch.einsum("bc,cbm->m", r, Ds)
             if (gb - true_grads[id(m.bias)]).norm() <= tol * max(gb.norm().item(), 1e-300):
                 out[by_id[id(m.bias)]] = torch.einsum("cbm,ebm->bce", Ds, Ds)
@@ -995,10 +1096,37 @@ def _rademacher(m: int, P: int, gen: torch.Generator) -> Tensor:
             * 2 - 1)
 
 
-def _apply_blocks(op: HVPOperator, V: Tensor, block: int) -> Tensor:
-    """H V for V [m, P] (float64 out), ``block`` vectors per batched product."""
-    out = [op(V[i : i + block]).to(torch.float64) for i in range(0, V.shape[0], block)]
-    return torch.cat(out) if out else V.new_zeros(V.shape)
+#: largest probe block (entries of one [block, P] float64 array) that :func:`trace` forms by
+#: default: 2^22 entries = 32 MiB, so Hutchinson(100) at P ≈ 2e6 never holds a P × 100 array.
+PROBE_BLOCK_ENTRIES = 1 << 22
+
+
+def _probe_block(block: int | None, P: int) -> int:
+    """Probes per block: ``block`` if given, else ⌊2^22 / P⌋ clipped to [1, 16]."""
+    if block is None:
+        return max(1, min(16, PROBE_BLOCK_ENTRIES // max(1, P)))
+    if isinstance(block, bool) or int(block) != block or block < 1:
+        raise ValueError(f"block must be a positive integer (probes per batched product) or "
+                         f"None (automatic); got {block!r}")
+    return int(block)
+
+
+def _hutchinson_blocks(op: HVPOperator, m: int, block: int, gen: torch.Generator,
+                       project: Tensor | None = None) -> Tensor:
+    """z_jᵀ H z_j for m Rademacher probes (projected by I − QQᵀ if ``project`` = Q [P, s]),
+    generated and applied ``block`` at a time: memory O(block · P), never [m, P]. Returns [m].
+    """
+    vals: list[Tensor] = []
+    P = op.P
+    for start in range(0, m, block):
+        b = min(block, m - start)
+        Z = _rademacher(b, P, gen).to(op.device)
+        if project is not None:
+            Z = Z - (Z @ project) @ project.T
+        HZ = op(Z).to(torch.float64)
+        vals.append((Z * HZ).sum(1).cpu())
+        del Z, HZ
+    return torch.cat(vals)
 
 
 def trace(
@@ -1011,7 +1139,7 @@ def trace(
     seed: int = 0,
     *,
     chunk: int | None = 1024,
-    block: int = 16,
+    block: int | None = None,
     check: bool = True,
     backend: str = "revrev",
 ) -> TraceResult:
@@ -1035,7 +1163,11 @@ def trace(
         n_hvp: product budget of the stochastic methods (ignored by ``"gn"``).
         seed: seeds the probes (same seed → bit-identical result).
         chunk: samples per pass (HVPs) / per Jacobian block (``"gn"``; ``None``: automatic).
-        block: probes per batched (``vmap``) product.
+        block: probes per batched product and the memory bound of the stochastic methods:
+            probes are drawn, applied and reduced ``block`` at a time, so no array larger than
+            [block, P] of probes is formed (Hutch++ also keeps its sketch basis Q [P, m/3],
+            which the method needs). ``None`` (default): ⌊2^22 / P⌋ clipped to [1, 16]
+            (≤ 32 MiB per float64 block).
         check: run the determinism probe and finiteness checks.
         backend: HVP backend, ``"revrev"`` or ``"fwdrev"`` (see :func:`hvp_operator`).
     """
@@ -1043,8 +1175,7 @@ def trace(
         raise ValueError(f"unknown trace method {method!r}; allowed: {list(TRACE_METHODS)}")
     if isinstance(n_hvp, bool) or int(n_hvp) != n_hvp or n_hvp < 1:
         raise ValueError(f"n_hvp must be a positive integer; got {n_hvp!r}")
-    if int(block) != block or block < 1:
-        raise ValueError(f"block must be a positive integer; got {block!r}")
+    _probe_block(block, 1)  # validate early
     seed = _check_seed(seed)
     n_hvp = int(n_hvp)
     if method == "gn":
@@ -1065,26 +1196,31 @@ def trace(
                          f"probes); got {n_hvp}")
     op = hvp_operator(model, loss, X, Y, chunk=chunk, check=check, backend=backend)
     P = op.P
+    blk = _probe_block(block, P)
     gen = torch.Generator().manual_seed(seed)
     dev = op.device
     if method == "hutchinson":
-        Z = _rademacher(n_hvp, P, gen).to(dev)
-        HZ = _apply_blocks(op, Z, block)
-        s = (Z * HZ).sum(1).cpu()
+        s = _hutchinson_blocks(op, n_hvp, blk, gen)
         return TraceResult(value=float(s.mean()), stderr=float(s.std() / math.sqrt(n_hvp)),
                            n_hvp=op.n_hvp, method="hutchinson", samples=s)
 
-    # Hutch++: sketch s = ⌊m/3⌋ (≤ P), then s products for QᵀHQ, the rest for the residual
+    # Hutch++: sketch s = ⌊m/3⌋ (≤ P), then s products for QᵀHQ, the rest for the residual.
+    # The sketch H S [P, s] and its basis Q are the method's own memory; probes come in blocks.
     s_cols = min(max(1, n_hvp // 3), P, (n_hvp - 2) // 2)
     g_cols = n_hvp - 2 * s_cols
-    S = _rademacher(s_cols, P, gen).to(dev)
-    G = _rademacher(g_cols, P, gen).to(dev)
-    HS = _apply_blocks(op, S, block)
-    Qm, _ = torch.linalg.qr(HS.T)  # [P, s], orthonormal columns
-    HQ = _apply_blocks(op, Qm.T.contiguous(), block)  # [s, P]
-    t_low = float((Qm.T * HQ).sum())
-    Gp = G - (G @ Qm) @ Qm.T  # (I − QQᵀ) g
-    HGp = _apply_blocks(op, Gp, block)
-    r = (Gp * HGp).sum(1).cpu()
+    HS = torch.empty(P, s_cols, dtype=torch.float64, device=dev)
+    for start in range(0, s_cols, blk):
+        b = min(blk, s_cols - start)
+        S = _rademacher(b, P, gen).to(dev)
+        HS[:, start : start + b] = op(S).to(torch.float64).T
+        del S
+    Qm, _ = torch.linalg.qr(HS)  # [P, s], orthonormal columns
+    del HS
+    t_low = 0.0
+    for start in range(0, s_cols, blk):
+        Qb = Qm[:, start : start + blk].T.contiguous()
+        t_low += float((Qb * op(Qb).to(torch.float64)).sum())
+        del Qb
+    r = _hutchinson_blocks(op, g_cols, blk, gen, project=Qm)
     return TraceResult(value=t_low + float(r.mean()), stderr=float(r.std() / math.sqrt(g_cols)),
                        n_hvp=op.n_hvp, method="hutchpp", samples=r)
