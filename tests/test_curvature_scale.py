@@ -28,6 +28,7 @@ def _conv1d_net(seed: int = 0) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.Tanh(),
         nn.Conv1d(3, 2, 2, dilation=2), nn.Tanh(),
+        nn.Conv1d(2, 2, 3, padding="same"), nn.Tanh(),
         nn.Flatten(), nn.LazyLinear(2),
     ).to(F64)
 
