@@ -282,6 +282,27 @@ def quantities(
         return probe_quantities(p, rtol)
 
 
+def _shared_sqnorms(p: object, meas: object) -> dict[str, Tensor] | None:
+    """‖∂f(x_i)/∂θ_name‖_F² from the probe's own sweep, when every trainable parameter is the
+    weight or bias of a measured dense layer: ‖∇_W f‖_F² = ‖G_l‖_F² ‖h_{l−1}‖² and
+    ‖∇_b f‖_F² = ‖G_l‖_F² (G_l = ∂f/∂z_l, paper.md L2), so the GN trace costs no further
+    backward passes. ``None`` otherwise (then :func:`flatbook.curvature.jacobian_sqnorms`)."""
+    names = {id(t): n for n, t in p.fn.named_parameters() if t.requires_grad}  # type: ignore[attr-defined]
+    out: dict[str, Tensor] = {}
+    for res in meas.layers.values():  # type: ignore[attr-defined]
+        if res.G is None:
+            return None
+        g2 = res.G.pow(2).sum((1, 2))
+        mod = res.layer.module
+        if id(mod.weight) in names:
+            out[names[id(mod.weight)]] = g2 * res.H.pow(2).sum(1)
+        if mod.bias is not None and id(mod.bias) in names:
+            out[names[id(mod.bias)]] = g2
+    if not out or set(out) != set(names.values()):
+        return None
+    return {n: out[n] for n in names.values()}
+
+
 def probe_quantities(p: object, rtol: float | None = None) -> Quantities:
     """:class:`Quantities` from an entered :class:`flatbook.probe.Probe` ``p``."""
     from flatbook.probe import Probe
@@ -299,7 +320,9 @@ def probe_quantities(p: object, rtol: float | None = None) -> Quantities:
         r0 = min(p.k, p.d)
         out = _geometry.Measures(sigma=torch.full((n, r0), math.nan, dtype=p.dtype), log_lvr=nan,
                                  mls=nan, ld=nan, frob_sq=nan, r=r0, N=p.k, d=p.d)
-    sq = curvature.jacobian_sqnorms(p.fn, X, p._chunk)
+    sq = _shared_sqnorms(p, meas)
+    if sq is None:
+        sq = curvature.jacobian_sqnorms(p.fn, X, p._chunk)
     jac_sq = torch.stack(list(sq.values())).sum(0)
     lm: dict[str, _geometry.LayerMeasures] = {}
     gw: dict[str, Tensor] = {}

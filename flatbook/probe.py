@@ -372,6 +372,9 @@ class LayerResult:
             it equals J).
         skip: ``True`` if J_total ≠ J (a skip connection carries h_{l−1} around the layer),
             ``False`` if equal, ``None`` if not measured.
+        G: output-side Jacobians G_l = ∂f/∂z_l (ε on the layer's output), [n, k, m], so that
+            J = G W_l and ‖∇_{W_l} f_c‖_F = ‖G_{l,c}‖ ‖h_{l−1}‖ (paper.md L2); ``None`` when the
+            sweep fell back to ``vmap(jacrev)``.
     """
 
     layer: ProbedLayer
@@ -379,6 +382,7 @@ class LayerResult:
     J: Tensor
     J_total: Tensor | None = None
     skip: bool | None = None
+    G: Tensor | None = None
 
 
 @dataclass
@@ -815,9 +819,90 @@ class Probe:
         state.capture = None
         return {name: torch.cat(v) for name, v in cap.items()}
 
+    def _batched_sweep(self, state: _HookState, layers: list[ProbedLayer],
+                       producers: dict[str, str], pnames: list[str],
+                       prod_shape: dict[str, tuple[int, ...]], c: int, Jx: list[Tensor],
+                       Jl: dict[str, list[Tensor]], Jt: dict[str, list[Tensor]],
+                       Gl: dict[str, list[Tensor]]) -> bool:
+        """The k reverse passes of :meth:`measure` as batched autograd over whole chunks.
+
+        ε_l [b, m] is added to every dense layer's output z_l, δ-free: G_l = ∂f/∂ε_l, and
+        J_l = G_l W_l (exact: z_l = W_l(h + δ) + b_l). Fills the lists and returns True; returns
+        False (lists untouched) if the samples of a chunk interact (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for
+        j ≠ 0) or autograd cannot batch the cotangents.
+        """
+        fn, shape, with_x = self.fn, self.X.shape[1:], self.float_input
+        zeta: dict[str, Tensor] = {}
+
+        def post(name: str) -> Callable[..., Any]:
+            def hook(mod: nn.Module, inp: Any, out: Tensor) -> Tensor | None:
+                e = zeta.get(name)
+                return None if e is None else out + e.reshape(out.shape)
+            return hook
+
+        res: tuple[list[Tensor], dict[str, list[Tensor]], dict[str, list[Tensor]]] = (
+            [], {n: [] for n in Gl}, {p: [] for p in pnames})
+        hs = [L.module.register_forward_hook(post(L.name)) for L in layers]
+        try:
+            with self._hooks(state, layers, producers), torch.enable_grad():
+                for s in range(0, self.n, c):
+                    xc = self.X[s : s + c]
+                    b = xc.shape[0]
+                    xf = xc.reshape(b, -1).detach().clone().requires_grad_(with_x)
+                    for L in layers:
+                        zeta[L.name] = torch.zeros(b, L.out_features, dtype=self.dtype,
+                                                   device=self.device, requires_grad=True)
+                    eps = {p: torch.zeros(b, math.prod(prod_shape[p]), dtype=self.dtype,
+                                          device=self.device, requires_grad=True)
+                           for p in pnames}
+                    state.eps = eps
+                    try:
+                        F = fn(xf.reshape(b, *shape) if with_x else xc).reshape(b, -1)
+                    finally:
+                        state.eps = None
+                    ins = ([xf] if with_x else []) + [zeta[L.name] for L in layers] + [
+                        eps[p] for p in pnames]
+                    if s == 0 and b > 1:  # samples must not interact (as vmap assumes)
+                        g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True,
+                                                 allow_unused=True)
+                        if any(g is not None and bool(g[1:].abs().max() > 0) for g in g0):
+                            return False
+                    k = F.shape[1]
+                    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
+                        k, b, k)
+                    try:
+                        gs = torch.autograd.grad(F, ins, eye, is_grads_batched=True,
+                                                 allow_unused=True)
+                    except RuntimeError:
+                        return False
+                    gs = [torch.zeros(k, *t.shape, dtype=t.dtype, device=t.device)
+                          if g is None else g for g, t in zip(gs, ins, strict=True)]
+                    it = iter(g.detach().transpose(0, 1) for g in gs)  # [b, k, ·]
+                    if with_x:
+                        res[0].append(next(it))
+                    for L in layers:
+                        res[1][L.name].append(next(it))
+                    for p in pnames:
+                        res[2][p].append(next(it))
+        finally:
+            for h in hs:
+                h.remove()
+            zeta.clear()
+        Jx.extend(res[0])
+        for L in layers:
+            Gl[L.name].extend(res[1][L.name])
+            W = L.weight.detach()
+            Jl[L.name].extend(G @ W for G in res[1][L.name])
+        for p in pnames:
+            Jt[p].extend(res[2][p])
+        return True
+
     def measure(self, total: bool | None = None) -> Measured:
-        """One Jacobian sweep over the data: J_x, every path Jacobian J_l and every total
-        Jacobian ∂f/∂h_{l−1}, all from one ``vmap(jacrev)`` per chunk (k reverse passes).
+        """One Jacobian sweep over the data: J_x, every path Jacobian J_l = G_l W_l (with
+        G_l = ∂f/∂z_l) and every total Jacobian ∂f/∂h_{l−1}, all from the same k reverse
+        passes per chunk: one batched ``torch.autograd.grad`` (``is_grads_batched``) of the
+        chunk's outputs, checked once for samples that do not interact (else, and for ops
+        without a batching rule, one ``vmap(jacrev)`` per chunk as before).
 
         Args:
             total: measure the total sensitivity at the producer of h_{l−1}; default: for
@@ -868,8 +953,11 @@ class Probe:
         Jx: list[Tensor] = []
         Jl: dict[str, list[Tensor]] = {L.name: [] for L in layers}
         Jt: dict[str, list[Tensor]] = {p: [] for p in pnames}
+        Gl: dict[str, list[Tensor]] = {L.name: [] for L in layers}
+        batched = self._batched_sweep(state, layers, producers, pnames, prod_shape, c, Jx, Jl,
+                                      Jt, Gl)
         with self._hooks(state, layers, producers), torch.no_grad():
-            for s in range(0, self.n, c):
+            for s in ([] if batched else range(0, self.n, c)):
                 xc = self.X[s : s + c]
                 b = xc.shape[0]
                 xf = xc.reshape(b, -1) if with_x else xc
@@ -907,7 +995,8 @@ class Probe:
                     skip = float((jx - J).norm()) > math.sqrt(eps_) * max(float(jx.norm()),
                                                                           1e-300)
             out.layers[L.name] = LayerResult(layer=L, H=H[L.name].reshape(self.n, -1), J=J,
-                                             J_total=JT, skip=skip)
+                                             J_total=JT, skip=skip,
+                                             G=torch.cat(Gl[L.name]) if batched else None)
         return out
 
     def representation_jacobian(self, qualname: str) -> tuple[Tensor, Tensor]:

@@ -151,3 +151,33 @@ def test_default_block_bounds_memory() -> None:
     assert 1 <= b and b * P <= curvature.PROBE_BLOCK_ENTRIES
     with pytest.raises(ValueError, match="block"):
         curvature._probe_block(0, P)
+
+
+def test_report_shares_one_sweep_for_gn_trace_and_layer_jacobians(monkeypatch) -> None:
+    """The probe's k reverse passes give J_x, G_l, J_l = G_l W_l and the GN trace at once: the
+    values equal the separate references (ghost norms / jacrev, dense GN) in float64."""
+    from flatbook import bounds
+
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(),
+                        nn.Linear(5, 3)).to(F64)
+    X = torch.randn(9, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    ref_sq = curvature.jacobian_sqnorms(net, X, method="jacrev")
+    G = curvature.gauss_newton_matrix(net, X)
+    calls: list[int] = []
+    real = curvature.jacobian_sqnorms
+    monkeypatch.setattr(curvature, "jacobian_sqnorms",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    q = bounds.quantities(net, X)
+    assert not calls  # the shared sweep was used
+    assert float(q.trace) == pytest.approx(float(torch.trace(G)), rel=1e-12)
+    for i, name in enumerate(q.grad_w_sqnorm, start=0):
+        torch.testing.assert_close(q.grad_w_sqnorm[name], ref_sq[f"{2 * i}.weight"],
+                                   rtol=1e-12, atol=0)
+    # path Jacobians J_l = G_l W_l against autograd through the tail of the network
+    x0 = X[:1].clone().requires_grad_(True)
+    Jx = torch.autograd.functional.jacobian(lambda x: net(x).reshape(-1), x0).reshape(3, 4)
+    torch.testing.assert_close(q.output.sigma[0], torch.linalg.svdvals(Jx), rtol=1e-12, atol=0)
+    h1 = torch.tanh(net[0](X[:1]))
+    J2 = torch.autograd.functional.jacobian(lambda h: net[2:](h).reshape(-1), h1).reshape(3, 6)
+    torch.testing.assert_close(q.layers["l2"].measures.sigma[0], torch.linalg.svdvals(J2),
+                               rtol=1e-12, atol=0)
