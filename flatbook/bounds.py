@@ -360,7 +360,7 @@ def probe_quantities(p: object, rtol: float | None = None) -> Quantities:
             layer=layer,  # type: ignore[arg-type]
             h_sqnorm=res.H.pow(2).sum(1),
             measures=m,
-            weight_norm=torch.linalg.matrix_norm(L.weight.detach(), ord=2),
+            weight_norm=_geometry.spectral_norm(L.weight),
         )
         gw[name] = sq[L.weight_name]
         H_in[name] = res.H

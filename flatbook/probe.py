@@ -826,8 +826,9 @@ class Probe:
                        Gl: dict[str, list[Tensor]]) -> bool:
         """The k reverse passes of :meth:`measure` as batched autograd over whole chunks.
 
-        ε_l [b, m] is added to every dense layer's output z_l, δ-free: G_l = ∂f/∂ε_l, and
-        J_l = G_l W_l (exact: z_l = W_l(h + δ) + b_l). Fills the lists and returns True; returns
+        ε_l [b, m] is added to every dense layer's output z_l and δ_l [b, p] to its input:
+        G_l = ∂f/∂ε_l and J_l = ∂f/∂δ_l = G_l W_l come out of the same backward pass (autograd
+        forms G_l W_l on its way to h_{l−1} anyway). Fills the lists and returns True; returns
         False (lists untouched) if the samples of a chunk interact (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for
         j ≠ 0) or autograd cannot batch the cotangents.
         """
@@ -840,8 +841,9 @@ class Probe:
                 return None if e is None else out + e.reshape(out.shape)
             return hook
 
-        res: tuple[list[Tensor], dict[str, list[Tensor]], dict[str, list[Tensor]]] = (
-            [], {n: [] for n in Gl}, {p: [] for p in pnames})
+        res: tuple[list[Tensor], dict[str, list[Tensor]], dict[str, list[Tensor]],
+                   dict[str, list[Tensor]]] = ([], {n: [] for n in Gl}, {p: [] for p in pnames},
+                                               {n: [] for n in Gl})
         hs = [L.module.register_forward_hook(post(L.name)) for L in layers]
         try:
             with self._hooks(state, layers, producers), torch.enable_grad():
@@ -855,13 +857,16 @@ class Probe:
                     eps = {p: torch.zeros(b, math.prod(prod_shape[p]), dtype=self.dtype,
                                           device=self.device, requires_grad=True)
                            for p in pnames}
-                    state.eps = eps
+                    delta = {L.name: torch.zeros(b, L.in_features, dtype=self.dtype,
+                                                 device=self.device, requires_grad=True)
+                             for L in layers}
+                    state.delta, state.eps = delta, eps
                     try:
                         F = fn(xf.reshape(b, *shape) if with_x else xc).reshape(b, -1)
                     finally:
-                        state.eps = None
+                        state.delta, state.eps = None, None
                     ins = ([xf] if with_x else []) + [zeta[L.name] for L in layers] + [
-                        eps[p] for p in pnames]
+                        eps[p] for p in pnames] + [delta[L.name] for L in layers]
                     if s == 0 and b > 1:  # samples must not interact (as vmap assumes)
                         g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True,
                                                  allow_unused=True)
@@ -884,6 +889,8 @@ class Probe:
                         res[1][L.name].append(next(it))
                     for p in pnames:
                         res[2][p].append(next(it))
+                    for L in layers:
+                        res[3][L.name].append(next(it))
         finally:
             for h in hs:
                 h.remove()
@@ -891,8 +898,7 @@ class Probe:
         Jx.extend(res[0])
         for L in layers:
             Gl[L.name].extend(res[1][L.name])
-            W = L.weight.detach()
-            Jl[L.name].extend(G @ W for G in res[1][L.name])
+            Jl[L.name].extend(res[3][L.name])
         for p in pnames:
             Jt[p].extend(res[2][p])
         return True
