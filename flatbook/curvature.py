@@ -906,12 +906,17 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
     while True:
         w = op(Q[m]).to(dt)
         n_hvp += 1
-        # full reorthogonalisation, twice ("twice is enough")
+        # full reorthogonalisation; a second pass ("twice is enough") only when the first
+        # removed more than 1 − 1/√2 of ‖w‖ (the DGKS criterion ARPACK uses, η = 0.717):
+        # otherwise w is already orthogonal to working precision and the pass (2 reads of Q)
+        # is skipped
+        w_norm = w.norm()
         h = Q[: m + 1] @ w
         w = w - h @ Q[: m + 1]
-        h2 = Q[: m + 1] @ w
-        w = w - h2 @ Q[: m + 1]
-        h = h + h2
+        if w.norm() < 0.717 * w_norm:
+            h2 = Q[: m + 1] @ w
+            w = w - h2 @ Q[: m + 1]
+            h = h + h2
         T[m, : m + 1] = h  # after a restart h also holds the coupling to the kept Ritz vectors
         T[: m + 1, m] = h
         m += 1
