@@ -30,8 +30,14 @@ Choices (measured in ``bench/curvature_bench.py``, recorded in ``bench/README.md
 - HVPs: reverse-over-reverse (double backward, graph kept for a single chunk) by default; it is
   2–4× faster per product on CPU than ``torch.func.jvp(grad(L))`` (``backend="fwdrev"``). Both
   agree to rounding (tests).
-- Per-sample Jacobian norms: "ghost norms" for ``nn.Linear`` (validated against autograd, exact),
-  ``vmap(jacrev)`` for everything else; 20–60× faster than ``vmap(jacrev)`` alone on MLPs.
+- Per-sample Jacobian norms: for ``nn.Linear`` and ``nn.Conv1d/2d`` (groups = 1, zero padding)
+  from the layer inputs and the k output gradients, per layer the cheaper of "ghost norms"
+  (∝ T² positions) and instantiated per-sample gradients (∝ p·d) — the mixed rule of Bu et al.
+  (:func:`gram_costs`); validated against autograd, exact; ``vmap(jacrev)`` for everything
+  else. 20–60× faster than ``vmap(jacrev)`` alone on MLPs; exact tr G of LeNet-5 in ≈ 10–15
+  gradients (bench/scale_bench.py).
+- Memory: HVPs chunk the data (``chunk``); stochastic traces draw, apply and reduce their probes
+  ``block`` at a time (default ≤ 2^22 entries per block), never an [n_hvp, P] array.
 """
 
 from __future__ import annotations
