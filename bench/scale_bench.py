@@ -94,6 +94,17 @@ def gradient_time(net: nn.Module, X: Tensor, Y: Tensor, repeats: int = 7) -> flo
 
 
 ROWS: list[dict[str, Any]] = []
+UNIT: dict[str, Callable[[], float]] = {}
+
+
+def measured(problem_name: str, fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float,
+                                                                                   float]:
+    """(result, seconds, unit): the gradient unit is timed just before and just after ``fn``
+    (median of 3 each, mean of the two), so a load change on a shared machine moves both."""
+    u0 = UNIT[problem_name]()
+    out, t = timed(fn, repeats)
+    u1 = UNIT[problem_name]()
+    return out, t, 0.5 * (u0 + u1)
 
 
 def row(problem_name: str, what: str, seconds: float, unit: float, extra: str = "") -> None:
@@ -110,15 +121,16 @@ def run_lenet() -> None:
     P = sum(p.numel() for p in net.parameters())
     print(f"{name}, P={P}", flush=True)
     unit = gradient_time(net, X, Y)
+    UNIT[name] = lambda: gradient_time(net, X, Y, repeats=3)
     row(name, "one gradient (unit)", unit, unit)
-    tr, t = timed(lambda: curvature.trace(net, "squared", X, Y, method="gn"), 3)
+    tr, t, unit = measured(name, lambda: curvature.trace(net, "squared", X, Y, method="gn"), 3)
     row(name, "exact GN trace trace(method='gn')", t, unit, f"tr G = {tr.value:.6g}")
     op = curvature.hvp_operator(net, "squared", X, Y, check=False)
     v = torch.randn(op.P, dtype=op.dtype)
     op(v)
-    _, t = timed(lambda: op(v), 5)
+    _, t, unit = measured(name, lambda: op(v), 5)
     row(name, "one HVP", t, unit)
-    rep, t = timed(lambda: flatbook.report(net, X, Y, tol=1e-4))
+    rep, t, unit = measured(name, lambda: flatbook.report(net, X, Y, tol=1e-4))
     row(name, "report(tol=1e-4)", t, unit,
         f"λ_max {rep.scalars['lambda_max']:.5g} ({int(rep.scalars['lambda_max_n_hvp'])} HVPs)")
 
@@ -129,30 +141,29 @@ def run_mlp(hutch: bool = True) -> None:
     P = sum(p.numel() for p in net.parameters())
     print(f"{name}, P={P}", flush=True)
     unit = gradient_time(net, X, Y)
+    UNIT[name] = lambda: gradient_time(net, X, Y, repeats=3)
     row(name, "one gradient (unit)", unit, unit)
     op = curvature.hvp_operator(net, "squared", X, Y, check=False)
     v = torch.randn(op.P, dtype=op.dtype)
     op(v)
-    _, t = timed(lambda: op(v), 5)
+    _, t, unit = measured(name, lambda: op(v), 5)
     row(name, "one HVP", t, unit)
-    s, t = timed(lambda: curvature.sharpness(net, "squared", X, Y, tol=1e-4))
+    s, t, unit = measured(name, lambda: curvature.sharpness(net, "squared", X, Y, tol=1e-4))
     row(name, "λ_max sharpness(tol=1e-4)", t, unit, f"{s.n_hvp} HVPs")
-    tr, t = timed(lambda: curvature.trace(net, "squared", X, Y, method="gn"), 3)
+    tr, t, unit = measured(name, lambda: curvature.trace(net, "squared", X, Y, method="gn"), 3)
     row(name, "exact GN trace trace(method='gn')", t, unit, f"tr G = {tr.value:.6g}")
-    rep, t = timed(lambda: flatbook.report(net, X, Y, tol=1e-4))
+    rep, t, unit = measured(name, lambda: flatbook.report(net, X, Y, tol=1e-4))
     row(name, "report(tol=1e-4)", t, unit,
         f"{int(rep.scalars['lambda_max_n_hvp'])} HVPs")
     if hutch:
-        with PeakRSS() as mem:
-            h, t = timed(lambda: curvature.trace(net, "squared", X, Y, method="hutchinson",
-                                                 n_hvp=100))
-        row(name, "Hutchinson(100) trace(method='hutchinson')", t, unit,
-            f"peak RSS +{mem.above / 2**20:.0f} MiB")
-        with PeakRSS() as mem:
-            h, t = timed(lambda: curvature.trace(net, "squared", X, Y, method="hutchpp",
-                                                 n_hvp=100))
-        row(name, "Hutch++(100) trace(method='hutchpp')", t, unit,
-            f"peak RSS +{mem.above / 2**20:.0f} MiB")
+        for method in ("hutchinson", "hutchpp"):
+            u0 = UNIT[name]()
+            with PeakRSS() as mem:
+                h, t = timed(lambda m=method: curvature.trace(net, "squared", X, Y, method=m,
+                                                              n_hvp=100))
+            unit = 0.5 * (u0 + UNIT[name]())
+            row(name, f"{method}(100) trace(method={method!r})", t, unit,
+                f"{h.value:.5g} ± {h.stderr:.2g}, peak RSS +{mem.above / 2**20:.0f} MiB")
 
 
 def run_vgg() -> None:
@@ -161,9 +172,10 @@ def run_vgg() -> None:
     P = sum(p.numel() for p in net.parameters())
     print(f"{name}, P={P}", flush=True)
     unit = gradient_time(net, X, Y, repeats=3)
+    UNIT[name] = lambda: gradient_time(net, X, Y, repeats=3)
     row(name, "one gradient (unit)", unit, unit)
     with PeakRSS() as mem:
-        tr, t = timed(lambda: curvature.trace(net, "squared", X, Y, method="gn"))
+        tr, t, unit = measured(name, lambda: curvature.trace(net, "squared", X, Y, method="gn"))
     row(name, "exact GN trace trace(method='gn')", t, unit,
         f"tr G = {tr.value:.6g}, peak RSS +{mem.above / 2**20:.0f} MiB")
 
