@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from flatbook.analysis.phases import RunView
+
 TREND_KEYS = {"trace_gn": (-1, True), "log_lvr_median": (-1, False),
               "lambda_max": (-1, True), "ld_median": (+1, False),
               "test_lambda_max": (+1, True), "test_log_lvr_median": (-1, False)}
@@ -34,7 +36,7 @@ KEEP_IN_ORDER = ("step", "epoch", "train_loss", "train_acc")
 
 
 @dataclass
-class RunSet:
+class RunSet(RunView):
     """A minimal study: per-run ``summaries`` (dicts with ``lr``, ``batch_size``, ``seed``,
     ``status``, ``interpolates``, ``phase_index``, ``phase_step``) and ``trajectories``
     (``key → array[T]``); ``setting.independent`` says whether runs are independent units."""
@@ -42,21 +44,6 @@ class RunSet:
     summaries: list[dict[str, Any]]
     trajectories: list[dict[str, np.ndarray]]
     setting: Any = field(default_factory=lambda: SimpleNamespace(independent=True))
-
-    @property
-    def finished(self) -> list[int]:
-        return [i for i, s in enumerate(self.summaries) if s["status"] == "completed"]
-
-    @property
-    def interpolating(self) -> list[int]:
-        return [i for i in self.finished if self.summaries[i]["interpolates"]]
-
-    def late_trajectories(self) -> list[dict[str, np.ndarray]]:
-        out = []
-        for i in self.interpolating:
-            k = self.summaries[i]["phase_index"]
-            out.append({key: v[k:] for key, v in self.trajectories[i].items()})
-        return out
 
 
 def simulate_arrays(n_studies: int = 1, n_runs: int = 12, n_measure: int = 16,

@@ -59,3 +59,27 @@ def phase_start(traj: Mapping[str, np.ndarray], loss_threshold: float) -> int | 
     if "train_acc" in traj:
         loss[np.asarray(traj["train_acc"]) < 1.0] = math.inf
     return interpolation_start(loss, loss_threshold)
+
+
+class RunView:
+    """The run selections every study offers (mixed into :class:`flatbook.analysis.Study`
+    and :class:`flatbook.analysis.calibration.RunSet`): needs ``summaries`` (dicts with
+    ``status``, ``interpolates``, ``phase_index``) and ``trajectories``."""
+
+    summaries: list
+    trajectories: list
+
+    @property
+    def finished(self) -> list[int]:
+        """Indices of runs that completed (did not diverge)."""
+        return [i for i, s in enumerate(self.summaries) if s["status"] == "completed"]
+
+    @property
+    def interpolating(self) -> list[int]:
+        """Indices of completed runs that end in the interpolation phase."""
+        return [i for i in self.finished if self.summaries[i]["interpolates"]]
+
+    def late_trajectories(self) -> list[dict[str, np.ndarray]]:
+        """The interpolation-phase part of each interpolating run's trajectory."""
+        return [late_phase(self.trajectories[i], self.summaries[i]["phase_index"])
+                for i in self.interpolating]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flatbook.analysis.phases import late_phase, phase_start, plateau_start
+from flatbook.analysis.phases import RunView, late_phase, phase_start, plateau_start
 from flatbook.analysis.settings import DEFAULT_SETTING, Setting, get_setting, study_configs
 from flatbook.analysis.stats import (
     METHODS,
@@ -94,7 +94,7 @@ def stability_ceilings(lr: float, batch_size: int | str, n: int, k: int) -> tupl
 
 
 @dataclass
-class Study:
+class Study(RunView):
     """A setting's sweep with its results (one :class:`flatbook.experiment.Results` per
     config, same order) and the per-run trajectories and summaries used by the chapters."""
 
@@ -117,16 +117,6 @@ class Study:
     @property
     def n_runs(self) -> int:
         return len(self.results)
-
-    @property
-    def finished(self) -> list[int]:
-        """Indices of runs that completed (did not diverge)."""
-        return [i for i, s in enumerate(self.summaries) if s["status"] == "completed"]
-
-    @property
-    def interpolating(self) -> list[int]:
-        """Indices of completed runs that end in the interpolation phase."""
-        return [i for i in self.finished if self.summaries[i]["interpolates"]]
 
     def hidden_ld_keys(self) -> list[str]:
         """Record keys of the local dimensionality of each hidden representation x ↦ h_l."""
@@ -194,11 +184,6 @@ class Study:
             "arch": str(c0.model) + "".join(f", {k} = {v}" for k, v in c0.model_kw.items()),
             "test_hvps": str(TEST_TRACE_HVPS),
         }
-
-    def late_trajectories(self) -> list[dict[str, np.ndarray]]:
-        """The interpolation-phase part of each interpolating run's trajectory."""
-        return [late_phase(self.trajectories[i], self.summaries[i]["phase_index"])
-                for i in self.interpolating]
 
     def trajectory_table(self, xs: Sequence[str], ys: Sequence[str],
                          methods: Sequence[str] = METHODS, n_boot: int = 2000, seed: int = 0
