@@ -92,7 +92,6 @@ from flatbook.analysis.study import (
     REPRESENTATION,
     SHARPNESS,
     Study,
-    after_plateau,
     consistency,
     load_study,
     run_summary,

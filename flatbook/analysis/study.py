@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flatbook.analysis.phases import RunView, late_phase, phase_start, plateau_start
+from flatbook.analysis.phases import RunView, late_phase, phase_start
 from flatbook.analysis.settings import DEFAULT_SETTING, Setting, get_setting, study_configs
 from flatbook.analysis.stats import (
     METHODS,
@@ -20,7 +20,6 @@ from flatbook.analysis.stats import (
     trend,
 )
 from flatbook.analysis.store import TEST_TRACE_HVPS, obtain
-from flatbook.analysis.tables import label
 
 # --------------------------------------------------------------------------- run summaries
 SHARPNESS = ("lambda_max", "trace_gn", "kappa_sum")
@@ -143,23 +142,6 @@ class Study(RunView):
 
         return min(pool, key=dist)
 
-    def trends(self, keys: Sequence[str], n_boot: int = 2000, seed: int = 0
-               ) -> list[dict[str, object]]:
-        """For each key: the late-phase trend (Kendall τ of the value with the step over the
-        interpolation phase) averaged over interpolating runs, with a bootstrap CI over runs,
-        and the fraction of those runs where the value fell (τ < 0)."""
-        rows = []
-        for k in keys:
-            v = np.array([self.summaries[i].get(f"trend_{k}", math.nan)
-                          for i in self.interpolating], dtype=float)
-            m, lo, hi = mean_ci(v, n_boot=n_boot, seed=seed)
-            fin = v[np.isfinite(v)]
-            rows.append({"key": k, "measure": label(k), "mean_tau": m, "lo": lo, "hi": hi,
-                         "n_runs": int(fin.size),
-                         "frac_falling": float(np.mean(fin < 0)) if fin.size else math.nan})
-        return rows
-
-
     def describe(self) -> dict[str, str]:
         """The sweep in words, for glued prose: ``lrs``, ``batch_sizes``, ``seeds`` (sets),
         ``steps``, ``n_train``, ``eval_size``, ``test_size``, ``n_measure`` (measurements per
@@ -248,25 +230,3 @@ def consistency(rows: Sequence[Mapping[str, object]], x: str, ys: Sequence[str],
         worst = min(vals.values()) if all(math.isfinite(v) for v in vals.values()) else math.nan
         out.append({"y": y, "across": vals["across"], "along": vals["along"], "worst": worst})
     return out
-
-
-def after_plateau(study: Study, sharp: str, volume: str, rel_tol: float = 0.1
-                  ) -> list[dict[str, object]]:
-    """Per interpolating run: the step from which ``sharp`` stays within ``rel_tol`` of its
-    final value (:func:`plateau_start` on the interpolation phase), the number of measurements
-    from there on, and the trend (Kendall τ with the step) of ``volume`` over them (NaN if
-    fewer than 3)."""
-    out = []
-    for i, t in zip(study.interpolating, study.late_trajectories(), strict=True):
-        s = study.summaries[i]
-        j = plateau_start(t[sharp], rel_tol)
-        if j is None:
-            step, n_after, tr = math.nan, 0, math.nan
-        else:
-            step, n_after = float(t["step"][j]), int(t["step"].size - j)
-            tr = trend(t["step"][j:], t[volume][j:]) if n_after >= 3 else math.nan
-        out.append({"lr": s["lr"], "batch_size": s["batch_size"], "seed": s["seed"],
-                    "plateau_step": step, "n_after": n_after, "trend_after": tr})
-    return out
-
-
