@@ -181,12 +181,36 @@ def test_sharpness_same_seed_bit_identical_and_seed_independent(medium) -> None:
     assert ((a.values - c.values).abs() <= a.residuals + c.residuals).all()
 
 
+@pytest.mark.parametrize("tol", [1e-4, 1e-6])
+def test_float32_model_keeps_a_float32_basis_and_converges(tol: float) -> None:
+    # a float32 model: Krylov basis and products in float32; λ_max against the float64 twin
+    net64, X64, Y64 = _setup([12, 40, 40, 4], 160, seed=31, act="relu", noise=0.3)
+    lam = curvature.sharpness(net64, "squared", X64, Y64, tol=1e-11).lambda_max  # float64
+    net32 = models.mlp([12, 40, 40, 4], activation="relu", seed=31, dtype=torch.float32)
+    net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
+    r = curvature.sharpness(net32, "squared", X64.float(), Y64.float(), tol=tol)
+    assert r.converged and r.vectors.dtype == F64
+    # |λ − λ_true| ≤ residual ≤ tol·λ (plus float32 rounding of H itself, ~1e-6·λ)
+    assert abs(r.lambda_max - lam) <= max(tol, 2e-6) * lam, (r.lambda_max, lam)
+    assert float(r.residuals[0]) <= 1.05 * tol * abs(r.lambda_max) + 2e-6 * lam
+    v = r.vectors[:, 0]
+    H64 = curvature.hvp_operator(net64, "squared", X64, Y64)
+    true = float((H64(v) - r.values[0] * v).norm())
+    assert true <= 1.05 * tol * lam + 2e-6 * lam, (true, r.residuals)
+
+
 def test_max_hvp_cap_reports_not_converged(medium) -> None:
     net, X, Y, ev = medium
     with pytest.warns(RuntimeWarning, match="did not reach"):
         r = curvature.sharpness(net, "squared", X, Y, k=1, tol=1e-14, max_hvp=5)
-    assert not r.converged and r.n_hvp == 6  # 5 + the residual product
+    assert not r.converged and r.n_hvp == 5  # the residual comes from the stored products
     assert r.values[0] <= ev[0] + 1e-12  # a Ritz value never overshoots λ_max
+    # the reported residual is the true ‖Hv − λv‖ of the returned vector, even unconverged
+    op = curvature.hvp_operator(net, "squared", X, Y)
+    v = r.vectors[:, 0]
+    true = (op(v) - r.values[0] * v).norm()
+    assert abs(float(true) - float(r.residuals[0])) <= 1e-9 * float(ev[0]), (true, r.residuals)
+    assert float(true) > 1e-6 * float(ev[0])  # and it is not trivially small
 
 
 # ------------------------------------------------------------------------------ trace
