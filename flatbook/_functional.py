@@ -48,3 +48,34 @@ def forward_fn(model: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Ten
         return functional_call(model, ({**params}, buffers), (x,))
 
     return f
+
+
+def batched_grad(output: Tensor, inputs: tuple[Tensor, ...] | list[Tensor], cotangents: Tensor,
+                 retain_graph: bool = True) -> tuple[Tensor | None, ...]:
+    """Vector–Jacobian products for a batch of cotangents, one backward per row, vectorised.
+
+    Returns, for each input x, ∂⟨c_j, output⟩/∂x stacked over j ([m, *x.shape], ``None`` where
+    the output does not depend on x): the same as ``torch.autograd.grad(output, inputs,
+    cotangents, is_grads_batched=True, allow_unused=True)``, whose shape validation imports
+    sympy on its first call in a process (~0.7 s on CPU: longer than a whole measurement of a
+    small model). The cotangents [m, *output.shape] are right by construction here, so the
+    engine is called directly (torch's own ``_vmap`` over ``_engine_run_backward``, exactly
+    as ``torch.autograd.grad`` does after that check); where those private names are missing
+    (another torch version) the public call is used.
+    """
+    if cotangents.shape[1:] != output.shape:
+        raise ValueError(f"cotangents must have shape [m, *{tuple(output.shape)}]; got "
+                         f"{tuple(cotangents.shape)}")
+    ins = tuple(inputs)
+    try:
+        from torch._vmap_internals import _vmap
+        from torch.autograd.graph import _engine_run_backward
+    except ImportError:  # pragma: no cover - other torch versions
+        return torch.autograd.grad(output, ins, cotangents, retain_graph=retain_graph,
+                                   is_grads_batched=True, allow_unused=True)
+
+    def vjp(c: Tensor) -> tuple[Tensor | None, ...]:
+        return _engine_run_backward((output,), (c,), retain_graph, False, ins, True,
+                                    accumulate_grad=False)
+
+    return _vmap(vjp, 0, 0, allow_none_pass_through=True)(cotangents)

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from flatbook import curvature, losses
+from flatbook._functional import batched_grad
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
 
@@ -699,7 +700,8 @@ class Probe:
             r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
             zs = [calls[id(m)][0][1] for m in order]
             ws = [m.weight for m in order]
-            grads = torch.autograd.grad(F, zs + ws, r, allow_unused=True)
+            # the gradient of the scalar r·f (not grad_outputs=r: torch imports sympy for that)
+            grads = torch.autograd.grad((F * r).sum(), zs + ws, allow_unused=True)
             ok = []
             for i, m in enumerate(order):
                 gz, gw = grads[i], grads[len(order) + i]
@@ -876,8 +878,7 @@ class Probe:
                     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
                         k, b, k)
                     try:
-                        gs = torch.autograd.grad(F, ins, eye, is_grads_batched=True,
-                                                 allow_unused=True)
+                        gs = batched_grad(F, ins, eye)
                     except RuntimeError:
                         return False
                     gs = [torch.zeros(k, *t.shape, dtype=t.dtype, device=t.device)
@@ -906,9 +907,9 @@ class Probe:
     def measure(self, total: bool | None = None) -> Measured:
         """One Jacobian sweep over the data: J_x, every path Jacobian J_l = G_l W_l (with
         G_l = ∂f/∂z_l) and every total Jacobian ∂f/∂h_{l−1}, all from the same k reverse
-        passes per chunk: one batched ``torch.autograd.grad`` (``is_grads_batched``) of the
-        chunk's outputs, checked once for samples that do not interact (else, and for ops
-        without a batching rule, one ``vmap(jacrev)`` per chunk as before).
+        passes per chunk: one batched backward (:func:`flatbook._functional.batched_grad`,
+        identity cotangents) of the chunk's outputs, checked once for samples that do not
+        interact (else, and for ops without a batching rule, one ``vmap(jacrev)`` per chunk).
 
         Args:
             total: measure the total sensitivity at the producer of h_{l−1}; default: for
