@@ -26,6 +26,7 @@ machine better than the seconds; the last column is the peer's time over flatboo
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.metadata
 import os
@@ -129,6 +130,7 @@ def backpack_gn_trace(net: nn.Module, X: Tensor, Y: Tensor) -> float:
     from backpack import backpack, extend
     from backpack.extensions import DiagGGNExact
 
+    net = copy.deepcopy(net)  # extend() registers hooks on the model: keep flatbook's clean
     model = extend(net, use_converter=not isinstance(net, nn.Sequential) or any(
         isinstance(m, BasicBlock) for m in net.modules()))
     lossf = extend(nn.MSELoss(reduction="mean"))

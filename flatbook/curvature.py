@@ -636,6 +636,13 @@ def _layer_gram(D: Tensor, U: Tensor) -> Tensor:
     return torch.cat(out)
 
 
+def _grad_of_sum(F: Tensor, r: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """∂(r·F)/∂inputs: the vector-Jacobian product rᵀ∂F as the gradient of a scalar (the
+    ``grad_outputs=r`` form makes torch import sympy on its first call, ~0.7 s)."""
+    with torch.enable_grad():
+        return torch.autograd.grad((F * r).sum(), inputs, allow_unused=True)
+
+
 def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
                   ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense and
@@ -676,14 +683,15 @@ def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
     try:
         deltas = batched_grad(F, zs, eye)
     except RuntimeError:
-        per_c = [torch.autograd.grad(F, zs, eye[c], retain_graph=True, allow_unused=True)
-                 for c in range(k)]
+        with torch.enable_grad():
+            per_c = [torch.autograd.grad(F[:, c].sum(), zs, retain_graph=True,
+                                         allow_unused=True) for c in range(k)]
         deltas = tuple(None if d[0] is None else torch.stack(d)
                        for d in zip(*per_c, strict=True))
     r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
     targets = [p for m in mods for p in (m.weight, m.bias) if p is not None and id(p) in by_id]
     true_grads = dict(zip(map(id, targets),
-                          torch.autograd.grad(F, targets, r, allow_unused=True), strict=True))
+                          _grad_of_sum(F, r, targets), strict=True))
     out: dict[str, Tensor] = {}
     i = 0
     tol = 1e3 * torch.finfo(F.dtype).eps

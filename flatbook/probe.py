@@ -701,7 +701,8 @@ class Probe:
             zs = [calls[id(m)][0][1] for m in order]
             ws = [m.weight for m in order]
             # the gradient of the scalar r·f (not grad_outputs=r: torch imports sympy for that)
-            grads = torch.autograd.grad((F * r).sum(), zs + ws, allow_unused=True)
+            with torch.enable_grad():
+                grads = torch.autograd.grad((F * r).sum(), zs + ws, allow_unused=True)
             ok = []
             for i, m in enumerate(order):
                 gz, gw = grads[i], grads[len(order) + i]

@@ -165,3 +165,30 @@ def test_t7_sgd_uses_the_training_set_size_not_the_evaluation_subset() -> None:
     p16 = (16 - batch) / (batch * 15)
     assert d16["t7_sgd_rhs"] == pytest.approx(2 * 3 / (p16 * lr), rel=1e-12)
     assert d16["t7_sgd_rhs"] != pytest.approx(d["t7_sgd_rhs"])
+
+
+def test_report_does_not_import_sympy() -> None:
+    # torch.autograd.grad with grad_outputs imports sympy on its first call in a process
+    # (~0.7 s, more than a whole report of a small model); the measurement path avoids it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, flatbook\n"
+        "from flatbook import models, curvature\n"
+        "net = models.mlp([6, 16, 3], seed=0)\n"
+        "X = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))\n"
+        "Y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).float()\n"
+        "r = flatbook.report(net, X, Y, tol=1e-4)\n"
+        "t = curvature.trace(net, 'squared', X, Y, method='gn').value\n"
+        "with torch.no_grad():  # the scalar form of a VJP must still see a graph\n"
+        "    r0 = flatbook.report(net, X, Y, tol=1e-4)\n"
+        "    t0 = curvature.trace(net, 'squared', X, Y, method='gn').value\n"
+        "assert r.scalars['lambda_max'] > 0 and t > 0\n"
+        "assert r0.scalars['lambda_max'] == r.scalars['lambda_max'] and t0 == t\n"
+        "assert r0.scalars['n_dense'] == r.scalars['n_dense'] == 2\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
