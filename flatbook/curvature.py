@@ -1145,7 +1145,7 @@ def sharpness(
     """Top-k eigenvalues λ_1 ≥ … ≥ λ_k of the loss Hessian H (sharpness, paper.md §1, T7).
 
     Krylov (Lanczos) iteration on v ↦ Hv (:func:`hvp_operator`) from a seeded Gaussian start
-    vector plus the gradient's direction (:func:`_start_vector`), stopped when every Ritz pair
+    vector plus the gradient's direction (``_start_vector``), stopped when every Ritz pair
     satisfies ‖Hv − λv‖ ≤ tol·|λ| (then |λ − λ_true| ≤ tol·|λ|, and typically
     ≤ (tol·λ)²/gap). The residuals reported are then
     computed from Hessian-vector products (see :class:`SharpnessResult`). The Krylov basis is

@@ -908,7 +908,7 @@ class Probe:
     def measure(self, total: bool | None = None) -> Measured:
         """One Jacobian sweep over the data: J_x, every path Jacobian J_l = G_l W_l (with
         G_l = ∂f/∂z_l) and every total Jacobian ∂f/∂h_{l−1}, all from the same k reverse
-        passes per chunk: one batched backward (:func:`flatbook._functional.batched_grad`,
+        passes per chunk: one batched backward (``flatbook._functional.batched_grad``,
         identity cotangents) of the chunk's outputs, checked once for samples that do not
         interact (else, and for ops without a batching rule, one ``vmap(jacrev)`` per chunk).
 
