@@ -168,11 +168,12 @@ class PowerIterationRunner:
         return float(a.mean()), float(a.std(ddof=1) / np.sqrt(n)), self.count
 
 
-def curvlinops_lambda_max(net: nn.Module, X: Tensor, Y: Tensor, tol: float
+def curvlinops_lambda_max(net: nn.Module, X: Tensor, Y: Tensor, tol: float, seed: int = 0
                           ) -> tuple[float, int]:
-    """curvlinops HessianLinearOperator + scipy eigsh (MSELoss(sum) rescaled to (1/2n)Σ‖·‖²)."""
+    """curvlinops HessianLinearOperator + scipy eigsh on (1/2n) Σ‖f − y‖² (= MSELoss(sum)/2n),
+    in the model's precision, from a seeded Gaussian start; returns (λ_max, products)."""
     from curvlinops import HessianLinearOperator
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     params = [p for p in net.parameters() if p.requires_grad]
     n = X.shape[0]
@@ -184,10 +185,8 @@ def curvlinops_lambda_max(net: nn.Module, X: Tensor, Y: Tensor, tol: float
         count[0] += 1
         return A @ x
 
-    from scipy.sparse.linalg import LinearOperator
-
-    L = LinearOperator(A.shape, matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(A.shape[0])
+    L = LinearOperator(A.shape, matvec=mv, dtype=A.dtype)
+    v0 = np.random.default_rng(seed).standard_normal(A.shape[0]).astype(A.dtype)
     w = eigsh(L, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
     return float(w[0]) / (2 * n), count[0]
 

@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +43,7 @@ import flatbook
 from flatbook import curvature
 
 sys.path.insert(0, os.path.dirname(__file__))
+from curvature_bench import curvlinops_lambda_max  # noqa: E402
 from scale_bench import gradient_time, problem  # noqa: E402
 
 ROWS: list[dict[str, Any]] = []
@@ -101,28 +101,6 @@ def add(problem_name: str, what: str, method: str, value: float, products: str, 
     ROWS.append(r)
     print(f"  {what:<8} {method:<34} {value:>12.6g}  {products:>8}  {s:8.2f} s "
           f"{s / unit:7.1f} grads  {ratio}", flush=True)
-
-
-def curvlinops_lambda_max(net: nn.Module, X: Tensor, Y: Tensor, tol: float, seed: int = 0
-                          ) -> tuple[float, int]:
-    """curvlinops HessianLinearOperator + scipy eigsh on (1/2n) Σ‖f − y‖² (= MSELoss(sum)/2n)."""
-    from curvlinops import HessianLinearOperator
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    params = [p for p in net.parameters() if p.requires_grad]
-    n = X.shape[0]
-    H = HessianLinearOperator(net, nn.MSELoss(reduction="sum"), params, [(X, Y)])
-    A = H.to_scipy()
-    count = [0]
-
-    def mv(x: np.ndarray) -> np.ndarray:
-        count[0] += 1
-        return A @ x
-
-    L = LinearOperator(A.shape, matvec=mv, dtype=A.dtype)
-    v0 = np.random.default_rng(seed).standard_normal(A.shape[0]).astype(A.dtype)
-    w = eigsh(L, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-    return float(w[0]) / (2 * n), count[0]
 
 
 def backpack_gn_trace(net: nn.Module, X: Tensor, Y: Tensor) -> float:
