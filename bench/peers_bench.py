@@ -32,7 +32,6 @@ import importlib.metadata
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +43,7 @@ from flatbook import curvature
 
 sys.path.insert(0, os.path.dirname(__file__))
 from curvature_bench import curvlinops_lambda_max  # noqa: E402
-from scale_bench import gradient_time, problem  # noqa: E402
+from scale_bench import gradient_time, problem, timed  # noqa: E402
 
 ROWS: list[dict[str, Any]] = []
 
@@ -82,12 +81,6 @@ def resnet18(width: int = 16, k: int = 10, seed: int = 0) -> nn.Module:
     net = nn.Sequential(*layers)
     net.eval()
     return net
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def unit_of(net: nn.Module, X: Tensor, Y: Tensor) -> Callable[[], float]:
