@@ -6,7 +6,7 @@ wrapper around :func:`torch.func.functional_call`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,18 +50,32 @@ def forward_fn(model: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Ten
     return f
 
 
-def batched_grad(output: Tensor, inputs: tuple[Tensor, ...] | list[Tensor], cotangents: Tensor,
-                 retain_graph: bool = True) -> tuple[Tensor | None, ...]:
+def grad_of_sum(output: Tensor, r: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False
+                ) -> tuple[Tensor | None, ...]:
+    """The vector–Jacobian product ∂⟨r, output⟩/∂inputs as the gradient of the scalar
+    (output · r).sum() (``None`` where the output does not depend on an input), under
+    ``torch.enable_grad`` so that it also works inside ``torch.no_grad``. The equivalent
+    ``torch.autograd.grad(output, inputs, r)`` imports sympy on its first call in a process
+    (~0.7 s on CPU: longer than a whole measurement of a small model)."""
+    with torch.enable_grad():
+        return torch.autograd.grad((output * r).sum(), tuple(inputs), retain_graph=retain_graph,
+                                   allow_unused=True)
+
+
+def batched_grad(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor,
+                 retain_graph: bool = True, materialize: bool = False
+                 ) -> tuple[Tensor | None, ...]:
     """Vector–Jacobian products for a batch of cotangents, one backward per row, vectorised.
 
-    Returns, for each input x, ∂⟨c_j, output⟩/∂x stacked over j ([m, *x.shape], ``None`` where
-    the output does not depend on x): the same as ``torch.autograd.grad(output, inputs,
-    cotangents, is_grads_batched=True, allow_unused=True)``, whose shape validation imports
-    sympy on its first call in a process (~0.7 s on CPU: longer than a whole measurement of a
-    small model). The cotangents [m, *output.shape] are right by construction here, so the
-    engine is called directly (torch's own ``_vmap`` over ``_engine_run_backward``, exactly
-    as ``torch.autograd.grad`` does after that check); where those private names are missing
-    (another torch version) the public call is used.
+    Returns, for each input x, ∂⟨c_j, output⟩/∂x stacked over j ([m, *x.shape]; where the
+    output does not depend on x, ``None``, or zeros with ``materialize``): the same as
+    ``torch.autograd.grad(output, inputs, cotangents, is_grads_batched=True,
+    allow_unused=True)``, whose shape validation imports sympy on its first call in a process
+    (see :func:`grad_of_sum`). The cotangents [m, *output.shape] are right by construction here,
+    so the engine is called directly (torch's own ``_vmap`` over ``_engine_run_backward``,
+    exactly as ``torch.autograd.grad`` does after that check); where those private names are
+    missing (another torch version) the public call is used. An op without a batching rule
+    falls back to one :func:`grad_of_sum` per row (same numbers, m backward passes).
     """
     if cotangents.shape[1:] != output.shape:
         raise ValueError(f"cotangents must have shape [m, *{tuple(output.shape)}]; got "
@@ -70,12 +84,22 @@ def batched_grad(output: Tensor, inputs: tuple[Tensor, ...] | list[Tensor], cota
     try:
         from torch._vmap_internals import _vmap
         from torch.autograd.graph import _engine_run_backward
+
+        def vjp(c: Tensor) -> tuple[Tensor | None, ...]:
+            return _engine_run_backward((output,), (c,), retain_graph, False, ins, True,
+                                        accumulate_grad=False)
+
+        with torch.enable_grad():
+            gs = _vmap(vjp, 0, 0, allow_none_pass_through=True)(cotangents)
     except ImportError:  # pragma: no cover - other torch versions
-        return torch.autograd.grad(output, ins, cotangents, retain_graph=retain_graph,
-                                   is_grads_batched=True, allow_unused=True)
-
-    def vjp(c: Tensor) -> tuple[Tensor | None, ...]:
-        return _engine_run_backward((output,), (c,), retain_graph, False, ins, True,
-                                    accumulate_grad=False)
-
-    return _vmap(vjp, 0, 0, allow_none_pass_through=True)(cotangents)
+        gs = torch.autograd.grad(output, ins, cotangents, retain_graph=retain_graph,
+                                 is_grads_batched=True, allow_unused=True)
+    except RuntimeError:  # an op without a batching rule: one backward per row
+        m = cotangents.shape[0]
+        rows = [grad_of_sum(output, cotangents[j], ins, retain_graph or j < m - 1)
+                for j in range(m)]
+        gs = tuple(None if g[0] is None else torch.stack(g) for g in zip(*rows, strict=True))
+    if materialize:
+        gs = tuple(torch.zeros(cotangents.shape[0], *t.shape, dtype=t.dtype, device=t.device)
+                   if g is None else g for g, t in zip(gs, ins, strict=True))
+    return gs

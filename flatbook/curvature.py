@@ -58,7 +58,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
 
 from flatbook import losses
-from flatbook._functional import batched_grad, flatten, forward_fn, named_params, unflatten
+from flatbook._functional import (
+    batched_grad,
+    flatten,
+    forward_fn,
+    grad_of_sum,
+    named_params,
+    unflatten,
+)
 
 if TYPE_CHECKING:
     from scipy.sparse.linalg import LinearOperator
@@ -257,9 +264,7 @@ class _FlatLoss:
 
         def dd(gc: Tensor, leaves: tuple[Tensor, ...], v: Tensor, batched: bool) -> Tensor:
             if batched:
-                hs = tuple(torch.zeros(v.shape[0], *t.shape, dtype=t.dtype, device=t.device)
-                           if h is None else h
-                           for h, t in zip(batched_grad(gc, leaves, v), leaves, strict=True))
+                hs = batched_grad(gc, leaves, v, materialize=True)
             else:  # Hv = ∇(∇L·v): a scalar output (grad_outputs=v makes torch import sympy,
                 # ~0.7 s on the first call of a process)
                 hs = torch.autograd.grad((gc * v).sum(), leaves, retain_graph=True,
@@ -278,13 +283,7 @@ class _FlatLoss:
                 else:
                     leaves, _, gc = self._grad_graph(Xc, Yc, create_graph=True)
                 with torch.enable_grad():
-                    if not batched:
-                        hv = dd(gc, leaves, V, False)
-                    else:
-                        try:
-                            hv = dd(gc, leaves, V, True)
-                        except RuntimeError:  # an op without a batching rule: loop
-                            hv = torch.stack([dd(gc, leaves, v, False) for v in V])
+                    hv = dd(gc, leaves, V, batched)
                 if len(self.chunks) == 1 and w == 1.0:
                     out = hv.detach()
                 else:
@@ -639,13 +638,6 @@ def _layer_gram(D: Tensor, U: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-def _grad_of_sum(F: Tensor, r: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, ...]:
-    """∂(r·F)/∂inputs: the vector-Jacobian product rᵀ∂F as the gradient of a scalar (the
-    ``grad_outputs=r`` form makes torch import sympy on its first call, ~0.7 s)."""
-    with torch.enable_grad():
-        return torch.autograd.grad((F * r).sum(), inputs, allow_unused=True)
-
-
 def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
                   ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense and
@@ -683,18 +675,11 @@ def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
     mods = list(calls)
     zs = [z for m in mods for _, z in calls[m]]
     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
-    try:
-        deltas = batched_grad(F, zs, eye)
-    except RuntimeError:
-        with torch.enable_grad():
-            per_c = [torch.autograd.grad(F[:, c].sum(), zs, retain_graph=True,
-                                         allow_unused=True) for c in range(k)]
-        deltas = tuple(None if d[0] is None else torch.stack(d)
-                       for d in zip(*per_c, strict=True))
+    deltas = batched_grad(F, zs, eye)
     r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
     targets = [p for m in mods for p in (m.weight, m.bias) if p is not None and id(p) in by_id]
     true_grads = dict(zip(map(id, targets),
-                          _grad_of_sum(F, r, targets), strict=True))
+                          grad_of_sum(F, r, targets), strict=True))
     out: dict[str, Tensor] = {}
     i = 0
     tol = 1e3 * torch.finfo(F.dtype).eps
@@ -822,13 +807,24 @@ def _forward_check(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]
     c = _check_chunk(chunk, X.shape[0]) if chunk is not None else min(1024, X.shape[0])
     with torch.no_grad(), eval_mode(model):
         F = torch.cat([model(X[s : s + c]) for s in range(0, X.shape[0], c)])
+    check_loss_on_outputs(loss_fn, F, Y)
+    return F.detach()
+
+
+def check_loss_on_outputs(loss_fn: Callable[[Tensor, Tensor], Tensor], F: Tensor, Y: Tensor
+                          ) -> float:
+    """L(F, Y) evaluated twice on the same outputs F [n, k]: finite (else ``ValueError``) and
+    the same to 64 ulp (else :class:`NondeterminismError`: a loss that shuffles, subsamples or
+    is random). Returns L. The determinism check of everything whose θ-dependence goes
+    through f alone, once f itself has been checked (the GN trace, ``flatbook.report``)."""
+    with torch.no_grad():
         l1, l2 = loss_fn(F, Y), loss_fn(F, Y)
     if not torch.isfinite(l1):
         raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
     dl = (l1 - l2).abs().item()
     if dl > 64 * torch.finfo(l1.dtype).eps * max(abs(l1.item()), 1e-30):
         raise NondeterminismError(_nondeterminism_message(f"|ΔL| = {dl:.3g}"))
-    return F.detach()
+    return float(l1)
 
 
 def _ggn_trace_terms(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -1027,7 +1023,7 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
             # coupling to Q is zero (H Q = Q T exactly)
             w = torch.randn(P, generator=gen, dtype=f64).to(dtype=dtype, device=dev)
             for _ in range(2):
-                w.sub_((Q[:m] @ w) @ Q[:m])
+                _subtract(Q[:m], _project(Q[:m], w), w)
             beta = float(w.norm())
         else:
             coupling[m - 1] = beta

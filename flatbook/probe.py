@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from flatbook import curvature, losses
-from flatbook._functional import batched_grad
+from flatbook._functional import batched_grad, grad_of_sum
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
 
@@ -700,9 +700,7 @@ class Probe:
             r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
             zs = [calls[id(m)][0][1] for m in order]
             ws = [m.weight for m in order]
-            # the gradient of the scalar r·f (not grad_outputs=r: torch imports sympy for that)
-            with torch.enable_grad():
-                grads = torch.autograd.grad((F * r).sum(), zs + ws, allow_unused=True)
+            grads = grad_of_sum(F, r, zs + ws)
             ok = []
             for i, m in enumerate(order):
                 gz, gw = grads[i], grads[len(order) + i]
@@ -879,11 +877,9 @@ class Probe:
                     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
                         k, b, k)
                     try:
-                        gs = batched_grad(F, ins, eye)
+                        gs = batched_grad(F, ins, eye, materialize=True)
                     except RuntimeError:
                         return False
-                    gs = [torch.zeros(k, *t.shape, dtype=t.dtype, device=t.device)
-                          if g is None else g for g, t in zip(gs, ins, strict=True)]
                     it = iter(g.detach().transpose(0, 1) for g in gs)  # [b, k, ·]
                     if with_x:
                         res[0].append(next(it))

@@ -363,16 +363,7 @@ def report(
             # The probe has checked that f is deterministic; the loss is checked here on its
             # outputs (twice, finite), so the gradient-level determinism probe of
             # ``sharpness`` (two more gradients) is not repeated.
-            with torch.no_grad():
-                l2 = float(loss_fn(F, Y))
-            if not math.isfinite(loss_val):
-                raise ValueError(f"loss is not finite at the current parameters "
-                                 f"(L = {loss_val})")
-            if abs(l2 - loss_val) > 64 * torch.finfo(F.dtype).eps * max(abs(loss_val), 1e-30):
-                raise curvature.NondeterminismError(
-                    "the loss is not a deterministic function of the outputs: two evaluations "
-                    f"on the same f(X) differ by {abs(l2 - loss_val):.3g} (a loss that "
-                    "shuffles, subsamples or is random); curvature needs a fixed loss")
+            curvature.check_loss_on_outputs(loss_fn, F, Y)
             sharp = curvature.sharpness(fn, loss_spec, X, Y, k=k, tol=tol, seed=seed,
                                         check=False)
             lam = sharp.lambda_max

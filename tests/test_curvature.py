@@ -482,3 +482,31 @@ def test_ghost_norms_equal_jacrev(make, shape: tuple[int, ...]) -> None:
         assert torch.allclose(fast[name], ref[name], rtol=1e-12, atol=1e-14), name
     with pytest.raises(ValueError, match="allowed"):
         curvature.jacobian_sqnorms(net, X, method="loop")
+
+
+def test_batched_grad_row_fallback_equals_vectorised(monkeypatch) -> None:
+    # an op without a batching rule makes _vmap raise: batched_grad then takes one scalar
+    # backward per cotangent row, with the same numbers (and None / zeros for unused inputs)
+    import torch._vmap_internals as vi
+
+    from flatbook._functional import batched_grad
+
+    g = _gen(3)
+    a = torch.randn(5, 4, generator=g, dtype=F64, requires_grad=True)
+    b = torch.randn(4, 3, generator=g, dtype=F64, requires_grad=True)
+    unused = torch.randn(2, dtype=F64, requires_grad=True)
+    out = torch.tanh(a @ b)
+    C = torch.randn(6, 5, 3, generator=g, dtype=F64)
+    ref = batched_grad(out, [a, b, unused], C)
+    assert ref[2] is None
+    want = [torch.stack([torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in C])
+            for x in (a, b)]
+
+    def no_batching(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(vi, "_vmap", no_batching)
+    rows = batched_grad(out, [a, b, unused], C, materialize=True)
+    for r, v, w in zip(rows[:2], ref[:2], want, strict=True):
+        assert torch.allclose(r, v, rtol=1e-12, atol=1e-14) and torch.allclose(r, w, rtol=1e-12)
+    assert torch.equal(rows[2], torch.zeros(6, 2, dtype=F64))
