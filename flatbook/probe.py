@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from flatbook import curvature, losses
+from flatbook import checks, curvature, losses
 from flatbook._functional import batched_grad, grad_of_sum
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
@@ -86,6 +86,23 @@ class DataSet:
     fields: tuple[tuple[str, tuple[int, ...], torch.dtype], ...] | None = None
 
 
+def _is_array(obj: object) -> bool:
+    """Whether ``obj`` is a numpy array (numpy imported lazily: it is torch's dependency)."""
+    import numpy as np
+
+    return isinstance(obj, np.ndarray)
+
+
+def _check_tensor_arg(value: object, name: str) -> None:
+    """TypeError unless ``value`` is a tensor or None; a numpy array is told torch.from_numpy."""
+    if value is None or isinstance(value, Tensor):
+        return
+    if _is_array(value):
+        raise TypeError(f"{name} is a numpy array: pass torch.from_numpy({name}) (flatbook "
+                        "measures torch tensors; floating arrays are cast to the model's dtype)")
+    raise TypeError(f"{name} must be a torch.Tensor or None; got {type(value).__name__}")
+
+
 def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
     if isinstance(item, Tensor):
         return item, None
@@ -97,15 +114,24 @@ def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
                 raise TypeError(f"{where}: dict input fields {bad} are not tensors")
             return x, (None if y is None else torch.as_tensor(y))  # type: ignore[return-value]
         if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: x must be a torch.Tensor; got {type(x).__name__}")
+            how = " (convert it with torch.from_numpy(x))" if _is_array(x) else ""
+            raise TypeError(f"{where}: x must be a torch.Tensor; got {type(x).__name__}{how}")
         if y is not None and not isinstance(y, Tensor):
             y = torch.as_tensor(y)
         return x, y
     if isinstance(item, Mapping):
+        keys = sorted(map(str, item))
+        y = next((k for k in ("labels", "label", "y", "target", "targets") if k in item), None)
+        split = (f"({{k: v for k, v in b.items() if k != {y!r}}}, b[{y!r}])" if y
+                 else "(inputs_dict, y)")
         raise TypeError(
-            f"{where}: a batch is a dict; give batches as (x, y) tuples with x a tensor (wrap "
-            "dict inputs in an nn.Module whose forward takes one tensor)"
+            f"{where}: a batch is a dict (keys {keys}); flatbook reads batches (x, y) where x may "
+            f"be a dict of tensors: pass [{split} for b in loader] and "
+            "forward=lambda model, x: model(**x) (how to call the model on the dict)"
         )
+    if _is_array(item):
+        raise TypeError(f"{where}: a batch is a {type(item).__name__}: convert it with "
+                        "torch.from_numpy(x) (batches are tensors or (x, y) pairs of tensors)")
     raise TypeError(
         f"{where}: each batch must be a tensor x or a pair (x, y) of tensors; got "
         f"{type(item).__name__}"
@@ -197,13 +223,13 @@ def resolve_data(data: object, Y: object = None) -> DataSet:
     """
     from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
+    if _is_array(data):
+        _check_tensor_arg(data, "X")
     if isinstance(data, Tensor):
-        if Y is not None and not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
-        return DataSet(data.detach(), None if Y is None else Y.detach(), "tensors")
+        _check_tensor_arg(Y, "Y")
+        return DataSet(data.detach(), None if Y is None else Y.detach(), "tensors")  # type: ignore[union-attr]
     if isinstance(data, Mapping) and all(isinstance(v, Tensor) for v in data.values()):
-        if Y is not None and not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
+        _check_tensor_arg(Y, "Y")
         Xp, fields = _pack(data, "X")  # type: ignore[arg-type]
         return DataSet(Xp, None if Y is None else Y.detach(), "dict of tensors", fields)
     if Y is not None:
@@ -431,6 +457,21 @@ def _param_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return dt, ps[0].device
 
 
+def _sequential_aliases(model: nn.Module, calls: Mapping[int, list[tuple[Tensor, Tensor]]]
+                        ) -> dict[int, str]:
+    """``{id(item): "l{j}"}`` for the top-level ``nn.Linear`` items of an ``nn.Sequential``
+    applied to one vector per sample ([b, p] input), j counting them in item order — frozen,
+    tied or unselected ones included, so that a key names the same item whatever is measured
+    (the numbering of :func:`flatbook.layers.dense_layers`). ``calls``: id(module) → its
+    hooked (input, output) pairs of one forward pass."""
+    alias: dict[int, str] = {}
+    for item in model:
+        c = calls.get(id(item), [])
+        if isinstance(item, nn.Linear) and id(item) not in alias and c and c[0][0].ndim == 2:
+            alias[id(item)] = f"l{len(alias) + 1}"
+    return alias
+
+
 class Probe:
     """A model and a fixed data set, resolved once (see the module docstring).
 
@@ -490,8 +531,9 @@ class Probe:
         self._select = layers
         self._chunk = chunk
         self._check = check
-        self.notes: list[str] = []
+        self.notes: list[str] = checks.mode_notes(model)
         self.dtype, self.device = _param_dtype(model)
+        checks.check_finite_weights(model)
         data = resolve_data(X, Y)
         self.source = data.source
         self.fields = data.fields
@@ -505,9 +547,15 @@ class Probe:
             )
         self.X = self._cast_x(data.X)
         self._Y_given = data.Y
+        checks.check_finite(self.X, "X")
+        if data.Y is not None:
+            checks.check_finite(data.Y, "Y")
+        if self.fields is None:
+            checks.check_input_scale(self.X)
         self.loss, self.loss_notes = losses.resolve(loss)
         self._ctx: contextlib.ExitStack | None = None
         self._layers: list[ProbedLayer] | None = None
+        self.measured: Measured | None = None  # the last sweep of :meth:`measure`
         self.skipped: dict[str, str] = {}
         self._base: nn.Module = (
             model if forward is None and self.fields is None
@@ -574,7 +622,7 @@ class Probe:
             self._ctx = None
 
     def _resolve(self) -> None:
-        x1 = self.X[:1]
+        x1 = self.X[:2]  # two samples: a model with batch statistics fails on one
         try:
             with torch.no_grad():
                 out = self._base(x1)
@@ -592,6 +640,10 @@ class Probe:
             select_output(out, self._output)  # raises a clear error for tuple/dict outputs
             self.fn = _Output(self._base, self._output)
         self.F = self.forward(self.X)
+        checks.check_finite(self.F, "the model output f(X)", hint=(
+            "inputs and weights are finite, so the forward pass overflows or divides by zero; "
+            "rescale the inputs or measure a float64 copy"))
+        checks.check_samples_independent(self.fn, self.X)
         if self._check:
             F2 = self.forward(self.X)
             eps = torch.finfo(self.dtype).eps
@@ -717,15 +769,11 @@ class Probe:
                                                   "module's forward call")
             order = ok
         out: list[ProbedLayer] = []
-        n_top = 0
+        alias = _sequential_aliases(model, calls) if top else {}
         for l, m in enumerate(order, start=1):
             qn = names[id(m)]
             idx = top.get(id(m))
-            if idx is not None:
-                n_top += 1
-                name = f"l{n_top}"
-            else:
-                name = qn
+            name = alias.get(id(m), qn)
             h = calls[id(m)][0][0]
             wname = next(n for n, p in self.fn.named_parameters() if p is m.weight)
             prod = produced.get(id(h))
@@ -834,6 +882,8 @@ class Probe:
         j ≠ 0) or autograd cannot batch the cotangents.
         """
         fn, shape, with_x = self.fn, self.X.shape[1:], self.float_input
+        if not (with_x or layers or pnames):  # token ids and no dense layer: no Jacobian to take
+            return True
         zeta: dict[str, Tensor] = {}
 
         def post(name: str) -> Callable[..., Any]:
@@ -1001,6 +1051,7 @@ class Probe:
             out.layers[L.name] = LayerResult(layer=L, H=H[L.name].reshape(self.n, -1), J=J,
                                              J_total=JT, skip=skip,
                                              G=torch.cat(Gl[L.name]) if batched else None)
+        self.measured = out
         return out
 
     def representation_jacobian(self, qualname: str) -> tuple[Tensor, Tensor]:

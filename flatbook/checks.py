@@ -1,0 +1,211 @@
+"""Checks of a measurement's model and data: each failure named, before anything is computed.
+
+A measurement (:class:`flatbook.probe.Probe`, :func:`flatbook.report`) needs a fixed,
+finite data set and a model x ↦ f(x) that maps each sample on its own. What goes wrong
+otherwise is named here instead of surfacing as NaN, −∞ or an unrelated torch error:
+
+- non-finite inputs, targets, weights or outputs → :class:`BadDataError` ("bad data: …", naming
+  which tensor and the first bad sample);
+- inputs so large that ‖x‖² overflows the model's dtype → :class:`BadDataError`;
+- a model whose output for one sample depends on the other samples of the batch (batch
+  statistics, ``x − x.mean(0)``) → :class:`SampleMixingError`: per-sample Jacobians J_i =
+  ∂f(x_i)/∂x_i and ∂f(x_i)/∂θ are then not defined by the sample alone;
+- the mode switches a measurement makes (train → eval, fused attention → math kernel) →
+  notes for the report (:func:`mode_notes`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from flatbook._validate import BadDataError
+
+__all__ = [
+    "BadDataError",
+    "SampleMixingError",
+    "check_finite",
+    "check_finite_weights",
+    "check_input_scale",
+    "check_samples_independent",
+    "check_tol",
+    "mode_notes",
+]
+
+
+class SampleMixingError(ValueError):
+    """The model's output for one sample depends on the other samples in the batch."""
+
+
+def check_finite(T: Tensor, name: str,
+                 hint: str = "clean or drop them before measuring") -> None:
+    """Raise :class:`BadDataError` if the floating tensor ``T`` [n, …] has NaN or ±inf entries,
+    naming ``name``, how many of the n samples are affected, the first one, and ``hint``."""
+    if not (T.is_floating_point() or T.is_complex()) or T.numel() == 0:
+        return
+    bad = ~torch.isfinite(T.reshape(T.shape[0], -1) if T.ndim else T.reshape(1, 1)).all(1)
+    if bool(bad.any()):
+        idx = bad.nonzero()[:, 0].tolist()
+        raise BadDataError(
+            f"bad data: {name} has non-finite values (NaN or inf) in {len(idx)} of "
+            f"{bad.shape[0]} samples (first: sample {idx[0]}); {hint}"
+        )
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise :class:`BadDataError` naming every parameter of ``model`` with NaN/inf entries."""
+    bad = [n for n, p in model.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise BadDataError(f"bad data: the model's weights are not finite (NaN or inf) in {bad}: "
+                           "a diverged or corrupted model cannot be measured")
+
+
+def check_input_scale(X: Tensor, name: str = "X") -> None:
+    """Raise :class:`BadDataError` when ‖x_i‖² overflows X's dtype (every bound uses ‖x‖² and
+    ‖h‖²): max |x| · √d > √(finfo.max), e.g. |x| ≈ 1e30 in float32."""
+    if not X.is_floating_point() or X.numel() == 0:
+        return
+    d = max(1, X[0].numel())
+    big = float(X.abs().max())
+    limit = math.sqrt(torch.finfo(X.dtype).max / d)
+    if big > limit:
+        raise BadDataError(
+            f"bad data: {name} has entries of magnitude {big:.3g}: squared norms ‖x‖² overflow "
+            f"{X.dtype} (largest {torch.finfo(X.dtype).max:.3g}), so traces and volumes would "
+            "be NaN/−∞. Rescale the inputs, or measure a float64 copy (model.double(), "
+            "X.double())"
+        )
+
+
+def _split_outputs(fn: Callable[[Tensor], Tensor], X: Tensor, h: int) -> Tensor:
+    """f on X[:h] and X[h:] as two separate batches, concatenated."""
+    with torch.no_grad():
+        return torch.cat([fn(X[:h]).reshape(h, -1), fn(X[h:]).reshape(X.shape[0] - h, -1)])
+
+
+def _input_mixing(fn: Callable[[Tensor], Tensor], X: Tensor) -> float:
+    """max_{j≠0} ‖∂f(x_0)/∂x_j‖ over the batch X (0 when samples are independent)."""
+    x = X.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        F = fn(x).reshape(X.shape[0], -1)
+        (g,) = torch.autograd.grad(F[0].sum(), (x,), allow_unused=True)
+    return 0.0 if g is None else float(g[1:].abs().max())
+
+
+_MIXING = ("per-sample Jacobians are then not defined by the sample alone (each would be taken "
+           "at a batch of one). Typical causes: BatchNorm using batch statistics "
+           "(track_running_stats=False, or training=True forced inside forward), x − x.mean(0) "
+           "or other batch-axis reductions, attention across the batch axis. Use running "
+           "statistics (model.eval() with track_running_stats=True), LayerNorm/GroupNorm, or "
+           "per-sample normalisation")
+
+
+def check_samples_independent(fn: Callable[[Tensor], Tensor], X: Tensor,
+                              F: Tensor | None = None) -> None:
+    """Raise :class:`SampleMixingError` if f(x_i) depends on the other samples of its batch.
+
+    Two probes on the first m = min(n, 8) samples X_m: the outputs of one batch X_m and of two
+    batches (a split of X_m) must agree to √ε·max|f| (any input dtype); for floating inputs,
+    ∂f(x_0)/∂x_j must vanish for j ≠ 0 (one backward pass). ``F``: f(X_m) if already known.
+    """
+    n = X.shape[0]
+    if n < 2:
+        return
+    m = min(n, 8)
+    Xm = X[:m]
+    h = 2 if m >= 4 else 1
+    if F is None:
+        with torch.no_grad():
+            F = fn(Xm)
+    F = F[:m].reshape(m, -1)
+    try:
+        F2 = _split_outputs(fn, Xm, h)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SampleMixingError(
+            f"the model runs on a batch of {m} samples but fails on a batch of {h} ({first}): "
+            f"its output depends on the batch, and {_MIXING}") from None
+    eps = torch.finfo(F.dtype).eps
+    scale = max(float(F.abs().max()), 1e-300)
+    diff = float((F - F2).abs().max())
+    if diff > math.sqrt(eps) * scale:
+        raise SampleMixingError(
+            f"the model's output for a sample depends on the other samples in its batch "
+            f"(f(X[:{m}]) in one batch vs in batches of {h} and {m - h}: max |Δf| = {diff:.3g}); "
+            f"{_MIXING}")
+    if X.is_floating_point() and _input_mixing(fn, Xm) > 0:
+        raise SampleMixingError(
+            "the model's output for sample 0 depends on the inputs of other samples in its "
+            f"batch (∂f(x_0)/∂x_j ≠ 0 for j ≠ 0); {_MIXING}")
+
+
+def check_tol(tol: object, name: str = "tol") -> float:
+    """``tol`` as a float in (0, 1) (a relative residual tolerance), else ``ValueError``."""
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) \
+            or not 0 < tol < 1:
+        raise ValueError(
+            f"{name} must be a relative tolerance in (0, 1), e.g. 1e-6 (λ_max to about "
+            f"six digits) or 1e-3 (faster); got {tol!r}. A tolerance ≥ 1 accepts any Ritz "
+            "value as converged")
+    return float(tol)
+
+
+_NOISY = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _few(names: list[str]) -> str:
+    return f"{names[:6]}{' …' if len(names) > 6 else ''}"
+
+
+def mode_notes(model: nn.Module) -> list[str]:
+    """Notes naming the mode switches a measurement makes (:func:`flatbook.curvature.eval_mode`)
+    that can change f: dropout / BatchNorm modules (and modules of your own, which may read
+    ``self.training``) in training mode are measured in eval mode; attention is computed by the
+    math kernel without the fused fast path. Switching a module without mode-dependent
+    behaviour (``nn.Linear``, ``nn.Tanh``) changes nothing and is not noted."""
+    notes: list[str] = []
+    training = [(n or "model", m) for n, m in model.named_modules() if m.training]
+    changed = [n for n, m in training if isinstance(m, _NOISY)]
+    custom = [n for n, m in training if not type(m).__module__.startswith("torch.")]
+    if changed or custom:
+        what = []
+        if changed:
+            what.append(f"{_few(changed)} change behaviour (dropout off, BatchNorm with running "
+                        "statistics)")
+        if custom:
+            what.append(f"custom modules {_few(custom)} may read self.training")
+        notes.append(f"model was in training mode; measured in eval mode: {'; '.join(what)}. "
+                     "The flags are restored afterwards")
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        notes.append("attention measured with the math scaled-dot-product kernel and the fused "
+                     "nn.MultiheadAttention fast path off (the same function, with a double "
+                     "backward); restored afterwards")
+    return notes
+
+
+def measurement_notes(scalars: dict[str, float], frob_sq: Tensor) -> list[str]:
+    """Notes on numbers that are right but look broken: a non-finite trace or λ_max (overflow
+    of the model's dtype), and input Jacobians J_x that vanish exactly (‖J_x‖_F = 0: MLS 0,
+    log LVR −∞ — saturated units, or f does not depend on x).
+
+    Args:
+        scalars: the report's global keys (``trace_gn``, ``lambda_max``, …).
+        frob_sq: ‖J_x(x_i)‖_F² per sample, [n] (NaN for integer inputs).
+    """
+    notes: list[str] = []
+    skipped = math.isnan(scalars.get("lambda_max", 0.0))  # NaN λ_max: not computed
+    bad = [k for k in ("trace_gn", "trace_ggn", "lambda_max") if k in scalars
+           and not math.isfinite(scalars[k]) and not (k == "lambda_max" and skipped)]
+    if bad:
+        notes.append(f"{bad} not finite although data and weights are: the computation "
+                     "overflowed the model's dtype; measure a float64 copy or rescale the inputs")
+    zero = int((frob_sq == 0).sum())
+    if zero:
+        notes.append(f"the input Jacobian J_x is exactly 0 for {zero} of {frob_sq.shape[0]} "
+                     "samples (MLS 0, log LVR −∞ there): saturated units, or f does not depend "
+                     "on x")
+    return notes
