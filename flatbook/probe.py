@@ -457,6 +457,43 @@ def _param_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return dt, ps[0].device
 
 
+@dataclass
+class _Trace:
+    """What one hooked forward pass saw (:meth:`Probe._trace_forward`): module names and the
+    modules owning each parameter (by id), each ``nn.Linear``'s (input, output) per call, the
+    first module producing each tensor, call counts, the output F and the tensors kept alive
+    (their ids key ``produced``)."""
+
+    names: dict[int, str]
+    owners: dict[int, set[int]]
+    calls: dict[int, list[tuple[Tensor, Tensor]]]
+    produced: dict[int, str]
+    counts: dict[int, int]
+    F: Tensor | None = None
+    keep: list[Tensor] = field(default_factory=list)
+
+
+def _skip_reason(m: nn.Linear, tr: _Trace) -> str | None:
+    """Why the ``nn.Linear`` ``m`` is not a dense layer (frozen, tied, never called, called
+    more than once, token-wise), or ``None`` if it is one so far."""
+    c = tr.calls[id(m)]
+    w = m.weight
+    if not w.requires_grad:
+        return "not measured: frozen weight"
+    if len(tr.owners.get(id(w), ())) > 1:
+        return "shared weights: W is tied to another module's parameter"
+    if not c:
+        return ("not measured: never called in forward (its weight is used functionally, e.g. "
+                "MultiheadAttention.out_proj)" if tr.counts.get(id(m), 0) == 0
+                else "not measured")
+    if len(c) > 1:
+        return f"shared weights: called {len(c)} times per forward"
+    if c[0][0].ndim != 2:
+        return (f"shared weights: token-wise (input {tuple(c[0][0].shape)}, one weight at "
+                "every position)")
+    return None
+
+
 def _sequential_aliases(model: nn.Module, calls: Mapping[int, list[tuple[Tensor, Tensor]]]
                         ) -> dict[int, str]:
     """``{id(item): "l{j}"}`` for the top-level ``nn.Linear`` items of an ``nn.Sequential``
@@ -693,96 +730,93 @@ class Probe:
             return all(dt.is_floating_point for _, _, dt in self.fields)
         return self.X.is_floating_point()
 
-    def _discover(self) -> None:
+    def _trace_forward(self) -> _Trace:
+        """One forward pass on two samples with a hook on every module: each ``nn.Linear``'s
+        (input, output), the first module producing each tensor, and call counts."""
         model = self.model
         names = {id(m): (n or "model") for n, m in model.named_modules()}
         owners: dict[int, set[int]] = {}
         for mod in model.modules():
             for p in mod.parameters(recurse=False):
                 owners.setdefault(id(p), set()).add(id(mod))
-        top = {id(m): i for i, m in enumerate(model)} if self.is_sequential else {}
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in lin}
-        produced: dict[int, str] = {}  # id(output tensor) → first module producing it
-        keep: list[Tensor] = []
-        counts: dict[int, int] = {}
+        calls: dict[int, list[tuple[Tensor, Tensor]]] = {
+            id(m): [] for m in model.modules() if isinstance(m, nn.Linear)}
+        tr = _Trace(names=names, owners=owners, calls=calls, produced={}, counts={})
 
         def any_hook(mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
-            counts[id(mod)] = counts.get(id(mod), 0) + 1
+            tr.counts[id(mod)] = tr.counts.get(id(mod), 0) + 1
             if isinstance(out, Tensor):
-                keep.append(out)
-                produced.setdefault(id(out), names.get(id(mod), "?"))
+                tr.keep.append(out)
+                tr.produced.setdefault(id(out), names.get(id(mod), "?"))
             if id(mod) in calls and inp and isinstance(inp[0], Tensor):
                 calls[id(mod)].append((inp[0], out))
 
         x = self.X[:2].clone()
         if self.float_input:
             x.requires_grad_(True)
-        produced[id(x)] = "input"
+        tr.produced[id(x)] = "input"
+        tr.keep.append(x)
         handles = [m.register_forward_hook(any_hook) for m in model.modules()]
         try:
             with torch.enable_grad():
-                F = self.fn(x)
+                tr.F = self.fn(x)
         finally:
             for h in handles:
                 h.remove()
-        order: list[nn.Linear] = []
-        for m in lin:
-            qn = names[id(m)]
-            c = calls[id(m)]
-            w = m.weight
-            if not w.requires_grad:
-                self.skipped[qn] = "not measured: frozen weight"
-            elif len(owners.get(id(w), ())) > 1:
-                self.skipped[qn] = "shared weights: W is tied to another module's parameter"
-            elif not c:
-                self.skipped[qn] = ("not measured: never called in forward (its weight is used "
-                                    "functionally, e.g. MultiheadAttention.out_proj)"
-                                    if counts.get(id(m), 0) == 0 else "not measured")
-            elif len(c) > 1:
-                self.skipped[qn] = f"shared weights: called {len(c)} times per forward"
-            elif c[0][0].ndim != 2:
-                self.skipped[qn] = (f"shared weights: token-wise (input {tuple(c[0][0].shape)}, "
-                                    "one weight at every position)")
+        return tr
+
+    def _reach_only_through_call(self, order: list[nn.Linear], tr: _Trace) -> list[nn.Linear]:
+        """The layers whose W reaches f only through the hooked call: the gradient of r·f
+        (random r) rebuilt from that call, ∇_W = Σ_b g_bᵀ h_b, must equal autograd's."""
+        F = tr.F
+        if not order or F is None or not F.requires_grad:
+            return order
+        g = torch.Generator().manual_seed(0)
+        r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
+        zs = [tr.calls[id(m)][0][1] for m in order]
+        grads = grad_of_sum(F, r, zs + [m.weight for m in order])
+        ok = []
+        for i, m in enumerate(order):
+            gz, gw = grads[i], grads[len(order) + i]
+            if gz is None or gw is None:
+                self.skipped[tr.names[id(m)]] = "not measured: f does not depend on it"
+                continue
+            rebuilt = gz.T @ tr.calls[id(m)][0][0].detach()
+            tol = 1e3 * torch.finfo(F.dtype).eps * max(float(gw.norm()), 1e-300)
+            if float((rebuilt - gw).norm()) <= tol:
+                ok.append(m)
             else:
-                order.append(m)
-        # W must reach f only through the hooked call: ∇_W (r·f) = Σ_b g_bᵀ h_b
-        if order and F.requires_grad:
-            g = torch.Generator().manual_seed(0)
-            r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
-            zs = [calls[id(m)][0][1] for m in order]
-            ws = [m.weight for m in order]
-            grads = grad_of_sum(F, r, zs + ws)
-            ok = []
-            for i, m in enumerate(order):
-                gz, gw = grads[i], grads[len(order) + i]
-                h = calls[id(m)][0][0].detach()
-                if gz is None or gw is None:
-                    self.skipped[names[id(m)]] = "not measured: f does not depend on it"
-                    continue
-                rebuilt = gz.T @ h
-                tol = 1e3 * torch.finfo(F.dtype).eps * max(float(gw.norm()), 1e-300)
-                if float((rebuilt - gw).norm()) <= tol:
-                    ok.append(m)
+                self.skipped[tr.names[id(m)]] = ("shared weights: W is also used outside the "
+                                                 "module's forward call")
+        return ok
+
+    def _discover(self) -> None:
+        """Find the dense layers (see the module docstring): every ``nn.Linear`` is classified
+        by :func:`_skip_reason`, checked by :meth:`_reach_only_through_call`, and named by
+        qualified module name or its ``nn.Sequential`` alias (:func:`_sequential_aliases`)."""
+        model = self.model
+        tr = self._trace_forward()
+        order: list[nn.Linear] = []
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                why = _skip_reason(m, tr)
+                if why is None:
+                    order.append(m)
                 else:
-                    self.skipped[names[id(m)]] = ("shared weights: W is also used outside the "
-                                                  "module's forward call")
-            order = ok
+                    self.skipped[tr.names[id(m)]] = why
+        order = self._reach_only_through_call(order, tr)
+        top = {id(m): i for i, m in enumerate(model)} if self.is_sequential else {}
+        alias = _sequential_aliases(model, tr.calls) if top else {}
         out: list[ProbedLayer] = []
-        alias = _sequential_aliases(model, calls) if top else {}
         for l, m in enumerate(order, start=1):
-            qn = names[id(m)]
-            idx = top.get(id(m))
-            name = alias.get(id(m), qn)
-            h = calls[id(m)][0][0]
+            qn = tr.names[id(m)]
             wname = next(n for n, p in self.fn.named_parameters() if p is m.weight)
-            prod = produced.get(id(h))
-            if prod not in (None, "input") and counts.get(id(self._module(prod)), 0) != 1:
+            prod = tr.produced.get(id(tr.calls[id(m)][0][0]))
+            if prod not in (None, "input") and tr.counts.get(id(self._module(prod)), 0) != 1:
                 prod = None  # a module called several times (a reused nn.ReLU): no single output
-            out.append(ProbedLayer(name=name, qualname=qn, module=m, weight_name=wname, l=l,
-                                   index=idx, producer=prod))
-        out = self._filter(out)
-        self._layers = out
+            out.append(ProbedLayer(name=alias.get(id(m), qn), qualname=qn, module=m,
+                                   weight_name=wname, l=l, index=top.get(id(m)), producer=prod))
+        self._layers = self._filter(out)
         for qn, why in self.skipped.items():
             self.notes.append(f"nn.Linear {qn!r}: {why}")
 
