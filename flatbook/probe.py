@@ -680,7 +680,7 @@ class Probe:
         checks.check_finite(self.F, "the model output f(X)", hint=(
             "inputs and weights are finite, so the forward pass overflows or divides by zero; "
             "rescale the inputs or measure a float64 copy"))
-        checks.check_samples_independent(self.fn, self.X)
+        checks.check_samples_independent(self.fn, self.X, self.F)
         if self._check:
             F2 = self.forward(self.X)
             eps = torch.finfo(self.dtype).eps
@@ -912,8 +912,9 @@ class Probe:
         ε_l [b, m] is added to every dense layer's output z_l and δ_l [b, p] to its input:
         G_l = ∂f/∂ε_l and J_l = ∂f/∂δ_l = G_l W_l come out of the same backward pass (autograd
         forms G_l W_l on its way to h_{l−1} anyway). Fills the lists and returns True; returns
-        False (lists untouched) if the samples of a chunk interact (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for
-        j ≠ 0) or autograd cannot batch the cotangents.
+        False (lists untouched) if autograd cannot batch the cotangents; raises
+        :class:`flatbook.checks.SampleMixingError` if the samples of a chunk interact
+        (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for j ≠ 0: per-sample Jacobians are undefined).
         """
         fn, shape, with_x = self.fn, self.X.shape[1:], self.float_input
         if not (with_x or layers or pnames):  # token ids and no dense layer: no Jacobian to take
@@ -956,7 +957,10 @@ class Probe:
                         g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True,
                                                  allow_unused=True)
                         if any(g is not None and bool(g[1:].abs().max() > 0) for g in g0):
-                            return False
+                            raise checks.SampleMixingError(
+                                "the model's output for sample 0 depends on the inputs or "
+                                "activations of other samples in its batch (∂f(x_0)/∂x_j ≠ 0 "
+                                f"for j ≠ 0); {checks.MIXING_CAUSES}")
                     k = F.shape[1]
                     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
                         k, b, k)
