@@ -17,6 +17,7 @@ otherwise is named here instead of surfacing as NaN, −∞ or an unrelated torc
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -64,18 +65,20 @@ def check_finite_weights(model: nn.Module) -> None:
                            "a diverged or corrupted model cannot be measured")
 
 
-def check_input_scale(X: Tensor, name: str = "X") -> None:
-    """Raise :class:`BadDataError` when ‖x_i‖² overflows X's dtype (every bound uses ‖x‖² and
-    ‖h‖²): max |x| · √d > √(finfo.max), e.g. |x| ≈ 1e30 in float32."""
+def check_input_scale(X: Tensor, dtype: torch.dtype | None = None, name: str = "X") -> None:
+    """Raise :class:`BadDataError` when ‖x_i‖² overflows ``dtype`` (the model's; default X's
+    own), as every bound uses ‖x‖² and ‖h‖²: max |x| · √d > √(finfo.max), e.g. |x| ≈ 1e30 in
+    float32."""
     if not X.is_floating_point() or X.numel() == 0:
         return
+    dt = X.dtype if dtype is None else dtype
     d = max(1, X[0].numel())
     big = float(X.abs().max())
-    limit = math.sqrt(torch.finfo(X.dtype).max / d)
+    limit = math.sqrt(torch.finfo(dt).max / d)
     if big > limit:
         raise BadDataError(
             f"bad data: {name} has entries of magnitude {big:.3g}: squared norms ‖x‖² overflow "
-            f"{X.dtype} (largest {torch.finfo(X.dtype).max:.3g}), so traces and volumes would "
+            f"{dt} (largest {torch.finfo(dt).max:.3g}), so traces and volumes would "
             "be NaN/−∞. Rescale the inputs, or measure a float64 copy (model.double(), "
             "X.double())"
         )
@@ -131,7 +134,7 @@ def check_samples_independent(fn: Callable[[Tensor], Tensor], X: Tensor, F: Tens
 
 def check_tol(tol: object, name: str = "tol") -> float:
     """``tol`` as a float in (0, 1) (a relative residual tolerance), else ``ValueError``."""
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) \
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) \
             or not 0 < tol < 1:
         raise ValueError(
             f"{name} must be a relative tolerance in (0, 1), e.g. 1e-6 (λ_max to about "

@@ -128,9 +128,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = t
 
 
+def _from_numpy_hint(value: object, name: str) -> str:
+    """' (convert it with torch.from_numpy(name))' for a numpy array, else ''."""
+    return (f" (convert it with torch.from_numpy({name}))"
+            if isinstance(value, np.ndarray) else "")
+
+
 def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
     if not isinstance(X, Tensor):
-        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}")
+        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}"
+                        f"{_from_numpy_hint(X, 'X')}")
     if X.ndim == 0:
         raise ValueError("X must have shape [n, ...] (a leading sample axis); got a scalar")
     n = X.shape[0]
@@ -138,7 +145,8 @@ def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
         raise ValueError("X is empty (n = 0 samples): curvature needs at least one sample")
     if Y is not None:
         if not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}")
+            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}"
+                            f"{_from_numpy_hint(Y, 'Y')}")
         if Y.ndim == 0 or Y.shape[0] != n:
             raise ValueError(
                 f"X and Y must have the same number of samples; got X {tuple(X.shape)}, "

@@ -582,13 +582,13 @@ class Probe:
                 f"X holds dict inputs (fields {[f[0] for f in self.fields]}): pass "
                 "forward=lambda model, x: model(**x) (or any callable (model, x) -> output)"
             )
-        self.X = self._cast_x(data.X)
-        self._Y_given = data.Y
-        checks.check_finite(self.X, "X")
+        checks.check_finite(data.X, "X")  # before the cast: a cast may overflow to inf
         if data.Y is not None:
             checks.check_finite(data.Y, "Y")
         if self.fields is None:
-            checks.check_input_scale(self.X)
+            checks.check_input_scale(data.X, self.dtype)
+        self.X = self._cast_x(data.X)
+        self._Y_given = data.Y
         self.loss, self.loss_notes = losses.resolve(loss)
         self._ctx: contextlib.ExitStack | None = None
         self._layers: list[ProbedLayer] | None = None

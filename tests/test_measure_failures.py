@@ -141,12 +141,14 @@ def test_huge_inputs_are_named_in_float32_and_exact_in_float64() -> None:
     m32 = _mlp(3, 5, 2).float()
     with pytest.raises(BadDataError, match="magnitude .*overflow torch.float32"):
         flatbook.report(m32, X.float() * 1e30, sharpness=False)
+    with pytest.raises(BadDataError, match="magnitude .*overflow torch.float32"):
+        flatbook.report(m32, X * 1e30, sharpness=False)  # float64 data, cast to float32
     rep = flatbook.report(_mlp(3, 5, 2), X * 1e30, sharpness=False)  # tanh saturates: J_x = 0
     assert rep.as_dict()["mls_mean"] == 0.0
     assert any("input Jacobian J_x is exactly 0 for 8 of 8" in n for n in rep.notes)
 
 
-@pytest.mark.parametrize("tol", [1.0, 10.0, 0.0, -1e-3, float("nan")])
+@pytest.mark.parametrize("tol", [1.0, 10.0, 0.0, -1e-3, float("nan"), True, "1e-3"])
 def test_tol_must_be_in_the_open_unit_interval(tol: float) -> None:
     model = _mlp(3, 4, 2)
     with pytest.raises(ValueError, match=r"tol must be a relative tolerance in \(0, 1\)"):
@@ -169,6 +171,8 @@ def test_sharpness_carries_its_certified_error_bound() -> None:
 
 def test_numpy_inputs_are_told_to_use_from_numpy() -> None:
     model = _mlp(3, 4, 2)
+    with pytest.raises(TypeError, match=r"torch.from_numpy\(X\)"):
+        curvature.sharpness(model, "squared", X.numpy(), X[:, :2])
     with pytest.raises(TypeError, match=r"X is a numpy array: pass torch.from_numpy\(X\)"):
         flatbook.report(model, X.numpy(), X[:, :2].numpy())
     with pytest.raises(TypeError, match=r"Y is a numpy array: pass torch.from_numpy\(Y\)"):
