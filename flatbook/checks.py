@@ -147,7 +147,8 @@ _NOISY = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
 def _few(names: list[str]) -> str:
-    return f"{names[:6]}{' …' if len(names) > 6 else ''}"
+    """At most six of ``names``, comma-separated (… if more)."""
+    return ", ".join(names[:6]) + (" …" if len(names) > 6 else "")
 
 
 def mode_notes(model: nn.Module) -> list[str]:
@@ -158,15 +159,16 @@ def mode_notes(model: nn.Module) -> list[str]:
     behaviour (``nn.Linear``, ``nn.Tanh``) changes nothing and is not noted."""
     notes: list[str] = []
     training = [(n or "model", m) for n, m in model.named_modules() if m.training]
-    changed = [n for n, m in training if isinstance(m, _NOISY)]
-    custom = [n for n, m in training if not type(m).__module__.startswith("torch.")]
+    changed = [f"{type(m).__name__} {n!r}" for n, m in training if isinstance(m, _NOISY)]
+    custom = [f"{type(m).__name__} {n!r}" for n, m in training
+              if not type(m).__module__.startswith("torch.")]
     if changed or custom:
         what = []
         if changed:
             what.append(f"{_few(changed)} change behaviour (dropout off, BatchNorm with running "
                         "statistics)")
         if custom:
-            what.append(f"custom modules {_few(custom)} may read self.training")
+            what.append(f"modules of your own ({_few(custom)}) may read self.training")
         notes.append(f"model was in training mode; measured in eval mode: {'; '.join(what)}. "
                      "The flags are restored afterwards")
     if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
