@@ -33,12 +33,12 @@ Choices (measured in ``bench/curvature_bench.py``, recorded in ``bench/README.md
 - HVPs: reverse-over-reverse (double backward, graph kept for a single chunk) by default; it is
   2–4× faster per product on CPU than ``torch.func.jvp(grad(L))`` (``backend="fwdrev"``). Both
   agree to rounding (tests).
-- Per-sample Jacobian norms: for ``nn.Linear`` and ``nn.Conv1d/2d`` (groups = 1, zero padding)
-  from the layer inputs and the k output gradients, per layer the cheaper of "ghost norms"
-  (∝ T² positions) and instantiated per-sample gradients (∝ p·d) — the mixed rule of Bu et al.
-  (:func:`gram_costs`); validated against autograd, exact; ``vmap(jacrev)`` for everything
-  else. 20–60× faster than ``vmap(jacrev)`` alone on MLPs; exact tr G of LeNet-5 in ≈ 7–10
-  gradients (bench/scale_bench.py), at or ahead of BackPACK's exact GGN diagonal.
+- Per-sample Jacobian norms: by the per-layer rules of :mod:`flatbook.rules` (``nn.Linear``,
+  conv, LayerNorm/BatchNorm affine, Embedding, ViT patch/position embeddings) from the layer
+  inputs and the k output gradients — ghost norms or instantiated per-sample gradients, the
+  mixed rule of Bu et al. (:func:`gram_costs`), each checked against autograd; ``vmap(jacrev)``
+  for every parameter no rule covers. The exact GN trace costs ≈ k gradients on MLPs, CNNs,
+  ResNets and ViTs (bench/scale_bench.py, bench/peers_bench.py).
 - Memory: HVPs chunk the data (``chunk``); stochastic traces draw, apply and reduce their probes
   ``block`` at a time (default ≤ 2^22 entries per block), never an [n_hvp, P] array.
 """
@@ -57,16 +57,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
 
-from flatbook import losses
+from flatbook import losses, rules
 from flatbook._functional import (
     batched_grad,
     flatten,
     forward_fn,
-    grad_of_sum,
     named_params,
     unflatten,
 )
 from flatbook.checks import check_tol
+from flatbook.rules import GRAM_BLOCK_ENTRIES, gram_costs  # noqa: F401  (public re-export)
 
 if TYPE_CHECKING:
     from scipy.sparse.linalg import LinearOperator
@@ -543,184 +543,6 @@ def per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None = None,
             yield {name: J.detach() for name, J in jac(psub, X[start : start + c]).items()}
 
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d)
-#: entries of the largest intermediate per sub-batch when forming per-sample Gram blocks
-GRAM_BLOCK_ENTRIES = 1 << 24
-
-
-def _ghost_supported(m: nn.Module) -> bool:
-    """Layers whose per-sample weight gradient is Σ_t δ_t u_tᵀ with u_t from ``unfold``."""
-    if isinstance(m, nn.Linear):
-        return True
-    if isinstance(m, _CONV_TYPES):
-        return (m.groups == 1 and m.padding_mode == "zeros"
-                and _conv_padding(m) is not None)
-    return False
-
-
-def _conv_padding(m: nn.Module) -> tuple[int, ...] | None:
-    """Symmetric zero padding per spatial axis (``"same"`` only when it is symmetric)."""
-    if not isinstance(m.padding, str):
-        return tuple(m.padding)
-    if m.padding == "valid":
-        return (0,) * len(m.kernel_size)
-    tot = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
-    return None if any(t % 2 for t in tot) else tuple(t // 2 for t in tot)
-
-
-def _patches(m: nn.Module, h: Tensor, b: int) -> Tensor:
-    """The layer input as [b, T, d]: rows u_t with z_t = W u_t (+ bias) at each of T positions.
-
-    ``nn.Linear``: u_t = h_t (T = token positions × leading axes, d = in_features).
-    ``nn.Conv1d/2d`` (groups = 1, zero padding): u_t = the receptive field at output position
-    t (what ``torch.nn.functional.unfold`` gives; d = C_in·∏kernel, T = ∏ output spatial
-    size), in the order of ``W.reshape(C_out, -1)``.
-    """
-    if isinstance(m, nn.Linear):
-        return h.reshape(b, -1, h.shape[-1])
-    nd = len(m.kernel_size)
-    pad = _conv_padding(m)
-    assert pad is not None
-    x = h.reshape(b, *h.shape[-(nd + 1):])
-    if any(pad):
-        x = nn.functional.pad(x, [q for pp in reversed(pad) for q in (pp, pp)])
-    C, sp = x.shape[1], x.shape[2:]
-    ks, st, dl = m.kernel_size, m.stride, m.dilation
-    out = [(sp[i] - dl[i] * (ks[i] - 1) - 1) // st[i] + 1 for i in range(nd)]
-    sb, sc, *ss = x.stride()
-    # a strided view [b, *out, C, *kernel] (no copy; ``unfold``/im2col is ~6× slower on CPU)
-    view = x.as_strided((b, *out, C, *ks),
-                        (sb, *(ss[i] * st[i] for i in range(nd)), sc,
-                         *(ss[i] * dl[i] for i in range(nd))))
-    return view.reshape(b, math.prod(out), C * math.prod(ks))  # [b, T, d]
-
-
-def _output_grads(m: nn.Module, d: Tensor, k: int, b: int) -> Tensor:
-    """δ = ∂f_c/∂z as [k, b, T, p] (p = out_features / out_channels)."""
-    if isinstance(m, nn.Linear):
-        return d.reshape(k, b, -1, d.shape[-1])
-    return d.reshape(k, b, d.shape[2], -1).transpose(2, 3)
-
-
-def gram_costs(T: int, d: int, p: int, k: int) -> tuple[int, int]:
-    """Multiply-adds per sample of the two ways to get K = J^(W) J^(W)ᵀ [k, k] of one layer.
-
-    With z_t = W u_t at T positions (W [p, d]) and δ_{c,t} = ∂f_c/∂z_t ∈ R^p,
-    ∂f_c/∂W = Σ_t δ_{c,t} u_tᵀ and K_{cc'} = Σ_{t,s} (δ_{c,t}·δ_{c',s}) (u_t·u_s):
-
-    - ghost norms (Goodfellow; Li et al.; Bu et al.): A = U Uᵀ [T, T], then K from A and δ:
-      T²·d + k·T²·p + k²·T·p — grows as T²;
-    - instantiation: G_c = Σ_t δ_{c,t} u_tᵀ [p, d] for every c, then K = ⟨G_c, G_c'⟩:
-      k·T·p·d + k²·p·d — grows as p·d.
-
-    The mixed rule (Bu et al. 2022) takes the cheaper, per layer (for k = 1 it is ghost iff
-    T²(d + p) < T·p·d, essentially their 2T² < p·d). Returns (ghost, instantiate).
-    """
-    return T * T * d + k * T * T * p + k * k * T * p, k * T * p * d + k * k * p * d
-
-
-def _layer_gram(D: Tensor, U: Tensor) -> Tensor:
-    """K_b = Σ over positions of the per-sample weight-gradient Gram, [b, k, k].
-
-    D [k, b, T, p] output gradients, U [b, T, d] patches; the cheaper of ghost norms and
-    instantiated per-sample gradients (:func:`gram_costs`), in sub-batches of samples so that
-    no intermediate exceeds ``GRAM_BLOCK_ENTRIES`` entries.
-    """
-    k, b, T, p = D.shape
-    d = U.shape[2]
-    if T == 1:
-        return (torch.einsum("cbm,ebm->bce", D[:, :, 0], D[:, :, 0])
-                * U[:, 0].pow(2).sum(1)[:, None, None])
-    ghost, inst = gram_costs(T, d, p, k)
-    per = max(T * T + k * T * p, 1) if ghost < inst else max(k * p * d, 1)
-    sb = max(1, min(b, GRAM_BLOCK_ENTRIES // per))
-    out = []
-    for s in range(0, b, sb):
-        Dc, Uc = D[:, s : s + sb], U[s : s + sb]
-        if ghost < inst:
-            A = Uc @ Uc.transpose(1, 2)  # [b, T, T]
-            AD = torch.einsum("bts,ebsm->ebtm", A, Dc)
-            out.append(torch.einsum("cbtm,ebtm->bce", Dc, AD))
-        else:
-            G = torch.einsum("cbtm,btd->cbmd", Dc, Uc)  # per-sample gradients [k, b, p, d]
-            out.append(torch.einsum("cbmd,ebmd->bce", G, G))
-    return torch.cat(out)
-
-
-def _linear_grams(model: nn.Module, Xc: Tensor, params: Mapping[str, Tensor]
-                  ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-sample Gram blocks K_i^(name) = J_i^(name) J_i^(name)ᵀ [b, k, k] for dense and
-    convolutional layers (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` with groups = 1 and zero
-    padding).
-
-    For z_t = W u_t + b at positions t (token positions / repeated calls for a Linear, output
-    pixels for a conv, u_t its unfolded receptive field), ∂f_c(x_i)/∂W = Σ_t δ_{c,t} u_tᵀ with
-    δ = ∂f_c/∂z, so K^(W)_{cc'} = Σ_{t,t'} (δ_{c,t}·δ_{c',t'}) (u_t·u_{t'}) and K^(b)_{cc'} =
-    (Σ_t δ_{c,t})·(Σ_t δ_{c',t}) without the [b, k, P] Jacobian (paper.md L2: for one position,
-    ‖∇_W f_c‖_F = ‖δ_c‖ ‖h‖). Per layer the cheaper of ghost norms and instantiated per-sample
-    gradients is used (:func:`gram_costs`, the mixed rule of Bu et al.). Costs k backward
-    passes of the chunk (to the layer outputs only). Every parameter is validated: the total
-    gradient of Σ_i r_iᵀ f(x_i) (random r) rebuilt from (δ, u) must match autograd's; a
-    parameter that fails (e.g. a weight also used outside its module's forward) is left out and
-    handled by the exact ``jacrev`` path. Returns (outputs [b, k], {name: K}).
-    """
-    by_id = {id(p): n for n, p in model.named_parameters() if n in params}
-    calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
-
-    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-        calls.setdefault(mod, []).append((inp[0].detach(), out))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if _ghost_supported(m) and id(m.weight) in by_id]
-    try:
-        with torch.enable_grad():
-            F = model(Xc)
-    finally:
-        for h in handles:
-            h.remove()
-    if F.ndim != 2 or not calls:
-        return F.detach(), {}
-    b, k = F.shape
-    mods = list(calls)
-    zs = [z for m in mods for _, z in calls[m]]
-    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
-    deltas = batched_grad(F, zs, eye)
-    r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
-    targets = [p for m in mods for p in (m.weight, m.bias) if p is not None and id(p) in by_id]
-    true_grads = dict(zip(map(id, targets),
-                          grad_of_sum(F, r, targets), strict=True))
-    out: dict[str, Tensor] = {}
-    i = 0
-    tol = 1e3 * torch.finfo(F.dtype).eps
-    for m in mods:
-        hs, ds = [], []
-        ok = True
-        for h, _ in calls[m]:
-            if deltas[i] is None:
-                ok = False
-            else:
-                hs.append(_patches(m, h, b))
-                ds.append(_output_grads(m, deltas[i], k, b))
-            i += 1
-        if not ok:
-            continue
-        H_ = hs[0] if len(hs) == 1 else torch.cat(hs, dim=1)  # [b, T, d]
-        D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=2)  # [k, b, T, p]
-        W_name = by_id[id(m.weight)]
-        tg = true_grads[id(m.weight)]
-        if tg is not None:
-            gW = torch.einsum("bc,cbtm,btd->md", r, D, H_)
-            tg = tg.reshape(tg.shape[0], -1)
-            if (gW - tg).norm() <= tol * max(gW.norm().item(), 1e-300):
-                out[W_name] = _layer_gram(D, H_)
-        if m.bias is not None and id(m.bias) in by_id and true_grads[id(m.bias)] is not None:
-            Ds = D.sum(2)  # [k, b, p]
-            gb = torch.einsum("bc,cbm->m", r, Ds)
-            if (gb - true_grads[id(m.bias)]).norm() <= tol * max(gb.norm().item(), 1e-300):
-                out[by_id[id(m.bias)]] = torch.einsum("cbm,ebm->bce", Ds, Ds)
-    return F.detach(), {n: K.detach() for n, K in out.items()}
-
-
 def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: str = "auto"
                       ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     """Yield (outputs [b, k], {name: K [b, k, k]}) per chunk, K = J^(name) J^(name)ᵀ per sample.
@@ -741,7 +563,7 @@ def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: st
         for start in range(0, n, c):
             Xc = X[start : start + c]
             if method == "auto":
-                F, K = _linear_grams(model, Xc, params)
+                F, K = rules.layer_grams(model, Xc, params)
             else:
                 with torch.no_grad():
                     F = model(Xc)
