@@ -130,7 +130,10 @@ class Factor:
         if self.kind == "dense":
             return torch.einsum("bc,cbp->p", r, self.D)
         if self.kind == "outer":
-            return torch.einsum("bc,cbtm,btd->md", r, self.D, self.U).reshape(-1)
+            assert self.U is not None
+            Dr = torch.einsum("bc,cbtm->btm", r, self.D)
+            return (Dr.reshape(-1, Dr.shape[-1]).T @ self.U.reshape(-1, self.U.shape[-1])
+                    ).reshape(-1)
         idx = self._index()
         rows = torch.einsum("bc,cbtm->btm", r, self.D).reshape(-1, self.D.shape[-1])
         out = self.D.new_zeros(self.rows, self.D.shape[-1]).index_add_(0, idx.reshape(-1), rows)
