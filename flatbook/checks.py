@@ -33,8 +33,22 @@ __all__ = [
     "check_input_scale",
     "check_samples_independent",
     "check_tol",
+    "DETERMINISM_ULPS",
+    "passes_agree",
     "mode_notes",
 ]
+
+
+#: the one determinism tolerance: two identical passes a, b (outputs f, a loss, a gradient)
+#: agree when ‖a − b‖₂ ≤ DETERMINISM_ULPS · ε · max(‖a‖₂, 1e-30), ε the dtype's machine
+#: epsilon — room for reordered reductions, far below any dropout or batch-statistics effect
+DETERMINISM_ULPS = 64
+
+
+def passes_agree(a: Tensor, b: Tensor) -> bool:
+    """Whether two passes' results agree to ``DETERMINISM_ULPS`` (see there), any shapes."""
+    eps = torch.finfo(a.dtype).eps if a.is_floating_point() else 0.0
+    return float((a - b).norm()) <= DETERMINISM_ULPS * eps * max(float(a.norm()), 1e-30)
 
 
 class SampleMixingError(ValueError):

@@ -65,7 +65,7 @@ from flatbook._functional import (
     named_params,
     unflatten,
 )
-from flatbook.checks import check_tol
+from flatbook.checks import check_tol, passes_agree
 from flatbook.rules import GRAM_BLOCK_ENTRIES, gram_costs  # noqa: F401  (public re-export)
 
 if TYPE_CHECKING:
@@ -346,10 +346,9 @@ def _probe_determinism(fl: _FlatLoss) -> tuple[Tensor, Tensor]:
         raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
     if not torch.isfinite(g1).all():
         raise ValueError("gradient of the loss is not finite at the current parameters")
-    eps = torch.finfo(l1.dtype).eps
     dl = (l1 - l2).abs().item()
     dg = (g1 - g2).norm().item()
-    if dl > 64 * eps * max(abs(l1.item()), 1e-30) or dg > 64 * eps * max(g1.norm().item(), 1e-30):
+    if not (passes_agree(l1, l2) and passes_agree(g1, g2)):
         raise NondeterminismError(_nondeterminism_message(
             f"|ΔL| = {dl:.3g}, ‖Δ∇L‖ = {dg:.3g}"))
     return l1, g1
@@ -653,7 +652,7 @@ def check_loss_on_outputs(loss_fn: Callable[[Tensor, Tensor], Tensor], F: Tensor
     if not torch.isfinite(l1):
         raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
     dl = (l1 - l2).abs().item()
-    if dl > 64 * torch.finfo(l1.dtype).eps * max(abs(l1.item()), 1e-30):
+    if not passes_agree(l1, l2):
         raise NondeterminismError(_nondeterminism_message(f"|ΔL| = {dl:.3g}"))
     return float(l1)
 
@@ -1208,9 +1207,8 @@ def trace(
         F1 = _forward_check(model, loss_fn, X, Y, gchunk) if check else None
         terms, F2 = _ggn_trace_terms(model, loss_fn, X, Y, gchunk, with_outputs=True)
         if F1 is not None:
-            eps = torch.finfo(F2.dtype).eps
-            df = float((F1 - F2).norm())
-            if df > 64 * eps * max(float(F1.norm()), 1e-30):
+            if not passes_agree(F1, F2):
+                df = float((F1 - F2).norm())
                 raise NondeterminismError(_nondeterminism_message(f"‖Δf‖ = {df:.3g}"))
         return TraceResult(value=float(terms.sum() / n), stderr=0.0, n_hvp=0, method="gn")
 
