@@ -115,27 +115,44 @@ def representation(model: nn.Sequential, X: Tensor, name: str) -> Tensor:
 
 @dataclass(frozen=True)
 class DenseLayer:
-    """A dense layer z = W_l h_{l−1} + b_l of an ``nn.Sequential`` (paper.md §0).
+    """A dense layer z = W_l h_{l−1} + b_l applied once per sample (paper.md §0) — the one
+    layer type of flatbook, found by :func:`dense_layers` (top-level items of an
+    ``nn.Sequential``) or by :class:`flatbook.probe.Probe` (any ``nn.Module``).
 
     Attributes:
-        name: ``"l{l}"`` with l = 1, 2, … counting dense layers in order (paper's index l).
-        index: position i of the ``nn.Linear`` item in the Sequential.
+        name: ``"l{l}"`` for a top-level item of an ``nn.Sequential``, else the qualified
+            module name (the key in ``Report.layers``).
+        index: position i of the ``nn.Linear`` item in the Sequential, else ``None``.
         module: the ``nn.Linear`` itself (weight W_l ∈ R^{m×p}).
-        weight_name: ``f"{index}.weight"``, as in ``model.named_parameters()``.
-        head: ``model[:index]``, x ↦ h_{l−1} (batched).
-        tail: ``model[index:]``, h_{l−1} ↦ f (batched); it starts with this layer.
-        input_name: representation name of h_{l−1} (``"input"`` or ``str(index − 1)``).
-        l: the paper's layer index (1-based).
+        weight_name: name of W_l in ``model.named_parameters()`` (``f"{index}.weight"``).
+        head: ``model[:index]``, x ↦ h_{l−1} (batched); ``None`` outside a Sequential.
+        tail: ``model[index:]``, h_{l−1} ↦ f (batched), starting with this layer; or ``None``.
+        input_name: name of h_{l−1}: ``"input"`` (x itself), the producing item / module's
+            qualified name, or ``None`` when h_{l−1} comes from a functional op or a module
+            called more than once per forward.
+        l: the paper's layer index (1-based, forward order).
+        qualname: qualified module name in ``model.named_modules()`` (``str(index)`` by
+            default).
     """
 
     name: str
-    index: int
+    index: int | None
     module: nn.Linear
     weight_name: str
-    head: Callable[[Tensor], Tensor]
-    tail: Callable[[Tensor], Tensor]
-    input_name: str
+    head: Callable[[Tensor], Tensor] | None
+    tail: Callable[[Tensor], Tensor] | None
+    input_name: str | None
     l: int
+    qualname: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.qualname and self.index is not None:
+            object.__setattr__(self, "qualname", str(self.index))
+
+    @property
+    def producer(self) -> str | None:
+        """Alias of ``input_name`` (the module whose output is h_{l−1})."""
+        return self.input_name
 
     @property
     def weight(self) -> Tensor:

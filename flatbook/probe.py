@@ -62,6 +62,7 @@ from torch.func import jacrev, vmap
 
 from flatbook import checks, curvature, losses, rules
 from flatbook._functional import batched_grad, grad_of_sum
+from flatbook.layers import DenseLayer
 from flatbook.probe_data import DataSet, Fields, resolve_data, unpack
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
@@ -135,50 +136,8 @@ class _Output(nn.Module):
 # ----------------------------------------------------------------------------- layers
 
 
-@dataclass(frozen=True)
-class ProbedLayer:
-    """A dense layer z = W_l h_{l−1} + b_l found by :class:`Probe` (applied once per sample).
-
-    Attributes:
-        name: key in ``Report.layers`` (``"l{l}"`` for a top-level item of an
-            ``nn.Sequential``, else the qualified module name).
-        qualname: qualified module name in ``model.named_modules()``.
-        module: the ``nn.Linear`` (W_l ∈ R^{m×p}).
-        weight_name: name of W_l in ``model.named_parameters()``.
-        l: 1-based position among the dense layers, in forward order.
-        index: item index for a top-level item of an ``nn.Sequential``, else ``None``.
-        producer: qualified name of the module whose output is h_{l−1}, ``"input"`` if
-            h_{l−1} is the model input x itself, ``None`` if h_{l−1} comes from a functional op
-            or from a module called more than once per forward (e.g. a reused ``nn.ReLU``).
-    """
-
-    name: str
-    qualname: str
-    module: nn.Linear
-    weight_name: str
-    l: int
-    index: int | None
-    producer: str | None
-
-    @property
-    def weight(self) -> Tensor:
-        """W_l, shape [m, p] (the live parameter)."""
-        return self.module.weight
-
-    @property
-    def in_features(self) -> int:
-        """p = dim h_{l−1}."""
-        return self.module.in_features
-
-    @property
-    def out_features(self) -> int:
-        """m = dim z_l."""
-        return self.module.out_features
-
-    @property
-    def input_name(self) -> str | None:
-        """Alias of ``producer`` (the name of h_{l−1})."""
-        return self.producer
+#: the dense-layer type of a probe is :class:`flatbook.layers.DenseLayer` (one layer model)
+ProbedLayer = DenseLayer
 
 
 @dataclass
@@ -606,8 +565,11 @@ class Probe:
             prod = tr.produced.get(id(tr.calls[id(m)][0][0]))
             if prod not in (None, "input") and tr.counts.get(id(self._module(prod)), 0) != 1:
                 prod = None  # a module called several times (a reused nn.ReLU): no single output
-            out.append(ProbedLayer(name=alias.get(id(m), qn), qualname=qn, module=m,
-                                   weight_name=wname, l=l, index=top.get(id(m)), producer=prod))
+            i = top.get(id(m))
+            out.append(DenseLayer(
+                name=alias.get(id(m), qn), index=i, module=m, weight_name=wname,
+                head=None if i is None else model[:i], tail=None if i is None else model[i:],
+                input_name=prod, l=l, qualname=qn))
         self._layers = self._filter(out)
         for qn, why in self.skipped.items():
             self.notes.append(f"nn.Linear {qn!r}: {why}")
