@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatbook import curvature, rules
+from flatbook import curvature, estimators, rules
 from flatbook._functional import named_params
 
 F64 = torch.float64
@@ -128,7 +128,7 @@ def test_probes_in_blocks_bounded_and_exact(method, block, monkeypatch) -> None:
         rows.append(1 if v.ndim == 1 else v.shape[0])
         return real_call(self, v)
 
-    monkeypatch.setattr(curvature, "_rademacher", rad)
+    monkeypatch.setattr(estimators, "_rademacher", rad)
     monkeypatch.setattr(curvature.HVPOperator, "__call__", call)
     m = 20
     est = curvature.trace(net, "squared", X, Y, method=method, n_hvp=m, seed=5, block=block)
