@@ -33,12 +33,18 @@ class Operator(Protocol):
     n_hvp: int
 
     @property
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        """dtype of the products."""
+        ...
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """device of the products."""
+        ...
 
-    def __call__(self, v: Tensor) -> Tensor: ...
+    def __call__(self, v: Tensor) -> Tensor:
+        """A v for v [P]; A V row-wise for V [b, P]."""
+        ...
 
 
 class MatrixOperator:
