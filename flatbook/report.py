@@ -70,37 +70,20 @@ bound by L3) and no T1–T3 (their W_1 must be a dense layer acting on the input
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from flatbook import bounds as _bounds
-from flatbook import checks, curvature, gn, losses
-from flatbook import geometry as _geometry
-from flatbook import layers as _layers
+from flatbook import curvature, gn, pipeline
+from flatbook.pipeline import ReportOptions
 
-__all__ = ["Report", "report"]
+__all__ = ["Report", "ReportOptions", "report"]
 
 FIRST_LAYER_BOUNDS = ("t1_weighted", "t1_min", "t2_min", "t2_gm", "t3_weighted", "t3_min", "t3_gm")
 FIRST_LAYER_PER_SAMPLE = ("t1_per_sample", "t2_per_sample")
-
-
-def _f(x: object) -> float:
-    if isinstance(x, Tensor):
-        return float(x.detach())
-    return float(x)  # type: ignore[arg-type]
-
-
-def _finite_frac(v: Tensor) -> float:
-    return float(torch.isfinite(v).to(torch.float64).mean())
-
-
-def _stats(prefix: str, name: str, v: Tensor, out: dict[str, float]) -> None:
-    v = v.detach().to(torch.float64)
-    out[f"{prefix}{name}_mean"] = float(v.mean())
-    out[f"{prefix}{name}_median"] = float(v.median())
 
 
 @dataclass
@@ -260,29 +243,8 @@ class Report:
         p.text(str(self) if not cycle else "Report(...)")
 
 
-def report(
-    model: nn.Module,
-    X: object,
-    Y: Tensor | None = None,
-    loss: object = "squared",
-    *,
-    output: int | str | Callable[[object], Tensor] | None = None,
-    layers: object = None,
-    forward: Callable[[nn.Module, object], object] | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    n_train: int | None = None,
-    sharpness: bool = True,
-    k: int = 1,
-    tol: float = 1e-6,
-    seed: int = 0,
-    hessian_trace: bool = False,
-    n_hvp: int = 100,
-    adaptive: bool = False,
-    representations: Sequence[str] = (),
-    chunk: int | None = None,
-    rtol: float | None = None,
-) -> Report:
+def report(model: nn.Module, X: object, Y: Tensor | None = None, loss: object = "squared", *,
+           options: ReportOptions | None = None, **flags: Any) -> Report:
     """Measure everything for ``model`` on (X, Y): curvature, measures, bounds with slack.
 
     ``flatbook.report(model, X, Y)`` with tensors, or ``flatbook.report(model, data)`` with a
@@ -290,6 +252,10 @@ def report(
     shuffling loader is refused). Model and data are resolved once by a
     :class:`flatbook.probe.Probe`: eval mode, determinism check, dense layers found by hooks,
     dtype/device policy (floating inputs are cast to the model's dtype and device).
+
+    Options: ``options=ReportOptions(probe=…, curvature=…, stability=…, what=…)`` (the records
+    of :mod:`flatbook.pipeline`), or the same fields as keywords (the keyword form, e.g.
+    ``report(model, X, Y, tol=1e-4, lr=0.1)``), listed below.
 
     Args:
         model: any ``nn.Module`` whose output (after ``output``) is f ∈ R^{[n, k]} ([n] is read
@@ -325,154 +291,8 @@ def report(
         chunk: samples per vectorised call (``None``: automatic, bounding each Jacobian
             block to ~2^24 entries; lower it for large CNNs); rtol: rank tolerance of log LVR.
     """
-    from flatbook.probe import Probe
-
-    tol = checks.check_tol(tol)
-    notes: list[str] = []
-    with Probe(model, X, Y, loss, output=output, layers=layers, forward=forward,
-               chunk=chunk) as p:  # type: ignore[arg-type]
-        F, Y, X = p.F, p.Y, p.X
-        loss_spec = p.loss
-        notes += p.loss_notes
-        loss_fn = losses.get(loss_spec)  # type: ignore[arg-type]
-        with torch.no_grad():
-            loss_val = float(loss_fn(F, Y))
-        q = _bounds.probe_quantities(p, rtol)
-        notes += q.notes
-        fn = p.fn
-        scalars: dict[str, float] = {
-            "n": float(q.n),
-            "d": float(q.d),
-            "k": float(q.k),
-            "n_params": float(sum(t.numel() for t in fn.parameters() if t.requires_grad)),
-            "n_dense": float(len(q.layers)),
-            "first_layer_dense": 1.0 if q.first is not None else 0.0,
-            "loss": loss_val,
-        }
-        if Y.shape == F.shape:
-            res = float((F - Y).abs().max())
-            scale = max(1.0, float(Y.abs().max()))
-            scalars["max_residual"] = res
-            scalars["interpolating"] = 1.0 if res <= 1e-8 * scale else 0.0
-        else:
-            scalars["max_residual"] = math.nan
-            scalars["interpolating"] = 0.0
-        if loss_fn is not losses.squared:
-            notes.append(
-                "loss is not the squared loss: the bounds concern the Gauss–Newton trace "
-                "(1/n) Σ‖J_i‖_F² of the squared loss (trace_gn), not tr H of this loss; its own "
-                "Gauss–Newton trace is trace_ggn (cross-entropy: the Fisher trace); λ_max and "
-                "the Hutch++ tr H are those of the requested loss"
-            )
-        elif scalars["interpolating"] != 1.0:
-            notes.append(
-                "not at interpolation: tr H ≠ (1/n) Σ‖J_i‖_F² in general; the bounds hold "
-                "with the Gauss–Newton trace reported here (their proofs use only L2, L3)"
-            )
-        sharp = None
-        lam = math.nan
-        scalars.update(
-            lambda_max=math.nan,
-            lambda_max_residual=math.nan,
-            lambda_max_n_hvp=math.nan,
-            lambda_max_converged=math.nan,
-        )
-        if sharpness:
-            # The probe has checked that f is deterministic; the loss is checked here on its
-            # outputs (twice, finite), so the gradient-level determinism probe of
-            # ``sharpness`` (two more gradients) is not repeated.
-            curvature.check_loss_on_outputs(loss_fn, F, Y)
-            sharp = curvature.sharpness(fn, loss_spec, X, Y, k=k, tol=tol, seed=seed,
-                                        check=False)
-            lam = sharp.lambda_max
-            scalars.update(
-                lambda_max=lam,
-                lambda_max_residual=float(sharp.residuals[0]),
-                lambda_max_n_hvp=float(sharp.n_hvp),
-                lambda_max_converged=1.0 if sharp.converged else 0.0,
-            )
-        scalars["trace_gn"] = _f(q.trace)
-        if loss_fn is not losses.squared:
-            scalars["trace_ggn"] = gn.ggn_trace(p, getattr(p, "measured", None))
-        if hessian_trace:
-            tr = curvature.trace(fn, loss_spec, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
-            scalars["trace_hessian"] = float(tr.value)
-            scalars["trace_hessian_stderr"] = float(tr.stderr)
-        if adaptive:
-            scalars["adaptive_sharpness"] = _f(_bounds.adaptive_sharpness(fn, X))
-
-        o = q.output
-        for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
-            _stats("", key, v, scalars)
-        notes += checks.measurement_notes(scalars, o.frob_sq)
-        scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
-        scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
-        scalars["r"] = float(o.r)
-        scalars["pr_output"] = _f(_geometry.participation_ratio(F)) if q.n > 1 else math.nan
-
-        layer_vals: dict[str, dict[str, float]] = {}
-        for name, lm in q.layers.items():
-            m = lm.measures
-            index = getattr(lm.layer, "index", None)
-            v: dict[str, float] = {
-                "index": math.nan if index is None else float(index),
-                "width_in": float(lm.layer.in_features),
-                "r": float(m.r),
-            }
-            for key, t in (("mls", m.mls), ("log_lvr", m.log_lvr), ("ld", m.ld)):
-                _stats("", key, t, v)
-            v["frob_sq_mean"] = _f(m.frob_sq.mean())
-            v["log_lvr_finite_frac"] = _finite_frac(m.log_lvr)
-            v["h_sqnorm_mean"] = _f(lm.h_sqnorm.mean())
-            v["weight_norm"] = _f(lm.weight_norm)
-            v["grad_w_sqnorm_mean"] = _f(q.grad_w_sqnorm[name].mean())
-            v["kappa"] = _f(_bounds.kappa(q, name))
-            H = q.inputs[name]
-            v["pr"] = _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan
-            if index is None:  # not an nn.Sequential item: the total sensitivity, if measured
-                tm = q.total.get(name)
-                for key in ("mls", "log_lvr", "ld"):
-                    v[f"total_{key}_mean"] = (
-                        math.nan if tm is None else _f(getattr(tm, key).mean()))
-                sk = q.skip.get(name)
-                v["skip"] = math.nan if sk is None else float(sk)
-            layer_vals[name] = v
-
-        rep_vals: dict[str, dict[str, float]] = {}
-        for rname in representations:
-            if p.is_sequential:
-                m = _geometry.representation_measures(fn, X, rname, chunk=chunk,  # type: ignore[arg-type]
-                                                      rtol=rtol)
-                with torch.no_grad():
-                    H = _layers.representation(fn, X, rname)  # type: ignore[arg-type]
-            else:
-                H, Jr = p.representation_jacobian(rname)
-                m = _geometry.measures(Jr, rtol)
-            rep_vals[rname] = {
-                "log_lvr_mean": _f(m.log_lvr.mean()),
-                "log_lvr_finite_frac": _finite_frac(m.log_lvr),
-                "mls_mean": _f(m.mls.mean()),
-                "ld_mean": _f(m.ld.mean()),
-                "pr": _f(_geometry.participation_ratio(H)) if q.n > 1 else math.nan,
-            }
-
-        bl = _bounds.all_bounds(
-            q, lambda_max=None if math.isnan(lam) else lam, lr=lr, batch_size=batch_size,
-            n_train=n_train,
-        )
-        if "t4_nmls" in bl:
-            scalars["nmls"] = float(bl["t4_nmls"].lhs)  # type: ignore[arg-type]
-            scalars["nvr"] = float(bl["t4_nvr"].lhs)  # type: ignore[arg-type]
-        if lr is not None and math.isnan(lam):
-            notes.append("t7_gd needs λ_max: call with sharpness=True")
-    return Report(
-        scalars=scalars,
-        layers=layer_vals,
-        representations=rep_vals,
-        bounds=bl,
-        quantities=q,
-        sharpness=sharp,
-        notes=notes,
-        aliases={r.qualname: r.name for r in p.layers()},
-        loss=loss_spec,
-    )
+    if options is not None and flags:
+        raise TypeError("pass options=ReportOptions(...) or keywords, not both (got "
+                        f"{sorted(flags)})")
+    opts = options if options is not None else ReportOptions.from_flags(**flags)
+    return Report(**pipeline.run(model, X, Y, loss, opts))

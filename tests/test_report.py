@@ -192,3 +192,23 @@ def test_report_does_not_import_sympy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_option_records_equal_keyword_form() -> None:
+    """report(options=ReportOptions(...)) is the keyword form; unknown keywords are named."""
+    from flatbook.pipeline import CurvatureOptions, ReportOptions, StabilityInputs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    X, Y = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    a = flatbook.report(net, X, Y, tol=1e-4, lr=0.05, batch_size=5).as_dict()
+    b = flatbook.report(net, X, Y, options=ReportOptions(
+        curvature=CurvatureOptions(tol=1e-4), stability=StabilityInputs(lr=0.05, batch_size=5),
+    )).as_dict()
+    assert list(a) == list(b)
+    assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+    assert a["t7_sgd_lhs"] == a["t7_sgd_lhs"]  # the stability inputs reached the bounds
+    with pytest.raises(TypeError, match="'tolerance'"):
+        flatbook.report(net, X, Y, tolerance=1e-4)
+    with pytest.raises(TypeError, match="not both"):
+        flatbook.report(net, X, Y, options=ReportOptions(), tol=1e-4)
