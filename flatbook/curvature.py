@@ -45,25 +45,18 @@ Choices (measured in ``bench/curvature_bench.py``, recorded in ``bench/README.md
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
 
-from flatbook import losses, rules
+from flatbook import losses
 from flatbook._functional import (
-    batched_grad,
-    flatten,
-    forward_fn,
     named_params,
-    unflatten,
 )
 from flatbook.checks import check_tol, passes_agree
 from flatbook.estimators import (  # noqa: F401  (re-exported: the estimators of this module)
@@ -74,18 +67,40 @@ from flatbook.estimators import (  # noqa: F401  (re-exported: the estimators of
     hutchinson_trace,
     hutchpp_trace,
 )
+from flatbook.jacobians import (  # noqa: F401  (re-exported)
+    JACOBIAN_METHODS,
+    _forward_check,
+    _ggn_trace_terms,
+    _output_hessians,
+    _per_sample_grams,
+    check_loss_on_outputs,
+    gauss_newton_matrix,
+    gn_trace,
+    jacobian_sqnorms,
+    per_sample_jacobians,
+)
 from flatbook.lanczos import SharpnessResult, _deflation_check, _lanczos  # noqa: F401
+from flatbook.risk import (  # noqa: F401  (re-exported)
+    HVP_BACKENDS,
+    LossLike,
+    NondeterminismError,
+    _check_chunk,
+    _check_data,
+    _check_params,
+    _check_seed,
+    _FlatLoss,
+    _from_numpy_hint,
+    _nondeterminism_message,
+    _probe_determinism,
+    eval_mode,
+)
 from flatbook.rules import GRAM_BLOCK_ENTRIES, gram_costs  # noqa: F401  (public re-export)
 
 if TYPE_CHECKING:
     from scipy.sparse.linalg import LinearOperator
 
-LossLike = str | Callable[[Tensor, Tensor], Tensor]
-
 TRACE_METHODS = ("gn", "hutchpp", "hutchinson")
 SOLVERS = ("lanczos", "eigsh")
-HVP_BACKENDS = ("revrev", "fwdrev")
-JACOBIAN_METHODS = ("auto", "jacrev")
 
 __all__ = [
     "HVPOperator",
@@ -101,266 +116,6 @@ __all__ = [
     "sharpness",
     "trace",
 ]
-
-
-class NondeterminismError(RuntimeError):
-    """Two identical evaluations of the loss or its gradient differed (curvature undefined)."""
-
-
-# --------------------------------------------------------------------------------------------
-# input checks and eval mode
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (every submodule) in eval mode; restore each submodule's flag on exit.
-
-    For the body, scaled-dot-product attention also uses its math kernel
-    (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``) and the fused
-    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast path is off
-    (``torch.backends.mha.set_fastpath_enabled(False)``): the fused CPU kernels have no double
-    backward, the math kernel computes the same function with one. Both are restored on exit.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    flags = [(m, m.training) for m in model.modules()]
-    fast = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield model
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-        for m, t in flags:
-            m.training = t
-
-
-def _from_numpy_hint(value: object, name: str) -> str:
-    """' (convert it with torch.from_numpy(name))' for a numpy array, else ''."""
-    return (f" (convert it with torch.from_numpy({name}))"
-            if isinstance(value, np.ndarray) else "")
-
-
-def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
-    if not isinstance(X, Tensor):
-        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}"
-                        f"{_from_numpy_hint(X, 'X')}")
-    if X.ndim == 0:
-        raise ValueError("X must have shape [n, ...] (a leading sample axis); got a scalar")
-    n = X.shape[0]
-    if n == 0:
-        raise ValueError("X is empty (n = 0 samples): curvature needs at least one sample")
-    if Y is not None:
-        if not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}"
-                            f"{_from_numpy_hint(Y, 'Y')}")
-        if Y.ndim == 0 or Y.shape[0] != n:
-            raise ValueError(
-                f"X and Y must have the same number of samples; got X {tuple(X.shape)}, "
-                f"Y {tuple(Y.shape)}"
-            )
-    return int(n)
-
-
-def _check_params(params: Mapping[str, Tensor]) -> None:
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("curvature needs autograd: do not call it inside torch.inference_mode() "
-                           "(torch.no_grad() is fine)")
-    if not params:
-        raise ValueError("model has no trainable parameters (P = 0)")
-    bad = [n for n, p in params.items() if not torch.isfinite(p).all()]
-    if bad:
-        raise ValueError(f"model has non-finite (nan/inf) parameters in {bad}")
-
-
-def _check_chunk(chunk: int | None, n: int) -> int:
-    if chunk is None:
-        return n
-    if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer (samples per pass) or None; "
-                         f"got {chunk!r}")
-    return min(int(chunk), n)
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
-
-
-# --------------------------------------------------------------------------------------------
-# the loss as a function of the flat parameter vector, chunked over the data
-# --------------------------------------------------------------------------------------------
-
-
-class _FlatLoss:
-    """L(θ) = Σ_c (n_c/n) L_c(θ) over fixed chunks c of the data; θ a flat vector [P].
-
-    Valid for any loss that averages over samples (``losses.squared``, ``losses.cross_entropy``
-    and any callable with mean reduction): the chunk-size weights then reproduce the full-data
-    mean exactly (up to rounding).
-
-    Two interchangeable HVP backends (same products up to rounding; tests check both):
-
-    - ``"fwdrev"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(L_c))``, recomputed
-      for every product; batched products by ``vmap`` over the tangents.
-    - ``"revrev"``: reverse-over-reverse (Pearlmutter's double backward with ``torch.autograd``):
-      ∇L_c is built once with ``create_graph=True`` and Hv = ∂(∇L_c · v)/∂θ. With a single chunk
-      the graph is kept between products (memory: one chunk's double-backward graph), with
-      several chunks it is rebuilt chunk by chunk, so memory stays bounded by one chunk either
-      way. On CPU with torch 2.13 it is 2–8× faster per product (bench/README.md).
-    """
-
-    def __init__(self, model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
-                 chunk: int | None, backend: str = "revrev") -> None:
-        if backend not in HVP_BACKENDS:
-            raise ValueError(f"unknown HVP backend {backend!r}; allowed: {list(HVP_BACKENDS)}")
-        self.backend = backend
-        self.n = _check_data(X, Y)
-        self.loss_fn = losses.get(loss)
-        self.model = model
-        self.params = named_params(model)
-        _check_params(self.params)
-        self.theta = flatten(self.params)
-        self.P = self.theta.numel()
-        self.buffers = dict(model.named_buffers())
-        c = _check_chunk(chunk, self.n)
-        self.chunks = [(X[s : s + c], Y[s : s + c]) for s in range(0, self.n, c)]
-        self.weights = [xc.shape[0] / self.n for xc, _ in self.chunks]
-        self._graph: tuple[tuple[Tensor, ...], Tensor] | None = None  # (leaves, ∇L_c)
-        self.grad: Tensor | None = None  # ∇L(θ) [P] once some pass has computed it
-
-    def chunk_loss(self, Xc: Tensor, Yc: Tensor) -> Callable[[Tensor], Tensor]:
-        model, params, buffers, loss_fn = self.model, self.params, self.buffers, self.loss_fn
-
-        def L(theta: Tensor) -> Tensor:
-            out = functional_call(model, (unflatten(theta, params), buffers), (Xc,))
-            return loss_fn(out, Yc)
-
-        return L
-
-    def _grad_graph(self, Xc: Tensor, Yc: Tensor, create_graph: bool
-                    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        """(per-parameter leaves, L_c, flat ∇L_c [P]) with plain autograd (model in eval mode).
-
-        One leaf per parameter tensor, not slices of one flat leaf: the backward of a slice
-        writes a zero-filled [P] tensor per parameter, which cost ≈ 20% of an HVP at P ≈ 1e6.
-        """
-        leaves = tuple(t.detach().requires_grad_(True)
-                       for t in unflatten(self.theta, self.params).values())
-        with torch.enable_grad():
-            out = functional_call(self.model, (dict(zip(self.params, leaves, strict=True)),
-                                               self.buffers), (Xc,))
-            lc = self.loss_fn(out, Yc)
-            gs = torch.autograd.grad(lc, leaves, create_graph=create_graph, allow_unused=True,
-                                     materialize_grads=True)
-            gc = torch.cat([g.reshape(-1) for g in gs])
-        return leaves, lc, gc
-
-    def value_and_grad(self, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-        """(L(θ), ∇L(θ)) over the whole data, shapes [] and [P].
-
-        With ``create_graph`` and a single chunk the double-backward graph is kept for
-        ``"revrev"`` products (the determinism probe's first pass builds it for free).
-        """
-        value = torch.zeros((), dtype=self.theta.dtype, device=self.theta.device)
-        g = torch.zeros_like(self.theta)
-        keep = create_graph and self.backend == "revrev" and len(self.chunks) == 1
-        with eval_mode(self.model):
-            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
-                leaves, lc, gc = self._grad_graph(Xc, Yc, create_graph=keep)
-                if keep:
-                    self._graph = (leaves, gc)
-                value = value + w * lc.detach()
-                g = g + w * gc.detach()
-        return value, g
-
-    def _revrev(self, V: Tensor, batched: bool) -> Tensor:
-        out = torch.zeros_like(V)
-
-        def dd(gc: Tensor, leaves: tuple[Tensor, ...], v: Tensor, batched: bool) -> Tensor:
-            if batched:
-                hs = batched_grad(gc, leaves, v, materialize=True)
-            else:  # Hv = ∇(∇L·v): a scalar output (grad_outputs=v makes torch import sympy,
-                # ~0.7 s on the first call of a process)
-                hs = torch.autograd.grad((gc * v).sum(), leaves, retain_graph=True,
-                                         allow_unused=True, materialize_grads=True)
-            if batched:
-                return torch.cat([h.reshape(h.shape[0], -1) for h in hs], dim=1)
-            return torch.cat([h.reshape(-1) for h in hs])
-
-        with eval_mode(self.model):
-            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
-                if len(self.chunks) == 1:
-                    if self._graph is None:
-                        leaves, _, gc = self._grad_graph(Xc, Yc, create_graph=True)
-                        self._graph = (leaves, gc)
-                    leaves, gc = self._graph
-                else:
-                    leaves, _, gc = self._grad_graph(Xc, Yc, create_graph=True)
-                with torch.enable_grad():
-                    hv = dd(gc, leaves, V, batched)
-                if len(self.chunks) == 1 and w == 1.0:
-                    out = hv.detach()
-                else:
-                    out.add_(hv.detach(), alpha=w)
-        return out
-
-    def hvp(self, v: Tensor) -> Tensor:
-        """Hv, v shape [P] → [P]."""
-        if self.backend == "revrev":
-            return self._revrev(v, batched=False)
-        out = torch.zeros_like(self.theta)
-        with eval_mode(self.model), torch.no_grad():
-            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
-                _, hv = jvp(grad(self.chunk_loss(Xc, Yc)), (self.theta,), (v,))
-                out = out + w * hv.detach()
-        return out
-
-    def hvp_batch(self, V: Tensor) -> Tensor:
-        """H V for a block of vectors, V shape [m, P] → [m, P] (batched over the vectors)."""
-        if self.backend == "revrev":
-            return self._revrev(V, batched=True)
-        out = torch.zeros_like(V)
-        theta = self.theta
-        with eval_mode(self.model), torch.no_grad():
-            for (Xc, Yc), w in zip(self.chunks, self.weights, strict=True):
-                g = grad(self.chunk_loss(Xc, Yc))
-
-                def one(v: Tensor, g: Callable[[Tensor], Tensor] = g) -> Tensor:
-                    return jvp(g, (theta,), (v,))[1]
-
-                out = out + w * vmap(one)(V).detach()
-        return out
-
-
-def _nondeterminism_message(diff: str) -> str:
-    return ("the loss is not a deterministic function of the parameters: two identical passes "
-            "(model in eval mode) gave " + diff + ". Likely causes: a "
-            "module that stays stochastic in eval mode (dropout called with training=True, "
-            "noise injection), BatchNorm/statistics computed from the batch (train-mode "
-            "BatchNorm), or a loss/data pipeline that shuffles, subsamples or augments on every "
-            "call; on GPUs also non-deterministic kernels (see "
-            "torch.use_deterministic_algorithms). Curvature needs a fixed data set and a "
-            "deterministic θ ↦ L(θ); pass check=False only if the difference is rounding.")
-
-
-def _probe_determinism(fl: _FlatLoss) -> tuple[Tensor, Tensor]:
-    """Two passes over the same data must give the same loss and gradient (else raise)."""
-    l1, g1 = fl.value_and_grad(create_graph=True)
-    l2, g2 = fl.value_and_grad()
-    if not torch.isfinite(l1):
-        raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
-    if not torch.isfinite(g1).all():
-        raise ValueError("gradient of the loss is not finite at the current parameters")
-    dl = (l1 - l2).abs().item()
-    dg = (g1 - g2).norm().item()
-    if not (passes_agree(l1, l2) and passes_agree(g1, g2)):
-        raise NondeterminismError(_nondeterminism_message(
-            f"|ΔL| = {dl:.3g}, ‖Δ∇L‖ = {dg:.3g}"))
-    return l1, g1
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,210 +268,6 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
     cols = [fl.hvp_batch(eye[s : s + int(block)]) for s in range(0, P, int(block))]
     fl._graph = None
     return torch.cat(cols).T.contiguous().detach()
-
-
-def _auto_chunk(model: nn.Module, X: Tensor, n_params: int) -> int:
-    """Samples per chunk so that a [b, k, P] Jacobian block has ≲ 2^24 entries."""
-    with torch.no_grad(), eval_mode(model):
-        k = model(X[:1]).numel()
-    return max(1, min(X.shape[0], (1 << 24) // max(1, k * n_params)))
-
-
-def per_sample_jacobians(model: nn.Module, X: Tensor, chunk: int | None = None,
-                         names: list[str] | None = None) -> Iterator[dict[str, Tensor]]:
-    """Yield per-sample parameter Jacobians J_i = ∂f(x_i)/∂θ chunk by chunk:
-    ``{name: Tensor[b, k, *param_shape]}`` for the b samples of each chunk of X [n, …].
-
-    ``vmap(jacrev)`` over samples, in eval mode; ``names`` restricts the Jacobian to those
-    parameters (the others are held fixed); ``chunk=None`` sizes chunks automatically.
-    Memory per chunk is b·k·P: for whole-network Gram/NTK quantities on small models.
-    """
-    params = named_params(model)
-    _check_params(params)
-    f = forward_fn(model)
-    sub = list(params) if names is None else list(names)
-    fixed = {n: p for n, p in params.items() if n not in sub}
-
-    def f1(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return f({**fixed, **p}, x.unsqueeze(0)).squeeze(0)
-
-    jac = vmap(jacrev(f1), in_dims=(None, 0))
-    n = X.shape[0]
-    if chunk is None:
-        chunk = _auto_chunk(model, X, sum(params[m].numel() for m in sub))
-    c = _check_chunk(chunk, n)
-    psub = {m: params[m] for m in sub}
-    with eval_mode(model):
-        for start in range(0, n, c):
-            yield {name: J.detach() for name, J in jac(psub, X[start : start + c]).items()}
-
-
-def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: str = "auto"
-                      ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-    """Yield (outputs [b, k], {name: K [b, k, k]}) per chunk, K = J^(name) J^(name)ᵀ per sample.
-
-    ``method="auto"``: dense layers by :func:`_linear_grams`, every other parameter by
-    ``vmap(jacrev)``; ``"jacrev"``: everything by ``vmap(jacrev)``.
-    """
-    if method not in JACOBIAN_METHODS:
-        raise ValueError(f"unknown Jacobian method {method!r}; allowed: {list(JACOBIAN_METHODS)}")
-    params = named_params(model)
-    _check_params(params)
-    n = X.shape[0]
-    c = _check_chunk(chunk, n) if chunk is not None else None
-    if c is None:  # ghost norms need no [b, k, P] block; the jacrev rest sizes its own
-        P = sum(p.numel() for p in params.values())
-        c = min(1024, n if method == "auto" else _auto_chunk(model, X, P))
-    with eval_mode(model):
-        for start in range(0, n, c):
-            Xc = X[start : start + c]
-            if method == "auto":
-                F, K = rules.layer_grams(model, Xc, params)
-            else:
-                with torch.no_grad():
-                    F = model(Xc)
-                K = {}
-            rest = [name for name in params if name not in K]
-            if rest:
-                parts: dict[str, list[Tensor]] = {name: [] for name in rest}
-                for J in per_sample_jacobians(model, Xc, None, rest):
-                    for name, Jn in J.items():
-                        Jf = Jn.reshape(Jn.shape[0], Jn.shape[1], -1)
-                        parts[name].append(Jf @ Jf.transpose(1, 2))
-                K.update({name: torch.cat(v) for name, v in parts.items()})
-            yield F, {name: K[name] for name in params}
-
-
-def jacobian_sqnorms(model: nn.Module, X: Tensor, chunk: int | None = 256, *,
-                     method: str = "auto") -> dict[str, Tensor]:
-    """Per-sample squared Frobenius norms of the parameter Jacobian, per parameter tensor.
-
-    Returns ``{name: Tensor[n]}`` with entry i = ‖∂f(x_i)/∂θ_name‖_F²; summed over names it is
-    ‖J_i‖_F², and for a dense layer's weight it is ‖∇_{W_l} f(x_i)‖_F² (paper.md L2, L3).
-    Model in eval mode, chunks of ``chunk`` samples (``None``: automatic).
-
-    Args:
-        model: network x ↦ f(x) ∈ R^k (output shape [b, k] for a batch).
-        X: inputs, shape [n, ...].
-        method: ``"auto"`` — ``nn.Linear`` parameters by per-sample "ghost norms"
-            (‖Σ_t δ_t h_tᵀ‖_F² from the layer's input h and output gradient δ, k backward
-            passes, validated against autograd), all others by ``vmap(jacrev)``; or
-            ``"jacrev"`` — every parameter by ``vmap(jacrev)`` (the reference). They agree to
-            rounding.
-    """
-    _check_data(X)
-    out: dict[str, list[Tensor]] = {}
-    for _, K in _per_sample_grams(model, X, chunk, method):
-        for name, Kn in K.items():
-            out.setdefault(name, []).append(torch.diagonal(Kn, dim1=1, dim2=2).sum(1))
-    return {n: torch.cat(v) for n, v in out.items()}
-
-
-def gn_trace(model: nn.Module, X: Tensor, chunk: int | None = 256) -> Tensor:
-    """Exact Gauss–Newton trace (1/n) Σ_i ‖J_i‖_F² (= tr H at interpolation, squared loss).
-
-    Returns a 0-d tensor (paper.md L1: tr H = (1/n) Σ_i ‖J_i‖_F² when f(x_i) = y_i ∀i).
-    """
-    sq = jacobian_sqnorms(model, X, chunk)
-    return torch.stack(list(sq.values())).sum(0).mean()
-
-
-def _output_hessians(loss_fn: Callable[[Tensor, Tensor], Tensor], F: Tensor, Y: Tensor
-                     ) -> Tensor | None:
-    """Λ_i = ∇²_f ℓ(f_i, y_i), shape [n, k, k]; ``None`` means Λ_i = I (squared loss)."""
-    if loss_fn is losses.squared:
-        return None
-    if loss_fn is losses.cross_entropy:
-        p = torch.softmax(F, dim=1)
-        s = torch.ones_like(p[:, :1]) if Y.ndim == 1 else Y.sum(1, keepdim=True)
-        lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-        return s.unsqueeze(2) * lam
-
-    def ell(f: Tensor, y: Tensor) -> Tensor:  # per-sample loss of a mean-reduced loss
-        return loss_fn(f.unsqueeze(0), y.unsqueeze(0))
-
-    return vmap(hessian(ell))(F, Y).detach()
-
-
-def _forward_check(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: Tensor,
-                   Y: Tensor, chunk: int | None) -> Tensor:
-    """The determinism probe of the exact GN trace, which depends on θ only through f and J:
-    outputs f(X) [n, k] of one plain forward (compared by the caller with the Gram pass's),
-    the loss evaluated twice on them (a shuffling / subsampling loss differs) and finite."""
-    c = _check_chunk(chunk, X.shape[0]) if chunk is not None else min(1024, X.shape[0])
-    with torch.no_grad(), eval_mode(model):
-        F = torch.cat([model(X[s : s + c]) for s in range(0, X.shape[0], c)])
-    check_loss_on_outputs(loss_fn, F, Y)
-    return F.detach()
-
-
-def check_loss_on_outputs(loss_fn: Callable[[Tensor, Tensor], Tensor], F: Tensor, Y: Tensor
-                          ) -> float:
-    """L(F, Y) evaluated twice on the same outputs F [n, k]: finite (else ``ValueError``) and
-    the same to 64 ulp (else :class:`NondeterminismError`: a loss that shuffles, subsamples or
-    is random). Returns L. The determinism check of everything whose θ-dependence goes
-    through f alone, once f itself has been checked (the GN trace, ``flatbook.report``)."""
-    with torch.no_grad():
-        l1, l2 = loss_fn(F, Y), loss_fn(F, Y)
-    if not torch.isfinite(l1):
-        raise ValueError(f"loss is not finite at the current parameters (L = {l1.item()})")
-    dl = (l1 - l2).abs().item()
-    if not passes_agree(l1, l2):
-        raise NondeterminismError(_nondeterminism_message(f"|ΔL| = {dl:.3g}"))
-    return float(l1)
-
-
-def _ggn_trace_terms(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                     X: Tensor, Y: Tensor, chunk: int | None, with_outputs: bool = False
-                     ) -> Tensor | tuple[Tensor, Tensor]:
-    """Per-sample tr(J_iᵀ Λ_i J_i) = tr(Λ_i J_i J_iᵀ), shape [n] (and the outputs f [n, k])."""
-    terms: list[Tensor] = []
-    outs: list[Tensor] = []
-    start = 0
-    for F, Ks in _per_sample_grams(model, X, chunk):
-        b = F.shape[0]
-        K = sum(Ks.values())  # [b, k, k] per-sample NTK block J_i J_iᵀ
-        lam = _output_hessians(loss_fn, F, Y[start : start + b])
-        if lam is None:
-            terms.append(torch.diagonal(K, dim1=1, dim2=2).sum(1))
-        else:
-            terms.append((lam * K).sum((1, 2)))
-        outs.append(F)
-        start += b
-    if with_outputs:
-        return torch.cat(terms), torch.cat(outs)
-    return torch.cat(terms)
-
-
-def gauss_newton_matrix(model: nn.Module, X: Tensor, loss: LossLike = "squared",
-                        Y: Tensor | None = None) -> Tensor:
-    """Dense (generalised) Gauss–Newton matrix G = (1/n) Σ_i J_iᵀ Λ_i J_i, shape [P, P].
-
-    Λ_i = I for the squared loss (then Y is not needed and G = H at interpolation, paper.md L1);
-    for cross-entropy Λ_i = diag(p_i) − p_i p_iᵀ (p_i = softmax f(x_i)); for a callable loss
-    Λ_i = ∇²_f ℓ(f(x_i), y_i) by autodiff. Small models only (memory P², n·k·P).
-    """
-    n = _check_data(X, Y)
-    loss_fn = losses.get(loss)
-    if loss_fn is not losses.squared and Y is None:
-        raise ValueError("gauss_newton_matrix needs targets Y for a loss other than 'squared'")
-    start = 0
-    G: Tensor | None = None
-    for J in per_sample_jacobians(model, X, None):
-        b = next(iter(J.values())).shape[0]
-        Jf = torch.cat([Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()], dim=2)  # [b,k,P]
-        if loss_fn is losses.squared:
-            Gc = torch.einsum("bkp,bkq->pq", Jf, Jf)
-        else:
-            with torch.no_grad(), eval_mode(model):
-                F = model(X[start : start + b])
-            assert Y is not None
-            lam = _output_hessians(loss_fn, F, Y[start : start + b])
-            Gc = torch.einsum("bkp,bkl,blq->pq", Jf, lam, Jf)
-        G = Gc if G is None else G + Gc
-        start += b
-    assert G is not None
-    return G / n
 
 
 # --------------------------------------------------------------------------------------------
