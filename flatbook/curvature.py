@@ -153,14 +153,17 @@ class HVPOperator:
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of θ and of the products."""
         return self._fl.theta.dtype
 
     @property
     def device(self) -> torch.device:
+        """device of θ and of the products."""
         return self._fl.theta.device
 
     @property
     def theta(self) -> Tensor:
+        """The flat parameter vector θ [P] the Hessian is taken at."""
         return self._fl.theta
 
     def __call__(self, v: Tensor) -> Tensor:

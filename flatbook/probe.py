@@ -113,6 +113,7 @@ class _Call(nn.Module):
         self._float = float_dtype
 
     def forward(self, x: Tensor) -> Any:
+        """The model on x (dict inputs unpacked first), called by ``forward`` if given."""
         inp: Any = x if self._fields is None else unpack(x, self._fields, self._float)
         if self._forward is None:
             return self.model(inp)
@@ -128,6 +129,7 @@ class _Output(nn.Module):
         self._select = output
 
     def forward(self, x: Tensor) -> Tensor:
+        """f(x) [b, k]: the selected output, one row per sample."""
         f = select_output(self.model(x), self._select)
         b = x.shape[0]
         return f.reshape(b, -1)
@@ -210,6 +212,8 @@ class Probe(LayerDiscovery, Sweep):
         chunk: int | None = None,
         check: bool = True,
     ) -> None:
+        """Validate and store the arguments (see the class docstring); nothing runs before
+        ``with`` enters the probe."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
@@ -311,6 +315,9 @@ class Probe(LayerDiscovery, Sweep):
             self._ctx = None
 
     def _resolve(self) -> None:
+        """Resolve model and data once: cast X, wrap the output selector, compute F = f(X)
+        [n, k], check finiteness, sample independence and determinism (two passes), cast Y,
+        then discover the dense layers."""
         x1 = self.X[:2]  # two samples: a model with batch statistics fails on one
         try:
             with torch.no_grad():

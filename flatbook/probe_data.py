@@ -57,6 +57,8 @@ def _check_tensor_arg(value: object, name: str) -> None:
 
 
 def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
+    """One batch of a loader as (x, y or None): a tensor, an (x, y) pair, or a dict/tuple
+    input; ``TypeError`` naming ``where`` and the way out otherwise."""
     if isinstance(item, Tensor):
         return item, None
     if isinstance(item, tuple | list) and len(item) == 2:

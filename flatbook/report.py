@@ -157,6 +157,8 @@ class Report:
         return out
 
     def __str__(self) -> str:
+        """The readable table: data and fit, curvature, output measures, per-layer measures,
+        bounds with slack, notes."""
         s = self.scalars
         lines = [
             f"flatbook report: n={int(s['n'])}, d={int(s['d'])}, k={int(s['k'])}, "

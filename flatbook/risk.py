@@ -162,6 +162,7 @@ class _FlatLoss:
         self.grad: Tensor | None = None  # ∇L(θ) [P] once some pass has computed it
 
     def chunk_loss(self, Xc: Tensor, Yc: Tensor) -> Callable[[Tensor], Tensor]:
+        """θ ↦ ℓ̄(θ) = loss of the chunk (Xc, Yc) at flat parameters θ [P] (a scalar)."""
         model, params, buffers, loss_fn = self.model, self.params, self.buffers, self.loss_fn
 
         def L(theta: Tensor) -> Tensor:
