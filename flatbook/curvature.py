@@ -384,7 +384,7 @@ def sharpness(
     v0 = _start_vector(op, gen, bt if solver == "lanczos" else torch.float64)
     if solver == "lanczos":
         vals, vecs, residuals, converged, _ = _lanczos(op, P, k, tol, v0, ncv, int(max_hvp),
-                                                       gen, bt)
+                                                       gen)
     else:
         from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 

@@ -79,12 +79,60 @@ def _subtract(Q: Tensor, c: Tensor, w: Tensor) -> None:
         w[s : s + _COLS].sub_(c @ Q[:, s : s + _COLS])
 
 
+def _orthogonalise(Q: Tensor, m: int, coupling: Tensor, w: Tensor) -> tuple[Tensor, float, bool]:
+    """Orthogonalise w = H q_m (in place) against the basis rows Q[: m + 1].
+
+    Subtracts the couplings known exactly (β_{m−1} q_{m−1}, or after a restart the kept Ritz
+    vectors'), then α q_m, then classical Gram–Schmidt against all of Q, a second pass only by
+    the DGKS criterion (η = 0.717). Returns (h = column m of T [m + 1] float64, β = ‖w‖,
+    invariant: a second pass removed most of w again, so w ∈ span Q to working precision)."""
+    f64 = torch.float64
+    h = torch.zeros(m + 1, dtype=f64)
+    nz = torch.nonzero(coupling).flatten()
+    if nz.numel() == 1:  # plain Lanczos step: only β_{m−1} q_{m−1}
+        j = int(nz[0])
+        w.add_(Q[j], alpha=-float(coupling[j]))
+    elif nz.numel() > 1:  # first step after a restart: the kept Ritz vectors' couplings
+        _subtract(Q[:m], coupling.to(dtype=w.dtype, device=w.device), w)
+    h[:m] = coupling
+    alpha = float(torch.dot(Q[m], w))
+    w.add_(Q[m], alpha=-alpha)
+    h[m] += alpha
+    invariant = False
+    beta = 0.0
+    for npass in range(2):
+        w_norm = float(w.norm())
+        c = _project(Q[: m + 1], w)
+        _subtract(Q[: m + 1], c, w)
+        h += c.to(f64).cpu()
+        beta = float(w.norm())
+        if beta >= 0.717 * w_norm:
+            break
+        invariant = npass == 1
+    return h, beta, invariant
+
+
+def _ritz(S: Tensor, theta: Tensor, Q: Tensor, W: Tensor, k: int
+          ) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k Ritz pairs y_j = Q s_j (unit) and their residuals ‖H y_j − θ_j y_j‖ from the
+    stored products W = H Q (no further product). Returns (θ [k], Y [P, k], residuals [k])."""
+    Sk = S[:, :k].to(dtype=Q.dtype, device=Q.device)
+    Yv = Sk.T @ Q  # [k, P]
+    HY = Sk.T @ W
+    norms = Yv.norm(dim=1, keepdim=True)
+    Yv.div_(norms)
+    HY.div_(norms)
+    HY.sub_(theta[:k].to(dtype=Q.dtype, device=Q.device).unsqueeze(1) * Yv)
+    return theta[:k].clone(), Yv.T, HY.norm(dim=1).to(torch.float64).cpu()
+
+
 def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Tensor,
-             ncv: int, max_hvp: int, gen: torch.Generator, dtype: torch.dtype = torch.float64
+             ncv: int, max_hvp: int, gen: torch.Generator
              ) -> tuple[Tensor, Tensor, Tensor, bool, int]:
     """Thick-restart Lanczos with full reorthogonalisation (largest algebraic eigenvalues).
 
-    Keeps an orthonormal basis Q ∈ R^{P×m} (m ≤ ncv, rows of ``Q`` in ``dtype``), the products
+    Keeps an orthonormal basis Q ∈ R^{P×m} (m ≤ ncv, rows of ``Q`` in the dtype of ``v0``),
+    the products
     W = HQ it has computed, and the projected matrix T = QᵀHQ (float64) built from the
     orthogonalisation coefficients. Ritz pairs (θ_j, Q s_j) have residual norm β |s_j[-1]|;
     stop when it is ≤ tol·max(|θ_j|, ε^{2/3}·|θ_1|) for the top k (ARPACK's criterion). When m
@@ -105,7 +153,7 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
     float64, converged, n_hvp).
     """
     f64 = torch.float64
-    dev = v0.device
+    dev, dtype = v0.device, v0.dtype
     eps23 = torch.finfo(f64).eps ** (2 / 3)
     Q = torch.empty(ncv + 1, P, dtype=dtype, device=dev)  # rows are basis vectors
     W = torch.empty(ncv, P, dtype=dtype, device=dev)  # W[j] = H Q[j]
@@ -122,27 +170,7 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
         w = op(Q[m]).to(dtype)
         n_hvp += 1
         W[m].copy_(w)
-        h = torch.zeros(m + 1, dtype=f64)
-        nz = torch.nonzero(coupling).flatten()
-        if nz.numel() == 1:  # plain Lanczos step: only β_{m−1} q_{m−1}
-            j = int(nz[0])
-            w.add_(Q[j], alpha=-float(coupling[j]))
-        elif nz.numel() > 1:  # first step after a restart: the kept Ritz vectors' couplings
-            _subtract(Q[:m], coupling.to(dtype=dtype, device=dev), w)
-        h[:m] = coupling
-        alpha = float(torch.dot(Q[m], w))
-        w.add_(Q[m], alpha=-alpha)
-        h[m] += alpha
-        invariant = False
-        for npass in range(2):
-            w_norm = float(w.norm())
-            c = _project(Q[: m + 1], w)
-            _subtract(Q[: m + 1], c, w)
-            h += c.to(f64).cpu()
-            beta = float(w.norm())
-            if beta >= 0.717 * w_norm:
-                break
-            invariant = npass == 1
+        h, beta, invariant = _orthogonalise(Q, m, coupling, w)
         T[m, : m + 1] = h
         T[: m + 1, m] = h
         m += 1
@@ -185,16 +213,8 @@ def _lanczos(op: Callable[[Tensor], Tensor], P: int, k: int, tol: float, v0: Ten
             m = keep
             continue
         Q[m] = w / beta
-    kk = min(k, m)
-    Sk = S[:, :kk].to(dtype=dtype, device=dev)
-    Yv = Sk.T @ Q[:m]  # [kk, P]
-    HY = Sk.T @ W[:m]
-    norms = Yv.norm(dim=1, keepdim=True)
-    Yv.div_(norms)
-    HY.div_(norms)
-    HY.sub_(theta[:kk].to(dtype=dtype, device=dev).unsqueeze(1) * Yv)
-    residuals = HY.norm(dim=1).to(f64).cpu()
-    return theta[:kk].clone(), Yv.T, residuals, converged, n_hvp
+    vals, Y, residuals = _ritz(S, theta, Q[:m], W[:m], min(k, m))
+    return vals, Y, residuals, converged, n_hvp
 
 
 def _deflation_check(op: Operator, vals: Tensor, vecs: Tensor, tol: float, ncv: int,
@@ -228,8 +248,7 @@ def _deflation_check(op: Operator, vals: Tensor, vecs: Tensor, tol: float, ncv: 
         budget = max_hvp - op.n_hvp
         if budget < 2:
             return vals, vecs, False, swapped
-        th, y, _, ok, _ = _lanczos(op_d, P, 1, tol, v0, min(ncv, P - V.shape[1]), budget, gen,
-                                   dtype)
+        th, y, _, ok, _ = _lanczos(op_d, P, 1, tol, v0, min(ncv, P - V.shape[1]), budget, gen)
         converged = converged and ok
         kth = float(vals[-1])
         if float(th[0]) <= kth + tol * max(abs(kth), 1e-300):
@@ -261,7 +280,7 @@ def lanczos(A: object, k: int = 1, tol: float = 1e-6, seed: int = 0, *,
     gen = torch.Generator().manual_seed(int(seed))
     ncv = min(op.P, max(2 * k + 1, min(64, (1 << 27) // op.P)))
     v0 = torch.randn(op.P, generator=gen, dtype=op.dtype).to(op.device)
-    vals, vecs, res, ok, _ = _lanczos(op, op.P, k, tol, v0, ncv, max_matvecs, gen, op.dtype)
+    vals, vecs, res, ok, _ = _lanczos(op, op.P, k, tol, v0, ncv, max_matvecs, gen)
     if (k > 1 if verify is None else verify) and k < op.P:
         vals, vecs, ok2, swapped = _deflation_check(op, vals, vecs, tol, ncv, max_matvecs, gen,
                                                     op.dtype)
