@@ -72,6 +72,28 @@ class _HookState:
         self.capture: dict[str, Tensor] | None = None  # layer name → captured input
 
 
+@dataclass
+class _Plan:
+    """What one sweep measures (:meth:`Sweep._plan`)."""
+
+    layers: list[DenseLayer]
+    producers: dict[str, str]  # layer name → module whose output is h_{l−1}
+    pnames: list[str]  # the producers, sorted
+    prod_shape: dict[str, tuple[int, ...]]  # producer → per-sample output shape
+    chunk: int
+    with_x: bool  # floating inputs: J_x is measured
+
+
+@dataclass
+class _Columns:
+    """Jacobian blocks [b, k, ·] collected chunk by chunk."""
+
+    Jx: list[Tensor]
+    Jl: dict[str, list[Tensor]]
+    Jt: dict[str, list[Tensor]]
+    Gl: dict[str, list[Tensor]]
+
+
 class Sweep:
     """Mixin of :class:`flatbook.probe.Probe`: the hooks, the batched sweep and
     :meth:`measure` (uses the probe's resolved ``fn``, ``X``, ``F``, ``layers()``)."""
@@ -123,22 +145,59 @@ class Sweep:
         state.capture = None
         return {name: torch.cat(v) for name, v in cap.items()}
 
-    def _batched_sweep(self, state: _HookState, layers: list[ProbedLayer],
-                       producers: dict[str, str], pnames: list[str],
-                       prod_shape: dict[str, tuple[int, ...]], c: int, Jx: list[Tensor],
-                       Jl: dict[str, list[Tensor]], Jt: dict[str, list[Tensor]],
-                       Gl: dict[str, list[Tensor]]) -> bool:
+    def _zeros(self, b: int, width: int, grad: bool) -> Tensor:
+        """A [b, width] zero perturbation in the probe's dtype/device."""
+        return torch.zeros(b, width, dtype=self.dtype, device=self.device, requires_grad=grad)
+
+    def _perturbations(self, plan: _Plan, b: int, grad: bool
+                       ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Zero δ_l [b, p] on every dense layer's input and ε [b, ·] on every producer's output."""
+        delta = {L.name: self._zeros(b, L.in_features, grad) for L in plan.layers}
+        eps = {q: self._zeros(b, math.prod(plan.prod_shape[q]), grad) for q in plan.pnames}
+        return delta, eps
+
+    def _chunk_sweep(self, state: _HookState, plan: _Plan, zeta: dict[str, Tensor], s: int
+                     ) -> list[Tensor] | None:
+        """The k reverse passes of chunk s as one batched backward: ∂f/∂(x, ε_z, ε_p, δ) per
+        input, each [b, k, ·] (``None``: autograd cannot batch the cotangents). Raises
+        :class:`flatbook.checks.SampleMixingError` when the first chunk's samples interact."""
+        xc = self.X[s : s + plan.chunk]
+        b = xc.shape[0]
+        xf = xc.reshape(b, -1).detach().clone().requires_grad_(plan.with_x)
+        for L in plan.layers:
+            zeta[L.name] = self._zeros(b, L.out_features, True)
+        delta, eps = self._perturbations(plan, b, True)
+        state.delta, state.eps = delta, eps
+        try:
+            F = self.fn(xf.reshape(b, *self.X.shape[1:]) if plan.with_x else xc).reshape(b, -1)
+        finally:
+            state.delta, state.eps = None, None
+        ins = ([xf] if plan.with_x else []) + [zeta[L.name] for L in plan.layers] + [
+            eps[q] for q in plan.pnames] + [delta[L.name] for L in plan.layers]
+        if s == 0 and b > 1:  # samples must not interact (as vmap assumes)
+            g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True, allow_unused=True)
+            if any(g is not None and bool(g[1:].abs().max() > 0) for g in g0):
+                raise checks.SampleMixingError(
+                    "the model's output for sample 0 depends on the inputs or activations of "
+                    "other samples in its batch (∂f(x_0)/∂x_j ≠ 0 for j ≠ 0); "
+                    f"{checks.MIXING_CAUSES}")
+        k = F.shape[1]
+        eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
+        try:
+            gs = batched_grad(F, ins, eye, materialize=True)
+        except RuntimeError:
+            return None
+        return [g.detach().transpose(0, 1) for g in gs]  # [b, k, ·]
+
+    def _batched_sweep(self, state: _HookState, plan: _Plan, cols: _Columns) -> bool:
         """The k reverse passes of :meth:`measure` as batched autograd over whole chunks.
 
         ε_l [b, m] is added to every dense layer's output z_l and δ_l [b, p] to its input:
         G_l = ∂f/∂ε_l and J_l = ∂f/∂δ_l = G_l W_l come out of the same backward pass (autograd
-        forms G_l W_l on its way to h_{l−1} anyway). Fills the lists and returns True; returns
-        False (lists untouched) if autograd cannot batch the cotangents; raises
-        :class:`flatbook.checks.SampleMixingError` if the samples of a chunk interact
-        (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for j ≠ 0: per-sample Jacobians are undefined).
+        forms G_l W_l on its way to h_{l−1} anyway). Fills ``cols`` and returns True; returns
+        False (``cols`` untouched) if autograd cannot batch the cotangents.
         """
-        fn, shape, with_x = self.fn, self.X.shape[1:], self.float_input
-        if not (with_x or layers or pnames):  # token ids and no dense layer: no Jacobian to take
+        if not (plan.with_x or plan.layers or plan.pnames):  # token ids, no dense layer
             return True
         zeta: dict[str, Tensor] = {}
 
@@ -148,67 +207,105 @@ class Sweep:
                 return None if e is None else out + e.reshape(out.shape)
             return hook
 
-        res: tuple[list[Tensor], dict[str, list[Tensor]], dict[str, list[Tensor]],
-                   dict[str, list[Tensor]]] = ([], {n: [] for n in Gl}, {p: [] for p in pnames},
-                                               {n: [] for n in Gl})
-        hs = [L.module.register_forward_hook(post(L.name)) for L in layers]
+        chunks: list[list[Tensor]] = []
+        hs = [L.module.register_forward_hook(post(L.name)) for L in plan.layers]
         try:
-            with self._hooks(state, layers, producers), torch.enable_grad():
-                for s in range(0, self.n, c):
-                    xc = self.X[s : s + c]
-                    b = xc.shape[0]
-                    xf = xc.reshape(b, -1).detach().clone().requires_grad_(with_x)
-                    for L in layers:
-                        zeta[L.name] = torch.zeros(b, L.out_features, dtype=self.dtype,
-                                                   device=self.device, requires_grad=True)
-                    eps = {p: torch.zeros(b, math.prod(prod_shape[p]), dtype=self.dtype,
-                                          device=self.device, requires_grad=True)
-                           for p in pnames}
-                    delta = {L.name: torch.zeros(b, L.in_features, dtype=self.dtype,
-                                                 device=self.device, requires_grad=True)
-                             for L in layers}
-                    state.delta, state.eps = delta, eps
-                    try:
-                        F = fn(xf.reshape(b, *shape) if with_x else xc).reshape(b, -1)
-                    finally:
-                        state.delta, state.eps = None, None
-                    ins = ([xf] if with_x else []) + [zeta[L.name] for L in layers] + [
-                        eps[p] for p in pnames] + [delta[L.name] for L in layers]
-                    if s == 0 and b > 1:  # samples must not interact (as vmap assumes)
-                        g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True,
-                                                 allow_unused=True)
-                        if any(g is not None and bool(g[1:].abs().max() > 0) for g in g0):
-                            raise checks.SampleMixingError(
-                                "the model's output for sample 0 depends on the inputs or "
-                                "activations of other samples in its batch (∂f(x_0)/∂x_j ≠ 0 "
-                                f"for j ≠ 0); {checks.MIXING_CAUSES}")
-                    k = F.shape[1]
-                    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
-                        k, b, k)
-                    try:
-                        gs = batched_grad(F, ins, eye, materialize=True)
-                    except RuntimeError:
+            with self._hooks(state, plan.layers, plan.producers), torch.enable_grad():
+                for s in range(0, self.n, plan.chunk):
+                    gs = self._chunk_sweep(state, plan, zeta, s)
+                    if gs is None:
                         return False
-                    it = iter(g.detach().transpose(0, 1) for g in gs)  # [b, k, ·]
-                    if with_x:
-                        res[0].append(next(it))
-                    for L in layers:
-                        res[1][L.name].append(next(it))
-                    for p in pnames:
-                        res[2][p].append(next(it))
-                    for L in layers:
-                        res[3][L.name].append(next(it))
+                    chunks.append(gs)
         finally:
             for h in hs:
                 h.remove()
             zeta.clear()
-        Jx.extend(res[0])
-        for L in layers:
-            Gl[L.name].extend(res[1][L.name])
-            Jl[L.name].extend(res[3][L.name])
-        for p in pnames:
-            Jt[p].extend(res[2][p])
+        for gs in chunks:
+            it = iter(gs)
+            if plan.with_x:
+                cols.Jx.append(next(it))
+            for L in plan.layers:
+                cols.Gl[L.name].append(next(it))
+            for q in plan.pnames:
+                cols.Jt[q].append(next(it))
+            for L in plan.layers:
+                cols.Jl[L.name].append(next(it))
         return True
+
+    def _vmap_sweep(self, state: _HookState, plan: _Plan, cols: _Columns) -> None:
+        """The same Jacobians by one ``vmap(jacrev)`` per chunk (ops without a batching rule)."""
+        fn, shape = self.fn, self.X.shape[1:]
+
+        def f1(x: Tensor, delta: dict[str, Tensor], eps: dict[str, Tensor]) -> Tensor:
+            state.delta, state.eps = delta, eps
+            try:
+                return fn(x.reshape(1, *shape)).reshape(-1)
+            finally:
+                state.delta, state.eps = None, None
+
+        jac = vmap(jacrev(f1, argnums=(0, 1, 2) if plan.with_x else (1, 2)), in_dims=(0, 0, 0))
+        with self._hooks(state, plan.layers, plan.producers), torch.no_grad():
+            for s in range(0, self.n, plan.chunk):
+                xc = self.X[s : s + plan.chunk]
+                b = xc.shape[0]
+                res = jac(xc.reshape(b, -1) if plan.with_x else xc,
+                          *self._perturbations(plan, b, False))
+                if plan.with_x:
+                    cols.Jx.append(res[0].detach())
+                jd, je = res[-2], res[-1]
+                for name in cols.Jl:
+                    cols.Jl[name].append(jd[name].detach())
+                for q in plan.pnames:
+                    cols.Jt[q].append(je[q].detach())
+
+    def _producer_shapes(self, pnames: list[str]) -> dict[str, tuple[int, ...]]:
+        """Per-sample output shape of each producer module (one forward of one sample)."""
+        outs: dict[str, tuple[int, ...]] = {}
+
+        def shape_hook(pn: str) -> Callable[..., None]:
+            def hook(m: nn.Module, i: Any, o: Tensor) -> None:
+                outs.setdefault(pn, tuple(o.shape[1:]))
+            return hook
+
+        hs = [self._module(q).register_forward_hook(shape_hook(q)) for q in pnames]
+        try:
+            with torch.no_grad():
+                self.fn(self.X[:1])
+        finally:
+            for h_ in hs:
+                h_.remove()
+        return outs
+
+    def _plan(self, total: bool | None, H: dict[str, Tensor]) -> _Plan:
+        """What one sweep measures: the layers, the producers of their inputs whose total
+        sensitivity is wanted, and the chunk size for the Jacobian width."""
+        layers = self.layers()
+        producers: dict[str, str] = {}
+        for L in layers:
+            want = (L.index is None) if total is None else total
+            if want and L.producer is not None and L.producer != "input":
+                producers[L.name] = L.producer
+        with_x = self.float_input
+        width = (self.d if with_x else 0) + sum(L.in_features for L in layers) + sum(
+            H[n].shape[1] for n in producers)
+        pnames = sorted(set(producers.values()))
+        return _Plan(layers=layers, producers=producers, pnames=pnames,
+                     prod_shape=self._producer_shapes(pnames) if pnames else {},
+                     chunk=self.chunk_size(width), with_x=with_x)
+
+    def _total(self, L: DenseLayer, plan: _Plan, cols: _Columns, J: Tensor, J_x: Tensor | None
+               ) -> tuple[Tensor | None, bool | None]:
+        """(J_total, skip) of layer L: the producer's total ∂f/∂h_{l−1} (or J_x when h_{l−1}
+        is the input), and whether it differs from the path Jacobian J beyond √ε."""
+        JT: Tensor | None = None
+        if L.name in plan.producers:
+            JT = torch.cat(cols.Jt[plan.producers[L.name]])
+        elif L.producer == "input" and plan.with_x and L.index is None:
+            JT = J_x
+        if JT is None or JT.shape != J.shape:  # the producer's output is not h_{l−1} itself
+            return None, None
+        tol = math.sqrt(torch.finfo(self.dtype).eps) * max(float(JT.norm()), 1e-300)
+        return JT, float((JT - J).norm()) > tol
 
     def measure(self, total: bool | None = None) -> Measured:
         """One Jacobian sweep over the data: J_x, every path Jacobian J_l = G_l W_l (with
@@ -222,94 +319,21 @@ class Sweep:
                 every layer that is not a top-level item of an ``nn.Sequential`` (where it is J_l
                 by construction).
         """
-        layers = self.layers()
         H = self.inputs()
-        producers: dict[str, str] = {}
-        for L in layers:
-            want = (L.index is None) if total is None else total
-            if want and L.producer is not None and L.producer != "input":
-                producers[L.name] = L.producer
+        plan = self._plan(total, H)
         state = _HookState()
-        fn = self.fn
-        shape = self.X.shape[1:]
-        with_x = self.float_input
-        width = (self.d if with_x else 0) + sum(L.in_features for L in layers) + sum(
-            H[n].shape[1] for n in producers)
-        c = self.chunk_size(width)
-        pnames = sorted(set(producers.values()))
-
-        def f1(x: Tensor, delta: dict[str, Tensor], eps: dict[str, Tensor]) -> Tensor:
-            state.delta, state.eps = delta, eps
-            try:
-                return fn(x.reshape(1, *shape)).reshape(-1)
-            finally:
-                state.delta, state.eps = None, None
-
-        jac = vmap(jacrev(f1, argnums=(0, 1, 2) if with_x else (1, 2)), in_dims=(0, 0, 0))
-        prod_shape: dict[str, tuple[int, ...]] = {}
-        if pnames:  # the producers' output shapes (per sample)
-            outs: dict[str, tuple[int, ...]] = {}
-
-            def shape_hook(pn: str) -> Callable[..., None]:
-                def hook(m: nn.Module, i: Any, o: Tensor) -> None:
-                    outs.setdefault(pn, tuple(o.shape[1:]))
-                return hook
-
-            hs = [self._module(p).register_forward_hook(shape_hook(p)) for p in pnames]
-            try:
-                with torch.no_grad():
-                    fn(self.X[:1])
-            finally:
-                for h_ in hs:
-                    h_.remove()
-            prod_shape = outs
-        Jx: list[Tensor] = []
-        Jl: dict[str, list[Tensor]] = {L.name: [] for L in layers}
-        Jt: dict[str, list[Tensor]] = {p: [] for p in pnames}
-        Gl: dict[str, list[Tensor]] = {L.name: [] for L in layers}
-        batched = self._batched_sweep(state, layers, producers, pnames, prod_shape, c, Jx, Jl,
-                                      Jt, Gl)
-        with self._hooks(state, layers, producers), torch.no_grad():
-            for s in ([] if batched else range(0, self.n, c)):
-                xc = self.X[s : s + c]
-                b = xc.shape[0]
-                xf = xc.reshape(b, -1) if with_x else xc
-                delta = {L.name: torch.zeros(b, L.in_features, dtype=self.dtype,
-                                             device=self.device) for L in layers}
-                eps = {p: torch.zeros(b, math.prod(prod_shape[p]), dtype=self.dtype,
-                                      device=self.device) for p in pnames}
-                res = jac(xf, delta, eps)
-                if with_x:
-                    jx, jd, je = res
-                    Jx.append(jx.detach())
-                else:
-                    jd, je = res
-                for name in Jl:
-                    Jl[name].append(jd[name].detach())
-                for p in pnames:
-                    Jt[p].append(je[p].detach())
-        out = Measured(F=self.F, J_x=torch.cat(Jx) if with_x else None)
-        eps_ = torch.finfo(self.dtype).eps
-        for L in layers:
-            J = torch.cat(Jl[L.name])
-            JT = None
-            skip = None
-            if L.name in producers:
-                JT = torch.cat(Jt[producers[L.name]])
-                if JT.shape != J.shape:  # the producer's output is not h_{l−1} itself
-                    JT = None
-                else:
-                    scale = max(float(JT.norm()), 1e-300)
-                    skip = float((JT - J).norm()) > math.sqrt(eps_) * scale
-            elif L.producer == "input" and with_x and L.index is None:
-                jx = out.J_x
-                if jx is not None and jx.shape == J.shape:
-                    JT = jx
-                    skip = float((jx - J).norm()) > math.sqrt(eps_) * max(float(jx.norm()),
-                                                                          1e-300)
+        cols = _Columns(Jx=[], Jl={L.name: [] for L in plan.layers},
+                        Jt={q: [] for q in plan.pnames}, Gl={L.name: [] for L in plan.layers})
+        batched = self._batched_sweep(state, plan, cols)
+        if not batched:
+            self._vmap_sweep(state, plan, cols)
+        out = Measured(F=self.F, J_x=torch.cat(cols.Jx) if plan.with_x else None)
+        for L in plan.layers:
+            J = torch.cat(cols.Jl[L.name])
+            JT, skip = self._total(L, plan, cols, J, out.J_x)
             out.layers[L.name] = LayerResult(layer=L, H=H[L.name].reshape(self.n, -1), J=J,
                                              J_total=JT, skip=skip,
-                                             G=torch.cat(Gl[L.name]) if batched else None)
+                                             G=torch.cat(cols.Gl[L.name]) if batched else None)
         self.measured = out
         return out
 

@@ -537,3 +537,40 @@ def test_dict_inputs_through_a_forward_callable() -> None:
         assert rep.layers[n]["grad_w_sqnorm_mean"] == pytest.approx(
             float(torch.stack(gw).mean()), rel=1e-8)
     assert rep.bounds["t4_nmls"].holds(1e-9)
+
+
+def test_vmap_fallback_equals_batched_sweep(monkeypatch) -> None:
+    """Where autograd cannot batch the cotangents, one vmap(jacrev) per chunk gives the same
+    J_x, J_l and total Jacobians (only G_l is then not available)."""
+    from flatbook import probe_sweep
+
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+            self.act = nn.Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.a(x))
+            return self.c(torch.tanh(self.b(h)) + h)
+
+    torch.manual_seed(0)
+    net = Skip().double()
+    X = torch.randn(7, 4, dtype=torch.float64)
+    with Probe(net, X, chunk=3) as p:
+        fast = p.measure()
+
+    def refuse(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(probe_sweep, "batched_grad", refuse)
+    with Probe(net, X, chunk=3) as p:
+        slow = p.measure()
+    torch.testing.assert_close(slow.J_x, fast.J_x, rtol=1e-12, atol=1e-14)
+    assert set(slow.layers) == set(fast.layers)
+    for name, r in fast.layers.items():
+        s = slow.layers[name]
+        torch.testing.assert_close(s.J, r.J, rtol=1e-12, atol=1e-14)
+        assert (s.J_total is None) == (r.J_total is None) and s.skip == r.skip
+        assert s.G is None and r.G is not None
+    assert fast.layers["b"].skip is True  # h reaches c around b
