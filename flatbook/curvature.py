@@ -302,6 +302,27 @@ def _start_vector(op: HVPOperator, gen: torch.Generator, dtype: torch.dtype) -> 
     return u
 
 
+def _eigsh(op: HVPOperator, k: int, tol: float, v0: Tensor, ncv: int, max_hvp: int
+           ) -> tuple[Tensor, Tensor, bool]:
+    """Top-k eigenpairs by ARPACK (``scipy.sparse.linalg.eigsh``, which='LA') from ``v0``:
+    (values [k] descending, vectors [P, k] on the operator's device, converged)."""
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    P = op.P
+    ncv_e = min(P, max(ncv, 2 * k + 1))
+    try:
+        w, V = eigsh(op.as_linear_operator(), k=k, which="LA", tol=tol, v0=v0.cpu().numpy(),
+                     ncv=ncv_e, maxiter=max(1, max_hvp // max(1, ncv_e - k)))
+        converged = True
+    except ArpackNoConvergence as e:
+        w, V = e.eigenvalues, e.eigenvectors
+        converged = False
+    order = np.argsort(w)[::-1]
+    vals = torch.from_numpy(np.ascontiguousarray(w[order]))
+    vecs = torch.from_numpy(np.ascontiguousarray(V[:, order])).to(op.device)
+    return vals, vecs, converged and vals.numel() >= k
+
+
 def sharpness(
     model: nn.Module,
     loss: LossLike,
@@ -386,22 +407,7 @@ def sharpness(
         vals, vecs, residuals, converged, _ = _lanczos(op, P, k, tol, v0, ncv, int(max_hvp),
                                                        gen)
     else:
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
-        A = op.as_linear_operator()
-        ncv_e = min(P, max(ncv, 2 * k + 1))
-        try:
-            w, V = eigsh(A, k=k, which="LA", tol=tol, v0=v0.cpu().numpy(), ncv=ncv_e,
-                         maxiter=max(1, int(max_hvp) // max(1, ncv_e - k)))
-            converged = True
-        except ArpackNoConvergence as e:
-            w, V = e.eigenvalues, e.eigenvectors
-            converged = False
-        order = np.argsort(w)[::-1]
-        vals = torch.from_numpy(np.ascontiguousarray(w[order]))
-        vecs = torch.from_numpy(np.ascontiguousarray(V[:, order])).to(op.device)
-        if vals.numel() < k:
-            converged = False
+        vals, vecs, converged = _eigsh(op, k, tol, v0, ncv, int(max_hvp))
 
     if verify is None:
         verify = k > 1

@@ -205,7 +205,16 @@ class Report:
                     f"  {name:<8} log LVR {v['log_lvr_mean']:.4g}  MLS {v['mls_mean']:.4g}  "
                     f"LD {v['ld_mean']:.3g}  PR {v['pr']:.3g}"
                 )
-        lines.append("")
+        lines += self._bound_lines()
+        if self.notes:
+            lines.append("")
+            lines += [f"Note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _bound_lines(self) -> list[str]:
+        """The bounds table: lhs, rhs, slack, holds and source of each bound ("n/a" rows for
+        bounds that do not apply)."""
+        lines = [""]
         lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
         lines.append(f"  {'bound':<16}{'lhs':>12}{'rhs':>12}{'slack':>11}  holds  source")
         for name, b in self.bounds.items():
@@ -217,10 +226,7 @@ class Report:
                 f"  {name:<16}{lhs:>12.4g}{rhs:>12.4g}{slack:>11.4g}  "
                 f"{'yes' if b.holds(1e-9) else 'NO ':<5}  {b.source}"
             )
-        if self.notes:
-            lines.append("")
-            lines += [f"Note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return lines
 
     def _curvature_lines(self) -> list[str]:
         """λ_max with its certified residual bound, then each trace labelled by its matrix."""
