@@ -82,6 +82,7 @@ import torch
 from flatbook import __version__
 from flatbook import data as _data
 from flatbook import models as _models
+from flatbook import store as _store
 from flatbook import train as _train
 from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
 from flatbook._io import (
@@ -132,11 +133,23 @@ STALE_TMP_S = 600
 
 
 class StaleResultsError(ValueError):
-    """Stored results do not match the requested config or the running code version."""
+    """Stored results do not match the requested config or the running code version.
+
+    ``reason`` (a key of :data:`flatbook.store.REASONS`) names why, and is the suffix of the
+    folder the run is moved to when it is recomputed (``stale/<run_id>-<reason>/``)."""
+
+    reason = "config-mismatch"
+
+    def __init__(self, *args: Any, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
 
 
 class NumericsMismatchError(StoreProblem, StaleResultsError):
     """A run's numerics fingerprint differs from the one it would be resumed / mixed with."""
+
+    reason = "other-numerics"
 
 
 class NumericsWarning(UserWarning):
@@ -600,7 +613,7 @@ def _check_format(doc: Mapping[str, Any], path: Path) -> None:
     if fmt > STORE_FORMAT:
         raise StaleResultsError(
             f"{path} has store format {fmt}, newer than this flatbook reads ({STORE_FORMAT}): "
-            f"upgrade flatbook (running {__version__}) to read this store"
+            f"upgrade flatbook (running {__version__}) to read this store", reason="newer-format"
         )
 
 
@@ -643,19 +656,31 @@ def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise DamagedFileError(path, f"does not hold a valid run config ({e})", way_out) from None
     if not ok or cfg.run_id != run_dir.name:
         raise DamagedFileError(path, "its config, hash and folder name do not agree", way_out)
+    _store.check_results_doc(doc, path, way_out)
     return cfg, _migrate_results(doc)
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    """``"0.12.3"`` → ``(0, 12, 3)`` for ordering versions (non-digits end a part)."""
+    out = []
+    for part in v.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        out.append(int(digits) if digits else -1)
+    return tuple(out)
 
 
 def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
     if check == "none":
         return
-    prov = doc.get("provenance", {})
+    prov = doc.get("provenance") or {}
     v = str(prov.get("flatbook", "?"))
     if _major_minor(v) != _major_minor(__version__):
+        newer = _version_key(v) > _version_key(__version__)
         raise StaleResultsError(
             f"{where} was written by flatbook {v}, running {__version__} (major.minor must "
             f"match: a minor version bump means results may change); re-run it (add --restart "
-            f"to its command) or, to use these numbers anyway, pass check='none'"
+            f"to its command) or, to use these numbers anyway, pass check='none'",
+            reason="newer-flatbook" if newer else "older-flatbook",
         )
     if prov.get("code_hash") != code_hash():
         msg = (
@@ -663,7 +688,8 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
             f"{str(prov.get('code_hash'))[:10]} ≠ {code_hash()[:10]})"
         )
         if check == "code":
-            raise StaleResultsError(msg + "; re-run it or pass check='version'")
+            raise StaleResultsError(msg + "; re-run it or pass check='version'",
+                                    reason="other-code")
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
@@ -733,7 +759,8 @@ def load_results(
         if doc["status"] not in status:
             raise StaleResultsError(
                 f"{rd}: status {doc['status']!r} not in {list(status)}"
-                + (f" (error: {doc.get('error')})" if doc.get("error") else "")
+                + (f" (error: {doc.get('error')})" if doc.get("error") else ""),
+                reason="failed" if doc["status"] == "failed" else "config-mismatch",
             )
         # the requested config's operational fields (device, threads) decide what "here" is
         return _flag_numerics(Results(rd, stored, doc), numerics, cfg)
@@ -806,108 +833,143 @@ def lock_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / ".locks" / f"{run_id}.lock"
 
 
-def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
-    """Who holds the run's lock (``"pid 123 on host since …"``), or None if nobody does."""
-    p = lock_path(results_dir, run_id)
-    if fcntl is None or not p.is_file():
-        return None
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; False if another holds it."""
     try:
-        fd = os.open(p, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _open_run_folder(results_dir: str | Path, run_id: str) -> int | None:
+    """A read-only descriptor of the run folder itself (never through a symbolic link), or
+    None if there is no such folder."""
+    try:
+        return os.open(Path(results_dir) / run_id,
+                       os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return p.read_text(errors="replace").strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
+    """Who holds the run's lock (``"pid 123 on host since …"``), or None if nobody does. A run
+    holds two locks: its lock file ``.locks/<run_id>.lock`` and its own folder; either held
+    counts (so deleting ``.locks`` does not hide a running run)."""
+    if fcntl is None:
         return None
-    finally:
-        os.close(fd)
+    p = lock_path(results_dir, run_id)
+    text = None
+    for fd in (_open_lock_file(p), _open_run_folder(results_dir, run_id)):
+        if fd is None:
+            continue
+        try:
+            if not _try_flock(fd):
+                if text is None:
+                    text = _holder_text(p)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return text
+
+
+def _open_lock_file(p: Path) -> int | None:
+    if p.is_symlink() or p.parent.is_symlink() or not p.is_file():
+        return None
+    try:
+        return os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+
+
+def _holder_text(p: Path) -> str:
+    try:
+        if not p.is_symlink() and p.is_file():
+            return p.read_text(errors="replace").strip()[:200] or "another process"
+    except OSError:
+        pass
+    return "another process"
 
 
 LOCK_TRIES = 20
 """Attempts (0.1 s apart) to take a run's lock before :class:`RunLockedError`."""
 
 
+def _flock_or_raise(fd: int, run_id: str, p: Path) -> None:
+    for attempt in range(LOCK_TRIES):  # a moment's grace (e.g. `show` probing the lock)
+        if _try_flock(fd):
+            return
+        if attempt < LOCK_TRIES - 1:
+            time.sleep(0.1)
+    raise RunLockedError(
+        f"run {run_id} is being trained by {_holder_text(p)} (lock {p}); wait for it to finish "
+        f"or stop that process (a stopped or killed run releases the lock; the same "
+        f"command then resumes it)"
+    )
+
+
 @contextlib.contextmanager
 def run_lock(results_dir: str | Path, run_id: str) -> Any:
     """Hold the exclusive lock of ``run_id`` for the body (``flock``; the kernel releases it
-    when the process ends, even by kill −9). Another holder: :class:`RunLockedError`."""
+    when the process ends, even by kill −9). Another holder: :class:`RunLockedError`.
+
+    Two locks are held: ``results_dir/.locks/<run_id>.lock`` (it names the holder) and the
+    run folder itself (created if missing), so removing ``.locks`` mid-run does not let a
+    second process in. Symbolic links (run folder, ``.locks``, the lock file) are refused
+    (:class:`flatbook.store.StoreFaultError`)."""
     if fcntl is None:  # pragma: no cover
         yield None
         return
+    _store.check_run_folder(results_dir, run_id, files=False)
     p = lock_path(results_dir, run_id)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        for attempt in range(LOCK_TRIES):  # a moment's grace (e.g. `show` probing the lock)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < LOCK_TRIES - 1:
-                    time.sleep(0.1)
-        else:
-            holder = p.read_text(errors="replace").strip() or "another process"
-            raise RunLockedError(
-                f"run {run_id} is being trained by {holder} (lock {p}); wait for it to finish "
-                f"or stop that process (a stopped or killed run releases the lock; the same "
-                f"command then resumes it)"
-            ) from None
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise _store.StoreFaultError(f"cannot open the lock file {p} ({e.strerror or e}; a "
+                                     f"symbolic link?): remove it and run the same command "
+                                     f"again") from None
+    dfd = None
+    try:
+        _flock_or_raise(fd, run_id, p)
+        (Path(results_dir) / run_id).mkdir(exist_ok=True)
+        dfd = _open_run_folder(results_dir, run_id)
+        if dfd is None:
+            raise _store.StoreFaultError(f"{Path(results_dir) / run_id} cannot be opened as a "
+                                         f"folder of the store")
+        _flock_or_raise(dfd, run_id, p)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {platform.node()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())  # fmt: skip
         yield p
     finally:
+        if dfd is not None:
+            os.close(dfd)
         os.close(fd)  # releases the lock
 
 
 def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> RunInfo | None:
     """What state a run folder is in (see :class:`RunInfo`); None if it is not a run folder
-    (no config.json, results.json or checkpoint). Every file read is verified."""
+    (no config.json, results.json or checkpoint). Every file read is verified, and whatever a
+    file holds, the run is returned (unreadable, a symbolic link, wrong types: ``damaged``,
+    the note naming the file)."""
     rd = Path(run_dir)
     root = Path(results_dir) if results_dir is not None else rd.parent
-    res, cfg_p, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
-    prev = previous_checkpoint(ckpt)
-    if not any(p.is_file() for p in (res, cfg_p, ckpt, prev)):
+    if not any(p.exists() or p.is_symlink() for p in (rd / n for n in _store.RUN_FILES)):
         return None
     info = RunInfo(rd.name, "interrupted", rd)
+    try:
+        _store.check_run_folder(root, rd.name)
+    except _store.StoreFaultError as e:
+        info.status, info.note = "damaged", str(e)
+        return info
     holder = lock_holder(root, rd.name)
     try:
-        if res.is_file():
-            stored, doc = _read_results(rd)
-            if cfg_p.is_file():
-                read_config_file(cfg_p)
-            info.status, info.config = doc["status"], stored.semantic_dict()
-            info.final = dict(doc.get("final") or {})
-            info.records = list(doc.get("records") or [])
-            info.step = info.final.get("step", doc.get("steps_done"))
-            info.steps = doc.get("steps")
-            info.numerics = doc.get("numerics")
-            info.note = str(doc.get("error") or "")
-            if holder is not None and doc["status"] == "failed":
-                info.status, info.note = "running", f"retried by {holder}"
-            return info
-        if cfg_p.is_file():
-            cdoc = read_config_file(cfg_p)
-            info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
-        if holder is not None:
-            info.status, info.note = "running", holder
-        state = load_checkpoint(ckpt, "cpu", restart=RESTART)
-        if state is not None:
-            recs = list(state.get("records") or [])
-            info.final = dict(recs[-1]) if recs else {}
-            info.records = recs
-            info.step = int(state.get("step", 0))
-            if info.numerics is None:
-                info.numerics = (state.get("meta") or {}).get("numerics")
+        if (rd / "results.json").is_file():
+            _inspect_finished(info, rd, holder)
         else:
-            info.step = 0
-        if info.config is not None and info.config.get("steps") is not None:
-            info.steps = int(info.config["steps"])
-        if info.status == "interrupted":
-            info.note = "resume: run the same command again"
+            _inspect_partial(info, rd, holder)
     except DamagedFileError as e:
         if holder is not None:
             info.status, info.note = "running", holder
@@ -915,7 +977,62 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
             info.status, info.note = "damaged", str(e)
     except StaleResultsError as e:
         info.status, info.note = "damaged", str(e)
+    except Exception as e:  # noqa: BLE001 - one bad run never hides the others
+        info.status, info.note = "damaged", f"{rd}: cannot be read ({type(e).__name__}: {e})"
     return info
+
+
+def _inspect_finished(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` from a verified ``results.json`` (and ``config.json`` if present)."""
+    stored, doc = _read_results(rd)
+    if (rd / "config.json").is_file():
+        read_config_file(rd / "config.json")
+    info.status, info.config = doc["status"], stored.semantic_dict()
+    info.final = dict(doc.get("final") or {})
+    info.records = list(doc.get("records") or [])
+    info.step = info.final.get("step", doc.get("steps_done"))
+    if doc["status"] == "diverged" and doc.get("diverged_at") is not None:
+        info.step = doc["diverged_at"]  # the last record may be long before the blow-up
+        info.note = f"diverged at step {doc['diverged_at']}"
+    info.steps = doc.get("steps")
+    info.numerics = doc.get("numerics")
+    if doc.get("error"):
+        info.note = str(doc["error"])
+    if holder is not None and doc["status"] == "failed":
+        info.status, info.note = "running", f"retried by {holder}"
+
+
+def _inspect_partial(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` for a run without results: its config and newest good checkpoint."""
+    ckpt = rd / "checkpoint.pt"
+    if (rd / "config.json").is_file():
+        cdoc = read_config_file(rd / "config.json")
+        info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
+    if holder is not None:
+        info.status, info.note = "running", holder
+    state = load_checkpoint(ckpt, "cpu", restart=RESTART)
+    if state is not None:
+        where = ckpt if ckpt.is_file() else previous_checkpoint(ckpt)
+        way = f"move it aside and run the same command again, or {RESTART}"
+        recs = state.get("records") or []
+        _store.check_records(recs, where, way)
+        step = state.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DamagedFileError(where, f"holds step {_store.printable(repr(step))[:40]}, "
+                                          f"not a step count", way)  # fmt: skip
+        info.final = dict(recs[-1]) if recs else {}
+        info.records = list(recs)
+        info.step = step
+        meta = state.get("meta")
+        if info.numerics is None and isinstance(meta, dict):
+            num = meta.get("numerics")
+            info.numerics = num if isinstance(num, dict) else None
+    else:
+        info.step = 0
+    if info.config is not None and info.config.get("steps") is not None:
+        info.steps = int(info.config["steps"])
+    if info.status == "interrupted":
+        info.note = "resume: run the same command again"
 
 
 def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
@@ -935,6 +1052,13 @@ def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
         raise NotADirectoryError(f"{root} is a file, not a result store folder")
     out = []
     for rd in sorted(root.iterdir()):
+        if rd.name == _store.STALE_DIR:
+            continue  # runs moved aside: kept, never listed as runs (see stale_runs)
+        if rd.is_symlink():
+            out.append(RunInfo(rd.name, "damaged", rd, note=(
+                f"{rd} is a symbolic link: not followed (flatbook stays inside the store); "
+                f"replace it by the folder itself or remove it")))
+            continue
         if rd.is_dir() and not rd.name.startswith("."):
             info = inspect_run(rd, root)
             if info is not None:
@@ -1060,9 +1184,13 @@ def run(
     One process trains a run id at a time (:func:`run_lock`); the run folder is proven
     writable before any training.
 
+    Store faults (a symbolic link for the run folder, ``.locks`` or a run file; a folder where
+    a file should be) raise :class:`flatbook.store.StoreFaultError` before anything is loaded.
+
     Args:
-        overwrite: start over (the CLI's ``--restart``): the run's results, checkpoints and
-            config are removed first.
+        overwrite: start over (the CLI's ``--restart``): the run's folder is first moved aside
+            to ``results_dir/stale/<run_id>-<reason>/`` (nothing is deleted; a
+            :class:`flatbook.store.MovedAsideWarning` names it and the reason).
         measure: override the measurement function (default: built from ``config.measures``).
     """
     if not isinstance(config, RunConfig):
@@ -1070,6 +1198,7 @@ def run(
     rd = run_dir_for(config, results_dir)
     res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
     prev = previous_checkpoint(ckpt)
+    _store.check_run_folder(results_dir, config.run_id, files=not overwrite)
     if not overwrite and res_path.is_file():
         _, doc = _read_results(rd)  # verified: a damaged file is named, never reused
         if doc.get("status") in FINISHED:
@@ -1085,12 +1214,11 @@ def run(
     n_params = sum(p.numel() for p in net.parameters())
     threads = resolve_threads(config, device, n_params)
     fp = numerics_fingerprint(device, threads, config.dtype)
+    if overwrite:
+        _store.say_moved(restart_aside(config, results_dir))
     check_writable(rd, "run folder")
     with run_lock(results_dir, config.run_id):
-        if overwrite:
-            for p in (res_path, ckpt, prev, cfg_path):
-                p.unlink(missing_ok=True)
-        elif res_path.is_file():
+        if res_path.is_file():
             _, doc = _read_results(rd)
             if doc.get("status") in FINISHED:  # finished by another process meanwhile
                 return _load_finished(config, results_dir)
@@ -1204,6 +1332,28 @@ def run(
         write_json(res_path, seal(doc))
         prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
+
+
+def restart_aside(config: RunConfig, results_dir: str | Path) -> list[_store.MovedRun]:
+    """Move the stored run of ``config`` aside before it is started over (under its lock):
+    ``stale/<run_id>-<reason>/``, the reason being why it could not be reused (damaged, newer
+    format or flatbook, other code, failed) or ``restart``. Returns what moved (nothing when
+    the run has no files)."""
+    rd = run_dir_for(config, results_dir)
+    with run_lock(results_dir, config.run_id):
+        if not any((rd / n).exists() for n in _store.RUN_FILES):
+            return []
+        try:
+            load_results(results_dir, config, check="code", status=STATUSES, numerics="ignore")
+            reason = "restart"
+        except FileNotFoundError:
+            reason = "restart"
+        except StaleResultsError as e:
+            reason = e.reason
+        except (DamagedFileError, OSError):
+            reason = "damaged"
+        to = _store.move_aside(results_dir, config.run_id, reason)
+    return [_store.MovedRun(config.run_id, reason, to)]
 
 
 def _unsealed(doc: Mapping[str, Any]) -> dict[str, Any]:
