@@ -97,7 +97,7 @@ class ExecutorOptions:
         kind: ``"local"`` (subprocesses on this machine), ``"slurm"``, or ``"inline"``
             (one after the other in this process; no submitit).
         folder: submitit's folder (logs, pickles, ``jobs.json``); default
-            ``<results_dir>/.submitit``. One sub-folder per job.
+            :func:`default_folder` (outside the store). One sub-folder per job.
         time_min: time limit per job in minutes (Slurm ``--time``; local: submitit timeout).
             Default :data:`DEFAULT_SLURM_TIME_MIN` (Slurm), :data:`DEFAULT_LOCAL_TIME_MIN`
             (local).
