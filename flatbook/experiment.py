@@ -813,15 +813,18 @@ class RunInfo:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def row(self) -> dict[str, Any]:
-        """Flat dict: run_id, status, step, steps, the final record, the config fields
-        (prefixed by nothing; record keys win), numerics fields (``numerics_*``), note."""
+        """Flat dict: run_id, status, step, steps, the config fields, the final record (a
+        record key that names a config field, e.g. the report's ``loss`` value, is kept as
+        ``record_<key>``: ``loss`` stays the loss function), numerics fields
+        (``numerics_*``), note."""
         out: dict[str, Any] = {"run_id": self.run_id, "status": self.status, "step": self.step,
                                "steps": self.steps}  # fmt: skip
         for k, v in (self.config or {}).items():
             out.setdefault(k, v)
         for k, v in self.final.items():
-            if k not in ("step",):
-                out[k] = v
+            if k == "step":
+                continue
+            out[f"record_{k}" if k in out or k in RunConfig.__dataclass_fields__ else k] = v
         for k, v in (self.numerics or {}).items():
             out[f"numerics_{k}"] = v
         out["note"] = self.note

@@ -187,7 +187,8 @@ def test_show_and_plot_survive_a_store_of_crafted_files(
 def test_show_shows_the_loss_a_diverged_step_and_filters_strictly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ex.run(tiny(loss="cross_entropy"), tmp_path)
+    ce = ex.run(tiny(loss="cross_entropy", measures=("report",)), tmp_path)
+    assert isinstance(ce.final["loss"], float)  # the report's loss value, a record key
     div = ex.run(tiny(lr=1e6, steps=30, measure_every=10), tmp_path)
     assert div.status == "diverged" and div.data["diverged_at"] is not None
     capsys.readouterr()
@@ -200,7 +201,9 @@ def test_show_shows_the_loss_a_diverged_step_and_filters_strictly(
     assert table.splitlines()[0].split()[4:7] == ["loss", "train", "loss"]
     for expr in ("loss=cross_entropy", "config.loss=cross_entropy"):
         assert main(["show", str(tmp_path), "--format", "json", "--filter", expr]) == 0
-        assert [r["loss"] for r in json.loads(capsys.readouterr().out)] == ["cross_entropy"]
+        got = json.loads(capsys.readouterr().out)
+        assert [r["loss"] for r in got] == ["cross_entropy"]
+        assert got[0]["record_loss"] == ce.final["loss"]
     for expr in ("lr<<0.2", "lr<abc", "lr=", "status=!completed"):
         with pytest.raises(SystemExit) as e:
             main(["show", str(tmp_path), "--filter", expr])
