@@ -296,3 +296,33 @@ def test_the_lock_holds_when_locks_is_removed_mid_run(
         holder.wait(timeout=60)
     assert ex.lock_holder(tmp_path, cfg.run_id) is None
     assert ex.run(cfg, tmp_path).status == "completed"
+
+
+def test_a_store_that_turns_read_only_mid_run_is_a_store_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    cfg = tiny()
+    real = _io._write_bytes
+    calls = {"n": 0}
+
+    def read_only_after_first(fh: object, data: bytes) -> None:
+        if ".checkpoint.pt." in str(getattr(fh, "name", "")):
+            calls["n"] += 1
+            if calls["n"] >= 2:  # the step-3 checkpoint is written, then the folder is not
+                raise OSError(errno.EROFS, "Read-only file system")
+        real(fh, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_io, "_write_bytes", read_only_after_first)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--config", str(tmp_path / "cfg.json"), "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "not writable" in err and "checkpoint.pt" in err
+    assert "run failed" not in err and "Traceback" not in err
+    rd = tmp_path / cfg.run_id
+    assert not (rd / "results.json").exists()  # not recorded as a failed run
+    assert _io.load_checkpoint(rd / "checkpoint.pt")["step"] == 3  # type: ignore[index]
+    monkeypatch.setattr(_io, "_write_bytes", real)  # writable again: the same command resumes
+    assert ex.run(cfg, tmp_path).data["provenance"]["resumed_from"] == 3
