@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run or resume one configuration.")  # fmt: skip
     _add_config_args(p_run, grid=False)
     p_run.add_argument("--restart", "--overwrite", dest="overwrite", action="store_true",
-                       help="start the run over: remove its results, checkpoints and config "
-                            "first (default: finish or resume what is stored)")
+                       help="start the run over: its folder is first moved aside to "
+                            "RESULTS_DIR/stale/<run_id>-<reason>/, never deleted (default: "
+                            "finish or resume what is stored)")
     p_sweep = sub.add_parser(
         "sweep", help="run a grid of configurations",
         description="Cartesian grid over " + ", ".join("--" + a.replace("_", "-")

@@ -379,8 +379,8 @@ def store_dir(results_dir: str | Path, setting: str | None = None) -> Path:
 def run_study_one(config: Mapping[str, Any], results_dir: str | Path, setting: str) -> dict:
     """Job entry point for an experiment chapter's run: ``flatbook.analysis.obtain`` for one
     config (load it if its stored results are current — same config, flatbook version and
-    numeric code — else compute it with the chapters' measurement function, overwriting stale
-    results). Never raises for a failed run; returns the same summary dict as
+    numeric code — else compute it with the chapters' measurement function, after moving stale
+    results aside to ``stale/``). Never raises for a failed run; returns the same summary dict as
     :func:`flatbook.experiment.run_one`."""
     from flatbook import analysis
 

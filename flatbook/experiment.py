@@ -735,6 +735,8 @@ def load_results(
         FileNotFoundError: the run has no results yet (the message says how to produce them).
         StaleResultsError: config, version or (``check="code"``) code hash mismatch.
         DamagedFileError: ``results.json`` of the requested run is damaged.
+        flatbook.store.StoreFaultError: the run folder or one of its files is a symbolic
+            link (never followed out of the store), or not a regular file.
     """
     _train.check_choice(check, "check", CHECKS)
     _train.check_choice(numerics, "numerics", NUMERICS_POLICIES)
@@ -743,7 +745,7 @@ def load_results(
     root = Path(results_dir)
     if config is not None:
         cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        rd = run_dir_for(cfg, root)
+        rd = _store.check_run_folder(root, cfg.run_id)  # no links out of the store
         if not (rd / "results.json").is_file():
             raise FileNotFoundError(
                 f"no results for run {cfg.run_id} in {root} (run it: flatbook.experiment.run("
@@ -768,6 +770,10 @@ def load_results(
     if not root.is_dir():
         return out
     for rd in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
+        if rd.is_symlink() or (rd / "results.json").is_symlink():
+            warnings.warn(f"left out {rd}: a symbolic link (not followed out of the store)",
+                          UserWarning, stacklevel=2)
+            continue
         try:
             stored, doc = _read_results(rd)
         except DamagedFileError as e:
@@ -862,19 +868,22 @@ def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
     if fcntl is None:
         return None
     p = lock_path(results_dir, run_id)
-    text = None
-    for fd in (_open_lock_file(p), _open_run_folder(results_dir, run_id)):
+    in_folder = Path(results_dir) / run_id / FOLDER_LOCK
+    fds = (_open_lock_file(p), _open_run_folder(results_dir, run_id), _open_lock_file(in_folder))
+    held = False
+    for fd in fds:
         if fd is None:
             continue
         try:
             if not _try_flock(fd):
-                if text is None:
-                    text = _holder_text(p)
+                held = True
             else:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:  # this file system cannot flock a folder: FOLDER_LOCK is used
+            pass
         finally:
             os.close(fd)
-    return text
+    return _holder_text(p) if held else None
 
 
 def _open_lock_file(p: Path) -> int | None:
@@ -894,6 +903,10 @@ def _holder_text(p: Path) -> str:
         pass
     return "another process"
 
+
+FOLDER_LOCK = ".run.lock"
+"""Lock file inside the run folder, used only where the file system cannot ``flock`` a folder
+(e.g. NFS, where ``flock`` is emulated by byte-range locks that need a writable file)."""
 
 LOCK_TRIES = 20
 """Attempts (0.1 s apart) to take a run's lock before :class:`RunLockedError`."""
@@ -918,8 +931,9 @@ def run_lock(results_dir: str | Path, run_id: str) -> Any:
     when the process ends, even by kill −9). Another holder: :class:`RunLockedError`.
 
     Two locks are held: ``results_dir/.locks/<run_id>.lock`` (it names the holder) and the
-    run folder itself (created if missing), so removing ``.locks`` mid-run does not let a
-    second process in. Symbolic links (run folder, ``.locks``, the lock file) are refused
+    run folder itself (created if missing; where the file system cannot lock a folder, its
+    :data:`FOLDER_LOCK` file), so removing ``.locks`` mid-run does not let a second process
+    in. Symbolic links (run folder, ``.locks``, the lock file) are refused
     (:class:`flatbook.store.StoreFaultError`)."""
     if fcntl is None:  # pragma: no cover
         yield None
@@ -941,7 +955,14 @@ def run_lock(results_dir: str | Path, run_id: str) -> Any:
         if dfd is None:
             raise _store.StoreFaultError(f"{Path(results_dir) / run_id} cannot be opened as a "
                                          f"folder of the store")
-        _flock_or_raise(dfd, run_id, p)
+        try:
+            _flock_or_raise(dfd, run_id, p)
+        except OSError:  # no flock on a folder here (NFS): lock a file inside it instead
+            os.close(dfd)
+            dfd = None
+            dfd = os.open(Path(results_dir) / run_id / FOLDER_LOCK,
+                          os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            _flock_or_raise(dfd, run_id, p)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {platform.node()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())  # fmt: skip
@@ -1346,17 +1367,27 @@ def restart_aside(config: RunConfig, results_dir: str | Path) -> list[_store.Mov
     with run_lock(results_dir, config.run_id):
         if not any((rd / n).exists() for n in _store.RUN_FILES):
             return []
-        try:
-            load_results(results_dir, config, check="code", status=STATUSES, numerics="ignore")
-            reason = "restart"
-        except FileNotFoundError:
-            reason = "restart"
-        except StaleResultsError as e:
-            reason = e.reason
-        except (DamagedFileError, OSError):
-            reason = "damaged"
+        reason = _restart_reason(config, results_dir)
         to = _store.move_aside(results_dir, config.run_id, reason)
     return [_store.MovedRun(config.run_id, reason, to)]
+
+
+def _restart_reason(config: RunConfig, results_dir: str | Path) -> str:
+    """Why a stored run is started over (a key of :data:`flatbook.store.REASONS`): what is
+    wrong with it (damaged, stale, failed), else ``restart`` (asked for)."""
+    rd = run_dir_for(config, results_dir)
+    try:
+        try:
+            load_results(results_dir, config, check="code", status=STATUSES, numerics="ignore")
+        except FileNotFoundError:  # an interrupted run: are its config and checkpoint sound?
+            if (rd / "config.json").is_file():
+                read_config_file(rd / "config.json")
+            load_checkpoint(rd / "checkpoint.pt", "cpu", restart=RESTART)
+    except StaleResultsError as e:
+        return e.reason
+    except (DamagedFileError, _store.StoreFaultError, OSError):
+        return "damaged"
+    return "restart"
 
 
 def _unsealed(doc: Mapping[str, Any]) -> dict[str, Any]:

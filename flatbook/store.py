@@ -136,8 +136,7 @@ def moved_message(moved: Sequence[MovedRun]) -> str:
     deleted; ``""`` when nothing moved."""
     if not moved:
         return ""
-    head = (f"flatbook: moved {len(moved)} stored run(s) aside (kept, not deleted) before "
-            f"recomputing them:")  # fmt: skip
+    head = f"moved {len(moved)} stored run(s) aside (kept, not deleted) before recomputing them:"
     return "\n".join([head, *(f"  {printable(str(m))}" for m in moved)])
 
 

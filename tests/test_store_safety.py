@@ -326,3 +326,27 @@ def test_a_store_that_turns_read_only_mid_run_is_a_store_fault(
     assert _io.load_checkpoint(rd / "checkpoint.pt")["step"] == 3  # type: ignore[index]
     monkeypatch.setattr(_io, "_write_bytes", real)  # writable again: the same command resumes
     assert ex.run(cfg, tmp_path).data["provenance"]["resumed_from"] == 3
+
+
+def test_where_a_folder_cannot_be_locked_a_file_inside_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import stat
+
+    real = ex._try_flock
+
+    def no_folder_locks(fd: int) -> bool:  # as on NFS: flock needs a writable file
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd)
+
+    monkeypatch.setattr(ex, "_try_flock", no_folder_locks)
+    monkeypatch.setattr(ex, "LOCK_TRIES", 1)
+    with ex.run_lock(tmp_path, "r1"):
+        assert (tmp_path / "r1" / ex.FOLDER_LOCK).is_file()
+        shutil.rmtree(tmp_path / ".locks")
+        assert ex.lock_holder(tmp_path, "r1") is not None
+        with pytest.raises(ex.RunLockedError), ex.run_lock(tmp_path, "r1"):
+            pass
+    assert ex.lock_holder(tmp_path, "r1") is None

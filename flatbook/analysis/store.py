@@ -128,7 +128,7 @@ def obtain(
             out.append(None)
             todo.append((i, c, False))
     if moved:
-        print(move_store.moved_message(moved), flush=True)
+        print("flatbook: " + move_store.moved_message(moved), flush=True)
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
         n_workers = resolve_workers(workers, len(todo))
