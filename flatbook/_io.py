@@ -211,7 +211,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda fh: _write_bytes(fh, text))
 
 
-MAX_JSON_BYTES = 512 * 2**20
+MAX_JSON_BYTES = 128 * 2**20
 """Largest JSON file :func:`read_json` reads (a long run's ``results.json`` is a few MB)."""
 MAX_JSON_DEPTH = 64
 """Deepest nesting of lists/objects :func:`read_json` accepts (store files nest ≤ 4 deep)."""
@@ -257,11 +257,9 @@ def read_json(path: str | Path) -> Any:
     :data:`MAX_INT_DIGITS`-digit integers (:class:`JSONLimitError` otherwise), so that a
     crafted file cannot exhaust memory, the stack or the integer parser."""
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > MAX_JSON_BYTES:
-            raise JSONLimitError(f"is {size / 2**20:.0f} MB (at most "
-                                 f"{MAX_JSON_BYTES // 2**20} MB)")  # fmt: skip
         data = fh.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise JSONLimitError(f"is larger than {MAX_JSON_BYTES} bytes")
     return from_jsonable(loads_limited(data.decode("utf-8")))
 
 

@@ -350,3 +350,18 @@ def test_where_a_folder_cannot_be_locked_a_file_inside_it_is(
         with pytest.raises(ex.RunLockedError), ex.run_lock(tmp_path, "r1"):
             pass
     assert ex.lock_holder(tmp_path, "r1") is None
+
+
+def test_json_limits_size_depth_and_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"a": [[[1]]], "n": 10**39}))
+    assert _io.read_json(p) == {"a": [[[1]]], "n": 10**39}  # within every limit
+    monkeypatch.setattr(_io, "MAX_JSON_BYTES", 20)
+    with pytest.raises(_io.JSONLimitError, match="larger than 20 bytes"):
+        _io.read_json(p)
+    monkeypatch.setattr(_io, "MAX_JSON_BYTES", 1 << 20)
+    for text, what in (("[" * 65 + "]" * 65, "deeper than 64"), ("[" * 5000 + "]" * 5000,
+                       "deeper than 64"), ("1" * 41, "41-digit integer")):  # fmt: skip
+        p.write_text(text)
+        with pytest.raises(_io.JSONLimitError, match=what):
+            _io.read_json(p)
