@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from flatbook import data as _data
+from flatbook import gn as _gn
 from flatbook import models as _models
 from flatbook import train as _train
 from flatbook.store import printable, stale_runs
@@ -284,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 SHOW_COLUMNS = (("run_id", "run id"), ("status", "status"), ("step", "step"),
                 ("loss", "loss"), ("train_loss", "train loss"), ("test_acc", "accuracy"),
-                ("lambda_max", "λ_max"), ("trace_gn", "tr H"), ("log_lvr_median", "log LVR"),
+                ("lambda_max", "λ_max"), ("trace_gn", _gn.show_label("trace_gn")),
+                ("log_lvr_median", "log LVR"),
                 ("note", "note"))  # fmt: skip
 """Columns of ``show``'s table: (key, header)."""
 
