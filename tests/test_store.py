@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatbook import _io, train
+from flatbook import _io, locks, train
 from flatbook import experiment as ex
 from flatbook._io import DamagedFileError, NoSpaceError, read_json, write_json
 from flatbook.store import MovedAsideWarning
@@ -274,7 +274,7 @@ def test_one_run_id_trains_once_at_a_time_and_kill_9_releases_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny()
-    monkeypatch.setattr(ex, "LOCK_TRIES", 1)
+    monkeypatch.setattr(locks, "LOCK_TRIES", 1)
     code = (f"import sys, time; from flatbook import experiment as ex\n"
             f"with ex.run_lock({str(tmp_path)!r}, {cfg.run_id!r}):\n"
             f"    print('locked', flush=True); time.sleep(120)\n")  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatbook import _io
+from flatbook import _io, locks
 from flatbook import experiment as ex
 from flatbook import store as st
 from flatbook.__main__ import main
@@ -276,7 +276,7 @@ def test_the_lock_holds_when_locks_is_removed_mid_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny()
-    monkeypatch.setattr(ex, "LOCK_TRIES", 1)
+    monkeypatch.setattr(locks, "LOCK_TRIES", 1)
     code = (f"import time; from flatbook import experiment as ex\n"
             f"with ex.run_lock({str(tmp_path)!r}, {cfg.run_id!r}):\n"
             f"    print('locked', flush=True); time.sleep(120)\n")  # fmt: skip
@@ -334,15 +334,15 @@ def test_where_a_folder_cannot_be_locked_a_file_inside_it_is(
     import errno
     import stat
 
-    real = ex._try_flock
+    real = locks._try_flock
 
     def no_folder_locks(fd: int) -> bool:  # as on NFS: flock needs a writable file
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise OSError(errno.EBADF, "Bad file descriptor")
         return real(fd)
 
-    monkeypatch.setattr(ex, "_try_flock", no_folder_locks)
-    monkeypatch.setattr(ex, "LOCK_TRIES", 1)
+    monkeypatch.setattr(locks, "_try_flock", no_folder_locks)
+    monkeypatch.setattr(locks, "LOCK_TRIES", 1)
     with ex.run_lock(tmp_path, "r1"):
         assert (tmp_path / "r1" / ex.FOLDER_LOCK).is_file()
         shutil.rmtree(tmp_path / ".locks")
