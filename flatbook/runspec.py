@@ -266,7 +266,7 @@ PARAMS: tuple[Param, ...] = (
     Param("checkpoint_every", "int | None", 2000, "steps between checkpoints, or 'none' (only "
           "at the end / on interrupt)", V.positive_int(none=True), X, Flag(type=_opt_int),
           TrainUse(default=None), operational=True),
-    Param("progress", "bool", True, "no progress bar", V.boolean, X,
+    Param("progress", "bool", True, "a tqdm progress bar (--no-progress: none)", V.boolean, X,
           Flag(action="store_false", spelling="--no-progress"), TrainUse(), operational=True,
           none="shown"),
     Param("data_dir", "str | None", None, "folder holding mnist/, fashion_mnist/, cifar10/",
