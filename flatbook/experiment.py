@@ -777,24 +777,21 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _data_key(config: RunConfig) -> tuple:
-    return (config.dataset, config.classes, config.n_train, config.n_test, config.data_seed,
-            config.standardize, config.dtype, config.model == "mlp", config.data_dir)  # fmt: skip
+def _data_options(config: RunConfig) -> dict[str, Any]:
+    """The arguments of ``flatbook.data.load`` for ``config`` (also the key under which
+    :func:`validate` loads each distinct data set once)."""
+    return {"name": config.dataset, "classes": config.classes, "n_train": config.n_train,
+            "n_test": config.n_test, "seed": config.data_seed, "standardize": config.standardize,
+            "one_hot": True, "flatten": config.model == "mlp", "dtype": config.dtype,
+            "data_dir": config.data_dir}  # fmt: skip
+
+
+def _data_key(config: RunConfig) -> str:
+    return stable_hash(_data_options(config))
 
 
 def _load_data(config: RunConfig) -> _data.Dataset:
-    return _data.load(
-        config.dataset,
-        classes=config.classes,
-        n_train=config.n_train,
-        n_test=config.n_test,
-        seed=config.data_seed,
-        standardize=config.standardize,
-        one_hot=True,
-        flatten=config.model == "mlp",
-        dtype=config.dtype,
-        data_dir=config.data_dir,
-    )
+    return _data.load(**_data_options(config))
 
 
 def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
