@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flatbook import gn as _gn
 from flatbook import runspec
 
 GRID_AXES = runspec.GRID_AXES
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 SHOW_COLUMNS = (("run_id", "run id"), ("status", "status"), ("step", "step"),
                 ("train_loss", "loss"), ("test_acc", "accuracy"), ("lambda_max", "λ_max"),
-                ("trace_gn", "tr H"), ("log_lvr_median", "log LVR"), ("note", "note"))  # fmt: skip
+                ("trace_gn", _gn.show_label("trace_gn")), ("log_lvr_median", "log LVR"),
+                ("note", "note"))  # fmt: skip
 """Columns of ``show``'s table: (key, header)."""
 
 CSV_COLUMNS = ("run_id", "status", "step", "steps", "train_loss", "test_loss", "train_acc",

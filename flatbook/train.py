@@ -32,14 +32,13 @@ re-running with the same checkpoint path resumes bit-identically.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import math
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from flatbook._validate import (  # noqa: F401 - re-exported (experiment, execut
     check_positive_int,
     check_seed,
 )
+from flatbook.curvature import eval_mode  # the one implementation (train.eval_mode: alias)
 from flatbook.runspec import (  # noqa: F401 - re-exported: the names users know
     LOSS_NAMES,
     MEASURES,
@@ -253,17 +253,6 @@ def evaluate(
             lab = y.argmax(1) if y.ndim == 2 else y
             correct += int((out.argmax(1) == lab).sum())
     return total / n, correct / n
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the body (BatchNorm/dropout deterministic), then restore."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 # ------------------------------------------------------------------------------ result

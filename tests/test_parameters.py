@@ -110,7 +110,7 @@ def test_papermill_injection_end_to_end(tmp_path: Path) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                  "display_name": "Python 3"}  # fmt: skip
     cells = [PARAMS_CELL,
-             "from flatbook._validate import check_parameters\n"
+             "from flatbook.book import check_parameters\n"
              "check_parameters(globals(), compute_missing='bool', n_boot='int >= 1')\n"
              "assert compute_missing is False, compute_missing"]  # fmt: skip
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
