@@ -132,7 +132,9 @@ def test_no_second_list_of_the_run_parameters_in_the_package() -> None:
                         and isinstance(t.target, ast.Name)} & names  # fmt: skip
             else:
                 continue
-            assert len(used) <= 8, f"{path.name}:{node.lineno} lists {sorted(used)}"
+            # a few related ones together are normal (data.load's options); the old lists
+            # held 14-32 of them
+            assert len(used) <= 10, f"{path.name}:{node.lineno} lists {sorted(used)}"
 
 
 def test_defaults_that_depend_on_another_parameter_adapt_to_it() -> None:
