@@ -332,6 +332,17 @@ def test_more_threads_than_cores_run_capped_with_a_note(
         (["--divergence-threshold", "0"], "--divergence-threshold", "positive"),
         (["--target-loss", "-1"], "--target-loss", "positive"),
         (["--steps", "100", "--measure-every", "200"], "--measure-every", "exceeds steps"),
+        (["--dataset", "imagenet"], "--dataset", "allowed"),
+        (["--classes", "1"], "--classes", "count ≥ 2"),
+        (["--classes", "3", "3"], "--classes", "distinct"),
+        (["--n-test", "0"], "--n-test", "positive integer"),
+        (["--standardize", "zscore"], "--standardize", "allowed"),
+        (["--data-seed", "-2"], "--data-seed", "0..2**63-1"),
+        (["--loss", "hinge"], "--loss", "allowed"),
+        (["--dtype", "float16"], "--dtype", "allowed"),
+        (["--schedule", "cosine"], "--schedule", "allowed"),
+        (["--device", "tpu"], "--device", "allowed"),
+        (["--model-kw", "hidden=[0]"], "--model-kw", "positive integers"),
     ],
 )
 def test_run_flags_are_checked_against_their_meaning(
