@@ -86,7 +86,7 @@ class Link:
 LINKS: tuple[Link, ...] = (
     Link("L1", "lem-gn", "Hessian = Gauss–Newton", "H", "(1/n) Σ JᵢᵀJᵢ",
          "f(xᵢ) = yᵢ (interpolation), squared loss", "standard (Ma & Ying 2021)",
-         "ch01_hessian", "l1_gap", math=r"$H = \frac{1}{n}\sum_i J_i^{\top} J_i$"),
+         "ch01_hessian", "l1_gap", math=r"$H = \frac{1}{n}\sum_i J_i^{\top} J_i$ at interpolation"),
     Link("T7", "thm-sgd-stability", "stability ceiling", "η, B", "tr H ≤ 2k/(pη)",
          "mean-square condition (necessary for stability), B < n",
          "condition: Ma & Ying 2021, Mulayoff & Michaeli 2023; k-output ceiling ours",
@@ -94,29 +94,32 @@ LINKS: tuple[Link, ...] = (
     Link("T1", "thm-t1-smoothness", "input smoothness", "tr H", "‖x‖²‖Jₓ‖_F²",
          "dense first layer W₁", "Ma & Ying 2021 (min form); weighted form ours",
          "ch03_input_smoothness", "t1_weighted",
-         math=r"$\overline{\Vert x\Vert^2\Vert J_x\Vert_F^2} \leq \Vert W_1\Vert_2^2\,"
-              r"\mathrm{tr}\,H$"),
+         math=r"$\frac{1}{n}\sum_i \Vert x_i\Vert^2\Vert J_x(x_i)\Vert_F^2 \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H$"),
     Link("T2", "thm-t2-volume", "volume", "‖Jₓ‖_F²", "LVR^(2/r)",
          "dense first layer; AM–GM over r = min(k, d) directions", "paper (v1 min, v3+ GM)",
-         "ch04_volume", "t2_gm", math=r"$\mathrm{LVR}^{2/r} \leq \Vert J_x\Vert_F^2/r$"),
+         "ch04_volume", "t2_gm", math=r"$\mathrm{GM}_i\,\mathrm{LVR}(x_i)^{2/r} \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H\,/\,(r\,\mathrm{GM}_i\Vert x_i\Vert^2)$"),
     Link("T3", "thm-t3-mls", "max. sensitivity", "‖Jₓ‖_F²", "MLS²",
          "dense first layer", "paper v3+", "ch05_mls_network", "t3_gm",
-         math=r"$\mathrm{MLS}^2 \leq \Vert J_x\Vert_F^2$"),
+         math=r"$\mathrm{GM}_i\,\mathrm{MLS}(x_i)^2 \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H\,/\,\mathrm{GM}_i\Vert x_i\Vert^2$"),
     Link("T4", "thm-t4-network", "every dense layer", "tr H", "NMLS, NVR",
          "dense layers (disjoint weight blocks)", "paper v5 (normalisation ours)",
          "ch05_mls_network", "t4_nmls",
          math=r"$\mathrm{NMLS},\ \mathrm{NVR} \leq \mathrm{tr}\,H$"),
     Link("T6", "thm-t6-ld", "no bound on LD", "tr H", "LD (none)",
-         "— (a construction: any tr H with any LD)", "paper (claim); construction ours",
-         "ch06_local_dim", None, "T2", math=r"$\mathrm{LD}$: no bound"),
+         "none (a construction: any tr H with any LD)", "paper (claim); construction ours",
+         "ch06_local_dim", None, "T2", math=r"$\mathrm{LD} \in [1, r]$ free"),
     Link("T5", "thm-t5-kappa", "invariant sharpness", "κ_l", "‖h‖² MLSₗ²",
          "interpolation; dense layer l", "paper v4+ (κ: Petzka et al.); identity ours",
          "ch07_invariance", "t5_mls_l1",
-         math=r"$\overline{\Vert h_{l-1}\Vert^2\,\mathrm{MLS}_l^2} \leq \kappa_l$"),
+         math=r"$\frac{1}{n}\sum_i \Vert h_{l-1}(x_i)\Vert^2\,\mathrm{MLS}_l(x_i)^2 "
+              r"\leq \kappa_l$"),
     Link("S", "lem-shared", "shared weights", "U (untied)", "Σₜ‖hₜ‖²‖GₜW‖_F²",
          "none beyond the untied sum; tied form not implied", "ours",
          "ch08_shared_weights", None, "T4",
-         math=r"$\sum_t \Vert h_t\Vert^2 \Vert G_t W\Vert_F^2$ (untied)"),
+         math=r"$\sum_t \Vert h_t\Vert^2 \Vert G_t W\Vert_F^2$"),
 )
 
 
@@ -150,8 +153,8 @@ def link_slacks(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_siz
     """Measured slack rhs/lhs of every :data:`LINKS` entry with a ``bound``, on one network.
 
     ``X, Y`` [n, …], [n, k] are the training set (n also enters p of T7). ``"l1_gap"`` is not
-    a ratio of sides: it is 1 + |tr H − tr G| / tr G with tr H from the dense-free Hutch++
-    estimate (:func:`flatbook.curvature.trace`, 90 HVPs, seed 0) and tr G the Gauss–Newton
+    a ratio of sides: it is 1 + |tr H − tr H_GN| / tr H_GN with tr H from the dense-free Hutch++
+    estimate (:func:`flatbook.curvature.trace`, 90 HVPs, seed 0) and tr H_GN the Gauss–Newton
     trace, i.e. how far the network is from the interpolation L1 needs (1 = exact).
     """
     q = _bounds.quantities(model, X) if q is None else q
