@@ -44,17 +44,31 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
-def small_text(fig: plt.Figure, min_pt: float = MIN_FONT_PT) -> list[str]:
+#: The book's content width in inches (~730 CSS px at 96 px/in): a wider figure is scaled down.
+CONTENT_WIDTH_IN = 7.6
+
+
+def small_text(fig: plt.Figure, min_pt: float = MIN_FONT_PT,
+               content_width_in: float | None = None) -> list[str]:
     """Visible texts of ``fig`` (labels, ticks, legends, annotations) smaller than ``min_pt``.
 
-    Returns ``"size pt: text"`` strings; empty when every text is legible. Used by the tests
-    and by the chapters' guard cells to keep the one style.
+    With ``content_width_in`` (e.g. :data:`CONTENT_WIDTH_IN`), sizes are as *rendered* in a
+    column that wide: a figure wider than the column is scaled down by
+    content_width_in / figure width, and so is its text. Returns ``"size pt: text"`` strings
+    (the rendered size); empty when every text is legible. Used by the tests and by the
+    chapters' guard cells to keep the one style.
     """
     fig.canvas.draw()
+    scale = 1.0
+    if content_width_in is not None:
+        if content_width_in <= 0:
+            raise ValueError(f"content_width_in must be > 0 inches; got {content_width_in!r}")
+        scale = min(1.0, content_width_in / float(fig.get_size_inches()[0]))
     out = []
     for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
-        if t.get_visible() and t.get_text().strip() and t.get_fontsize() < min_pt - 1e-9:
-            out.append(f"{t.get_fontsize():g} pt: {t.get_text()[:40]}")
+        size = t.get_fontsize() * scale
+        if t.get_visible() and t.get_text().strip() and size < min_pt - 1e-9:
+            out.append(f"{size:.3g} pt: {t.get_text()[:40]}")
     return out
 
 
