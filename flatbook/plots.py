@@ -234,7 +234,8 @@ def waterfall(
     return ax
 
 
-_LINE_IN = 0.19  #: line height of the roadmap's boxes, inches (9–10 pt text, mathtext)
+_LINE_IN = 0.2  #: line height of the roadmap's boxes, inches (10–11.5 pt text, mathtext)
+_BOX_PT = MIN_FONT_PT + 1  #: roadmap text size: ≥ 9 pt even in a 650 px column
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -272,12 +273,12 @@ def _draw_box(ax: Axes, x: float, y_top: float, w: float, lk: object, lines: lis
                                 fc="white" if dashed else "0.95", ec="0.3",
                                 ls="--" if dashed else "-", lw=1.0))
     ax.text(x + 0.08, y_top - 0.3 * _LINE_IN, lk.key, ha="left", va="top",
-            fontsize=MIN_FONT_PT + 2, fontweight="bold", color="C3" if dashed else "C0")
+            fontsize=_BOX_PT + 1, fontweight="bold", color="C3" if dashed else "C0")
     y = y_top - 0.3 * _LINE_IN
     for line in lines:
         is_math, tall = line.startswith("$"), "\\sum" in line or "\\frac" in line
         ax.text(x + 0.52, y - (0.1 * _LINE_IN if is_math else 0.0), line, ha="left",
-                va="top", fontsize=MIN_FONT_PT + (1.5 if is_math or line is lines[0] else 0),
+                va="top", fontsize=_BOX_PT + (1.5 if is_math or line is lines[0] else 0),
                 fontweight="bold" if line is lines[0] else "normal")
         y -= (1.9 if tall else 1.55 if is_math else 1.0) * _LINE_IN
     return h
@@ -300,9 +301,9 @@ def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None =
                          f"got {width!r}")
     main = [lk for lk in links if getattr(lk, "bound", None) is not None]
     side = [lk for lk in links if getattr(lk, "bound", None) is None]
-    w_side = 0.33 * width if side else 0.0
+    w_side = 0.35 * width if side else 0.0
     w_main = width - w_side - (0.3 if side else 0.1)
-    chars_main, chars_side = int((w_main - 0.6) * 15), int((w_side - 0.6) * 15)
+    chars_main, chars_side = int((w_main - 0.6) * 13.5), int((w_side - 0.6) * 13.5)
     gap = 0.32                                   # vertical gap between main boxes (arrows)
     blocks = [_box_lines(lk, slacks, chars_main) for lk in main]
     heights = [_box_height(b) for b in blocks]
