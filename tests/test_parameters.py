@@ -83,8 +83,9 @@ def _chapters() -> list[Path]:
 @pytest.mark.parametrize("md", _chapters(), ids=lambda p: p.stem)
 def test_every_chapter_declares_its_test_parameters_and_checks_its_booleans(md: Path) -> None:
     """The fast build injects each chapter's ``test_parameters`` like papermill: they must be
-    names of its parameters cell (else the misspelling check would stop it), and a boolean
-    parameter must have a ``"bool"`` rule in its first code cell (else "no" is truthy)."""
+    names of its parameters cell (else the misspelling check would stop it); its first code
+    cell calls check_parameters (which refuses a misspelt injected name), with a ``"bool"``
+    rule for each boolean parameter (else "no" is truthy)."""
     nb = jupytext.read(md)
     code = [c for c in nb.cells if c.cell_type == "code"]
     (i,) = [k for k, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
@@ -96,6 +97,7 @@ def test_every_chapter_declares_its_test_parameters_and_checks_its_booleans(md: 
     exec(code[i].source, namespace)  # noqa: S102 - the chapter's own literals
     bools = [k for k in declared if isinstance(namespace[k], bool)]
     first = code[i + 1].source if i + 1 < len(code) else ""
+    assert "check_parameters(globals()" in first, f"{md.name}: its first code cell must check"
     for name in bools:
         assert f'{name}="bool"' in first.replace(" ", ""), (md.name, name)
 
