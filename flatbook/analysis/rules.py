@@ -11,8 +11,8 @@ claim's essential parts), so a part decides at most α under its null (R6 checks
 - :func:`signflip_test` — trend parts: sign-flip permutation test of the mean (exact for
   n ≤ 14, Monte Carlo otherwise), t interval;
 - :func:`coupling_matrix` / :func:`coupling_test` — coupling parts: residual correlation
-  (Fisher z) of increments given the loss, against the run-mismatch null within cells, p by
-  permuting pairings within cells;
+  (Fisher z) of increments given the loss, windows aligned at each run's onset, against the
+  run-mismatch null within cells, p by permuting pairings within cells;
 - :func:`factor_test` — factor parts: stratified permutation test of a linear trend over the
   factor's levels within the strata of the other factor;
 - :func:`correlation_test` — level correlation across runs: Pearson r, Fisher-z interval,
@@ -131,23 +131,17 @@ def signflip_test(U: ArrayLike, expected: int, *, n_parts: int = 1, n_flip: int 
 
 
 # --------------------------------------------------------------------------- coupling
-def _resid(dV: np.ndarray, basis: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Residuals of dV [..., T] on [1, basis] [..., T, K] over ``mask`` [..., T] (0 outside)."""
-    X = np.concatenate([np.ones(basis.shape[:-1] + (1,)), basis], axis=-1) * mask[..., None]
-    y = dV * mask
-    G = X.swapaxes(-1, -2) @ X + 1e-12 * np.eye(X.shape[-1])
-    beta = np.linalg.solve(G, (X.swapaxes(-1, -2) @ y[..., None]))[..., 0]
-    return (y - (X @ beta[..., None])[..., 0]) * mask
-
-
 def coupling_matrix(X: ArrayLike, Y: ArrayLike, logL: ArrayLike, starts: ArrayLike,
-                    cells: Sequence[object], chunk: int = 64) -> np.ndarray:
+                    cells: Sequence[object], degree: int = 4) -> np.ndarray:
     """Z [S, R, R]: Fisher z of the correlation between the increments of X of run i and of Y
-    of run j (X, Y, logL: [S, R, T] on a shared step grid, already in log units), each
-    regressed on its own run's increments of log L and (log L)² (plus a constant), over the
-    window common to i and j (measurements ≥ max(starts_i, starts_j); ``starts`` [S, R]).
-    Only pairs in the same cell are computed (NaN elsewhere, and where fewer than 5
-    increments or a constant residual)."""
+    of run j (X, Y, logL: [S, R, T] on a shared step grid, already in log units), both
+    regressed on run i's increments of u, u², …, u^``degree`` (u = log L standardised over
+    the segment) plus a constant — the same projection for the real pair (j = i) and the
+    mismatched ones, so smooth shapes that survive it alike do not favour the real pair —
+    over a common window: every run's window aligned at
+    its own onset (``starts`` [S, R]) and cut to the shortest window of its (η, B) cell, so
+    that run i's X and run j's Y are compared at the same time since onset. Only pairs in the
+    same cell are filled (NaN elsewhere, and with fewer than degree + 3 increments)."""
     Xa, Ya, La = (np.asarray(a, dtype=float) for a in (X, Y, logL))
     if Xa.ndim == 2:
         Xa, Ya, La = Xa[None], Ya[None], La[None]
@@ -156,28 +150,40 @@ def coupling_matrix(X: ArrayLike, Y: ArrayLike, logL: ArrayLike, starts: ArrayLi
     lab = list(cells)
     if len(lab) != R:
         raise ValueError(f"cells has {len(lab)} labels for {R} runs")
-    ii, jj = np.array([(i, j) for i in range(R) for j in range(R) if lab[i] == lab[j]]).T
-    Lc = La - np.nanmean(La, axis=(1, 2), keepdims=True)
-    B = np.stack([np.diff(Lc, axis=-1), np.diff(Lc * Lc, axis=-1)], axis=-1)   # [S,R,T-1,2]
-    dX, dY = np.diff(Xa, axis=-1), np.diff(Ya, axis=-1)
-    Z = np.full((S, R, R), math.nan)
-    t = np.arange(T - 1)
-    for a in range(0, S, chunk):
-        s = slice(a, a + chunk)
-        start = np.maximum(st[s][:, ii], st[s][:, jj])                    # [s, P]
-        mask = (t[None, None, :] >= start[..., None]).astype(float)
-        okv = np.isfinite(dX[s][:, ii]) & np.isfinite(dY[s][:, jj]) & np.isfinite(
-            B[s][:, ii].sum(-1)) & np.isfinite(B[s][:, jj].sum(-1))
-        mask = mask * okv
-        clean = (lambda v: np.where(np.isfinite(v), v, 0.0))  # noqa: E731
-        rx = _resid(clean(dX[s][:, ii]), clean(B[s][:, ii]), mask)
-        ry = _resid(clean(dY[s][:, jj]), clean(B[s][:, jj]), mask)
-        den = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(den > 1e-300, (rx * ry).sum(-1) / den, np.nan)
-        r = np.where(mask.sum(-1) >= 5, r, np.nan)
-        Z[s, ii, jj] = np.arctanh(np.clip(r, -0.999999, 0.999999))
-    return Z
+    uniq = list(dict.fromkeys(lab))
+    cid = np.array([uniq.index(c) for c in lab])
+    n = T - st                                                        # window lengths
+    m = np.stack([n[:, cid == c].min(axis=1) for c in range(len(uniq))], axis=1)[:, cid]
+    k = np.arange(T)
+    idx = np.minimum(st[..., None] + k, T - 1)
+    inside = k[None, None, :] < m[..., None]
+    seg = [np.take_along_axis(a, idx, axis=2) for a in (Xa, Ya, La)]
+    ok = inside & np.isfinite(seg[0]) & np.isfinite(seg[1]) & np.isfinite(seg[2])
+    w = ok.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lc = np.where(ok, seg[2], 0.0)
+        mu = (lc * w).sum(-1, keepdims=True) / w.sum(-1, keepdims=True)
+        sd = np.sqrt((((lc - mu) * w) ** 2).sum(-1, keepdims=True) / w.sum(-1, keepdims=True))
+        u = np.where(ok, (lc - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    mask = (ok[..., 1:] & ok[..., :-1]).astype(float)
+    B = np.stack([np.diff(u ** p, axis=-1) for p in range(1, degree + 1)], axis=-1)
+    dX, dY = (np.diff(np.where(ok, v, 0.0), axis=-1) * mask for v in seg[:2])
+    # (I − P_i) dY_j without forming P_i: the residual rx_i is orthogonal to run i's basis,
+    # so <rx_i, (I − P_i) dY_j> = <rx_i, dY_j> and |(I − P_i) dY_j|² = |dY_j|² − a G⁻¹ a
+    Xb = np.concatenate([np.ones(B.shape[:-1] + (1,)), B], axis=-1) * mask[..., None]
+    Ginv = np.linalg.inv(Xb.swapaxes(-1, -2) @ Xb + 1e-12 * np.eye(Xb.shape[-1]))
+    rx = dX - (Xb @ (Ginv @ (Xb.swapaxes(-1, -2) @ dX[..., None])))[..., 0]
+    rx = rx * mask
+    dYt = dY.swapaxes(-1, -2)[:, None]                                    # [S, 1, M, R]
+    A = Xb.swapaxes(-1, -2) @ dYt                                          # [S, R, K+1, R]
+    quad = (A * (Ginv @ A)).sum(-2)                                        # [S, R, R]
+    yy = mask @ (dY * dY).swapaxes(-1, -2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (rx @ dY.swapaxes(-1, -2)) / np.sqrt(
+            (rx * rx).sum(-1)[..., None] * np.maximum(yy - quad, 0.0))
+    enough = mask.sum(-1) >= degree + 3                                       # [S, R]
+    good = (cid[:, None] == cid[None, :])[None] & enough[:, :, None] & enough[:, None, :]
+    return np.where(good, np.arctanh(np.clip(r, -0.999999, 0.999999)), np.nan)
 
 
 def _cell_perms(cells: Sequence[object], n_perm: int, seed: int) -> np.ndarray:
