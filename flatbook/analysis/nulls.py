@@ -36,8 +36,8 @@ from flatbook.analysis.verdicts import CONTRADICTED, REPRODUCED, combine
 from flatbook.analysis.window import Panel, end_values, fitted_change
 
 __all__ = ["Draws", "decided_rate", "from_panel", "loss_driven", "mismatch", "permute_labels",
-           "plant", "power_curve", "score_draws", "shuffle_in_time", "simulate",
-           "smooth_decays"]
+           "plant", "power_curve", "power_table", "score_draws", "shuffle_in_time", "simulate",
+           "smooth_decays", "to_study"]
 
 KEEP = ("step", "epoch", "train_loss", "train_acc")
 """Series a shuffle in time keeps in order."""
@@ -223,18 +223,23 @@ def permute_labels(d: Draws, factor: str, seed: int = 0) -> tuple[Draws, np.ndar
     return replace(d, series=ser, starts=np.take_along_axis(d.starts, perms, axis=1)), perms
 
 
-def loss_driven(d: Draws, keys: Sequence[str], seed: int = 0, noise: float = 0.02) -> Draws:
+def loss_driven(d: Draws, keys: Sequence[str], seed: int = 0, noise: float = 0.02,
+                slope: tuple[float, float] = (0.5, 1.5)) -> Draws:
     """N6: each of ``keys`` replaced by a smooth non-linear function of the run's own log
-    loss, c_k·tanh(a_k·(log L − m)) + level, plus independent noise (log units for positive
-    series)."""
+    loss, c·tanh(a·u) + level with u = log L standardised over the run's window, a uniform
+    in ``slope`` (tanh(1.5 u) bends by a factor ~5 in slope over ±1.5 SD), c in [0.3, 1],
+    plus independent N(0, noise²) (log units for positive series)."""
     rng = np.random.default_rng(seed)
     S, R, _ = d.shape
     ll = d.values("train_loss", True)
-    m = np.nanmean(ll, axis=2, keepdims=True)
-    sd = np.nanstd(ll, axis=2, keepdims=True) + 1e-12
+    w = d.mask() & np.isfinite(ll)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(w, ll, 0.0).sum(2, keepdims=True) / w.sum(2, keepdims=True)
+        sd = np.sqrt(np.where(w, (ll - m) ** 2, 0.0).sum(2, keepdims=True)
+                     / w.sum(2, keepdims=True)) + 1e-12
     ser = dict(d.series)
     for k in keys:
-        a = rng.uniform(0.5, 2.0, (S, R, 1))
+        a = rng.uniform(*slope, (S, R, 1))
         c = rng.uniform(0.3, 1.0, (S, R, 1))
         v = c * np.tanh(a * (ll - m) / sd) + rng.normal(0, 1, (S, R, 1)) \
             + noise * rng.standard_normal(ll.shape)
@@ -307,4 +312,55 @@ def power_curve(spec: ClaimSpec, row: str, effects: Sequence[float] = (0.25, 0.5
         d = plant(d0, r.measure, r.direction * e, r.log, seed=seed)
         v = score_draws(d, spec, seed=seed, n_flip=n_flip, rows=[row])[row]
         out[float(e)] = float(np.mean(v == REPRODUCED))
+    return out
+
+
+def to_study(study: object, p: Panel, d: Draws, s: int = 0,
+             keys: Sequence[str] | None = None) -> object:
+    """A copy of ``study`` (a RunSet) whose runs in the panel ``p`` carry draw ``s`` of ``d``
+    for ``keys`` (default every series of ``d``) — so a null built here can be scored by
+    :func:`flatbook.analysis.evaluate_claims` itself."""
+    from flatbook.analysis.calibration import RunSet
+
+    trajs = [dict(t) for t in study.trajectories]  # type: ignore[attr-defined]
+    for r, i in enumerate(p.runs):
+        for k in (keys if keys is not None else list(d.series)):
+            n = trajs[i]["step"].size
+            trajs[i][k] = np.asarray(d.series[k][s, r, :n], dtype=float).copy()
+    return RunSet([dict(x) for x in study.summaries], trajs)  # type: ignore[attr-defined]
+
+
+def power_table(S: int = 400, seed: int = 0, effects: Sequence[float] = (0.25, 0.5, 1.0),
+                base: Draws | None = None) -> list[dict[str, object]]:
+    """R3/R6's power table, for the report: for every late-window trend row of the headline
+    claims, the fraction of :func:`simulate` d studies of the default design (or ``base``)
+    that reproduce it at each planted effect (SDs of the run-level statistic), and per claim
+    ``claim_power`` = the product of its essential rows' power at 0.5 SD (claim-level power
+    if the parts were independent; coupling, factor and correlation rows enter through the
+    t approximation of :func:`flatbook.analysis.rules.power_t` at n runs)."""
+    from flatbook.analysis.plan import CLAIM_SPECS, HEADLINE
+
+    d0 = base if base is not None else simulate(S, seed=seed)
+    n = d0.shape[1]
+    out: list[dict[str, object]] = []
+    for spec in CLAIM_SPECS:
+        if spec.key not in HEADLINE:
+            continue
+        at_half = []
+        for r in spec.rows:
+            if r.kind == "trend" and r.window == "late":
+                curve = power_curve(spec, r.name, effects, base=d0, seed=seed)
+            elif r.kind in ("coupling", "factor", "correlation", "trend"):
+                curve = {float(e): float(RL.power_t(e, n)) for e in effects}
+            else:
+                continue
+            out.append({"claim": spec.key, "row": r.name, "essential": r.essential,
+                        "simulated": r.kind == "trend" and r.window == "late",
+                        **{f"power@{e:g}": curve[float(e)] for e in effects}})
+            if r.essential:
+                at_half.append(curve.get(0.5, math.nan))
+        cp = float(np.prod(at_half)) if at_half else math.nan
+        for row in out:
+            if row["claim"] == spec.key:
+                row["claim_power"] = cp
     return out

@@ -18,9 +18,10 @@ Choices the plan leaves open, made here before any verdict of a ≥ 36-run store
   already a log (the median over evaluation points: robust to rank-deficient points);
 - test "tr H" is the Hutch++ trace of the test-loss Hessian (``test_trace_hessian``): away from
   interpolation the Gauss–Newton trace is not tr H;
-- coupling: the increments of log X and log tr H are regressed on the increments of u, u², u³,
-  u⁴ (u = log L standardised over the window; R4 names log L: the powers are added so that a
-  smooth non-linear shared dependence on the loss, null N6, is not coupling); every run's
+- coupling: the increments of log X and log tr H are regressed on the increments of u, …, u^d
+  (u = log L standardised over the window, d = min(6, ⌊(m − 1)/3⌋ − 1) for a window of m
+  measurements; R4 names log L: the powers are added so that a smooth non-linear shared
+  dependence on the loss, null N6, is not coupling; lower degrees were fooled); every run's
   window is aligned at its onset and cut to the shortest window of its (η, B) cell (the
   "common window" of R4), and a mismatched pair (X of run i, tr H of run j) is projected on
   run i's loss basis like the real pair, so that a smooth shape both survive alike (null N2)
@@ -341,7 +342,7 @@ CHANGE_LOG: tuple[Change, ...] = (
            "≤ 1e-3 with ≥ 10 measurements and the 1e-2/3e-3/1e-3/3e-4 sensitivity table; the "
            "plateau rule (TOST ±0.02 inside the late window); LD split into (a)/(b)/(c); "
            "stratified permutation tests for η and B; coupling against the run-mismatch null "
-           "(onset-aligned cell windows, quartic loss control); stability and the mechanism's "
+           "(onset-aligned cell windows, polynomial loss control); stability and the mechanism's "
            "total change essential rows of their (uncounted) claims; sign-flip trend tests; "
            "TOST margins; Holm over the headline claims",
            "the plan (claims.md) was written after the 12-run store had been analysed; this "

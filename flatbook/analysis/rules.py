@@ -132,16 +132,17 @@ def signflip_test(U: ArrayLike, expected: int, *, n_parts: int = 1, n_flip: int 
 
 # --------------------------------------------------------------------------- coupling
 def coupling_matrix(X: ArrayLike, Y: ArrayLike, logL: ArrayLike, starts: ArrayLike,
-                    cells: Sequence[object], degree: int = 4) -> np.ndarray:
+                    cells: Sequence[object], degree: int = 6) -> np.ndarray:
     """Z [S, R, R]: Fisher z of the correlation between the increments of X of run i and of Y
     of run j (X, Y, logL: [S, R, T] on a shared step grid, already in log units), both
-    regressed on run i's increments of u, u², …, u^``degree`` (u = log L standardised over
-    the segment) plus a constant — the same projection for the real pair (j = i) and the
+    regressed on run i's increments of u, u², …, u^d (u = log L standardised over the
+    segment; d = min(``degree``, ⌊(m − 1)/3⌋ − 1) for a common window of m measurements)
+    plus a constant — the same projection for the real pair (j = i) and the
     mismatched ones, so smooth shapes that survive it alike do not favour the real pair —
     over a common window: every run's window aligned at
     its own onset (``starts`` [S, R]) and cut to the shortest window of its (η, B) cell, so
     that run i's X and run j's Y are compared at the same time since onset. Only pairs in the
-    same cell are filled (NaN elsewhere, and with fewer than degree + 3 increments)."""
+    same cell are filled (NaN elsewhere, and with fewer than 5 increments)."""
     Xa, Ya, La = (np.asarray(a, dtype=float) for a in (X, Y, logL))
     if Xa.ndim == 2:
         Xa, Ya, La = Xa[None], Ya[None], La[None]
@@ -167,6 +168,9 @@ def coupling_matrix(X: ArrayLike, Y: ArrayLike, logL: ArrayLike, starts: ArrayLi
         u = np.where(ok, (lc - mu) / np.where(sd > 0, sd, 1.0), 0.0)
     mask = (ok[..., 1:] & ok[..., :-1]).astype(float)
     B = np.stack([np.diff(u ** p, axis=-1) for p in range(1, degree + 1)], axis=-1)
+    # short windows get fewer powers: at most ⌊(m − 1)/3⌋ − 1, so ≥ 2 residual df per power
+    deg = np.clip((m - 1) // 3 - 1, 1, degree)                           # [S, R]
+    B = B * (np.arange(1, degree + 1) <= deg[..., None])[..., None, :]
     dX, dY = (np.diff(np.where(ok, v, 0.0), axis=-1) * mask for v in seg[:2])
     # (I − P_i) dY_j without forming P_i: the residual rx_i is orthogonal to run i's basis,
     # so <rx_i, (I − P_i) dY_j> = <rx_i, dY_j> and |(I − P_i) dY_j|² = |dY_j|² − a G⁻¹ a
@@ -181,7 +185,7 @@ def coupling_matrix(X: ArrayLike, Y: ArrayLike, logL: ArrayLike, starts: ArrayLi
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (rx @ dY.swapaxes(-1, -2)) / np.sqrt(
             (rx * rx).sum(-1)[..., None] * np.maximum(yy - quad, 0.0))
-    enough = mask.sum(-1) >= degree + 3                                       # [S, R]
+    enough = mask.sum(-1) >= np.maximum(5, deg + 3)                                       # [S, R]
     good = (cid[:, None] == cid[None, :])[None] & enough[:, :, None] & enough[:, None, :]
     return np.where(good, np.arctanh(np.clip(r, -0.999999, 0.999999)), np.nan)
 
