@@ -190,3 +190,25 @@ def test_power_table_for_the_report() -> None:
     cp = late[0]["claim_power"]
     assert 0 < cp < min(r["power@0.5"] for r in late if r["essential"])   # parts multiply
     assert all(r["power@0.25"] <= r["power@1"] for r in rows)
+
+
+def test_sensitivity_table_and_mechanism_on_real_runs(real: tuple) -> None:
+    st, p = real
+    table = A.sensitivity(st)
+    assert {(r["claim"], r["row"]) for r in table} >= {("late_fall", "trace"),
+                                                        ("late_fall", "lambda_max"),
+                                                        ("test_data", "volume")}
+    for r in table:
+        assert all(f"verdict@{t:g}" in r and f"dlogL@{t:g}" in r for t in P.THRESHOLDS)
+        vs = {r[f"verdict@{t:g}"] for t in P.THRESHOLDS}
+        assert r["sensitive"] == (len(vs) > 1)
+    rows = {c["key"]: c for c in A.evaluate_claims(st)}
+    flagged = {(c, q["name"]) for c, row in rows.items() for q in row["parts"]
+               if "threshold-sensitive" in q["flags"]}
+    assert flagged == {(r["claim"], r["row"]) for r in table if r["sensitive"]}
+    d = A.decompose(p)
+    ok = d["full_rank"]
+    assert ok.sum() >= 1 and np.abs(d["residual"][ok]).max() < 1e-9
+    # the recorded T1 slack agrees with the one the identity uses (float32 store rounding)
+    assert np.allclose(d["slack"][ok], -d["slack_recorded"][ok], atol=1e-4)
+    assert A.mechanism_sentence(d).startswith("Over the late window")

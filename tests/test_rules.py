@@ -130,3 +130,18 @@ def test_mechanism_terms_add_up_to_the_total_to_rounding() -> None:
     assert np.allclose(tot, tt["total"], atol=1e-12)
     s = M.mechanism_sentence(d)
     assert "6 of 7 runs" in s and "nats" in s
+
+
+def test_mechanism_figure_has_a_panel_per_term() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flatbook import plots
+    from flatbook.plots_mechanism import mechanism_figure
+
+    rng = np.random.default_rng(3)
+    d = {k: rng.standard_normal(8) for k in ("total", *M.TERMS, "bound")}
+    d["full_rank"] = np.arange(8) > 0
+    fig = mechanism_figure(d)
+    assert len(fig.axes) == len(M.TERMS) + 2
+    assert not plots.small_text(fig)
