@@ -260,3 +260,18 @@ def test_consistency_and_labels() -> None:
     assert A.label("test_lambda_max", tex=False) == "test λ_max"
     assert A.label("rep_3_ld_mean", tex=False) == "LD of h (item 3)"
     assert A.label("unknown_key") == "unknown_key"
+
+
+def test_label_noise_claim_pairs_runs_over_the_plain_window() -> None:
+    plain = fake_study(+1, n_meas=14)
+    twin = fake_study(+1, n_meas=14, seed=1)
+    for t in twin.trajectories:                 # tr H falls 5 % more per step; the twin's
+        t["trace_gn"] = t["trace_gn"] * 0.95 ** np.arange(t["step"].size)
+        t["train_loss"] = np.full(t["step"].size, 0.5)  # loss never reaches the threshold
+    rows = {c["key"]: c for c in A.evaluate_claims(plain, label_noise=twin,
+                                                   sensitivity=False)}
+    (part,) = rows["label_noise"]["parts"]
+    assert part["verdict"] == A.REPRODUCED and part["n"] == 24
+    assert part["effect"] == pytest.approx(12 * 100 * math.log(0.95) / 100, rel=0.05)
+    assert "label_noise_flatter" in rows["label_noise"]["aliases"]
+    assert "chosen after seeing data" in rows["label_noise"]["flags"]

@@ -203,7 +203,8 @@ CLAIM_SPECS: tuple[ClaimSpec, ...] = (
              against="lr", flags=("by design",)),
          Row("mls", "mls_median", "factor", -1, False, "log MLS lower at higher η, within B",
              against="lr")),
-        aliases=("lr_sharpness", "lr_compression"), headline=True),
+        aliases=("lr_sharpness", "lr_compression", "lr_flatter", "lr_compressed"),
+        headline=True),
     ClaimSpec(
         "batch_effect", "A smaller batch gives a flatter and more compressed network.", "v3",
         "text", "paraphrase", "factor",

@@ -171,9 +171,10 @@ def _plateau(p: Panel, row: Row, k: int, o: Options) -> tuple[dict, str, dict]:
     return res, note, {"n_plateau": int(has.sum()), "dlogL": dlog}
 
 
-def score_panel(p: Panel, spec: ClaimSpec, o: Options, *, noise: Panel | None = None,
+def score_panel(p: Panel, spec: ClaimSpec, o: Options, *, noise: Any = None,
                 study: Any = None) -> list[dict[str, Any]]:
-    """The parts of one claim on a panel (see :func:`part_dict`)."""
+    """The parts of one claim on a panel (see :func:`part_dict`); ``noise``: the label-noise
+    study paired with it, ``study``: the study itself (for the by-design rows)."""
     from flatbook.analysis import scoring_extra as X
 
     k = max(1, len(spec.essential_rows()))
@@ -257,12 +258,11 @@ def score_claims(study: Any, *, label_noise: Any | None = None, options: Options
     """Every claim of the plan on a study (see :func:`flatbook.analysis.evaluate_claims`)."""
     o = options or Options()
     p = panel(study, threshold, MIN_WINDOW)
-    noise = panel(label_noise, threshold, 3) if label_noise is not None else None
     sens = {(r["claim"], r["row"]): r["sensitive"] for r in sensitivity(study, o=o)} \
         if with_sensitivity else {}
     rows = []
     for spec in CLAIM_SPECS:
-        parts = score_panel(p, spec, o, noise=noise, study=study)
+        parts = score_panel(p, spec, o, noise=label_noise, study=study)
         for q in parts:
             if sens.get((spec.key, q["name"])):
                 q["flags"] = [*q["flags"], "threshold-sensitive"]

@@ -37,28 +37,38 @@ def _stability(study: Any, row: Row) -> tuple[dict, str, dict]:
     return res, note + f"; min/median/max {q[0]:.2g}/{q[1]:.2g}/{q[2]:.2g}", ex
 
 
-def _label_noise(p: Panel, noise: Panel | None, row: Row, k: int, o: Any
-                 ) -> tuple[dict, str, dict]:
+def _label_noise(p: Panel, noise: Any, row: Row, k: int, o: Any) -> tuple[dict, str, dict]:
     """Paired over (η, B, seed): Δlog tr H over the *plain* run's late-window steps, noise −
-    plain (the twin's clean loss may never reach the threshold)."""
+    plain (the twin's clean loss may never reach the threshold, so its own window is not
+    used); ``noise`` is the label-noise study (same configs, same order)."""
     if noise is None:
         return {}, "no label-noise study loaded", {}
-    idx = {}
-    for j, r in enumerate(noise.runs):
-        idx[(noise.lr[j], noise.batch[j], int(r))] = j
-    d = []
-    for i in range(p.n):
-        j = idx.get((p.lr[i], p.batch[i], int(p.runs[i])))
-        if j is None or noise.step.size != p.step.size:
+    key = {(float(s["lr"]), str(s["batch_size"]), int(s["seed"])): j
+           for j, s in enumerate(noise.summaries) if s["status"] == "completed"}
+    d, n_pairs = [], 0
+    for r in range(p.n):
+        j = key.get((float(p.lr[r]), _bkey(p.batch[r]), int(p.seeds[r])))
+        if j is None:
             continue
-        m = p.mask()[i:i + 1]
-        dn = fitted_change(p.step, noise.log(row.measure)[j:j + 1], m)[0]
-        dp = fitted_change(p.step, p.log(row.measure)[i:i + 1], m)[0]
+        tn = noise.trajectories[j]
+        n = min(tn["step"].size, p.step.size)
+        if not np.array_equal(np.asarray(tn["step"][:n], float), p.step[:n]):
+            continue
+        n_pairs += 1
+        m = p.mask()[r:r + 1, :n]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ln = np.log(np.asarray(tn[row.measure][:n], float))[None]
+        dn = fitted_change(p.step[:n], ln, m)[0]
+        dp = fitted_change(p.step[:n], p.log(row.measure)[r:r + 1, :n], m)[0]
         d.append(dn - dp)
-    d = np.asarray(d, float)
-    d = d[np.isfinite(d)]
-    res = RL.signflip_test(d[None], row.direction, n_parts=k, n_flip=o.n_flip, seed=o.seed)
-    return res, f"{d.size} pairs", {}
+    u = np.asarray(d, float)
+    u = u[np.isfinite(u)]
+    res = RL.signflip_test(u[None], row.direction, n_parts=k, n_flip=o.n_flip, seed=o.seed)
+    return res, f"{u.size} of {p.n} plain runs paired ({n_pairs} matched)", {}
+
+
+def _bkey(b: float) -> str:
+    return "full" if math.isinf(b) else str(int(b))
 
 
 def _mechanism(p: Panel, row: Row, k: int, o: Any) -> tuple[dict, str, dict]:
@@ -82,7 +92,7 @@ def _mechanism(p: Panel, row: Row, k: int, o: Any) -> tuple[dict, str, dict]:
 
 
 def other_part(p: Panel, spec: ClaimSpec, row: Row, k: int, o: Any, *,
-               noise: Panel | None = None, study: Any = None,
+               noise: Any = None, study: Any = None,
                cache: dict[str, dict] | None = None) -> tuple[dict, str, dict]:
     """(rule result, note, extra fields) of a row whose kind is not trend / coupling /
     equivalence / factor / correlation."""

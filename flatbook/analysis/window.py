@@ -37,6 +37,7 @@ class Panel:
         series: record key → [R, T] values (NaN where not measured).
         starts: [R] index of each run's first window measurement.
         lr, batch: [R] η and B of each run (B = inf for full batch).
+        seeds: [R] each run's seed.
         runs: [R] index of each run in the study.
         counts: ``{"runs", "finished", "diverged", "never", "short", "late"}``: runs in the
             study, that did not diverge, that diverged, that never reach the threshold, that
@@ -51,6 +52,7 @@ class Panel:
     batch: np.ndarray
     runs: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     threshold: float = PRIMARY_THRESHOLD
     min_window: int = MIN_WINDOW
 
@@ -140,7 +142,9 @@ def panel(study: Any, threshold: float = PRIMARY_THRESHOLD, min_window: int = MI
     s = [study.summaries[i] for i in runs]
     return Panel(step, series, np.asarray(starts, dtype=int),
                  np.array([float(x["lr"]) for x in s]), np.array([_b(x["batch_size"]) for x in s]),
-                 np.asarray(runs, dtype=int), counts, float(threshold), int(min_window))
+                 np.asarray(runs, dtype=int), counts,
+                 np.array([int(x.get("seed", -1)) for x in s], dtype=int), float(threshold),
+                 int(min_window))
 
 
 def panel_from_arrays(step: ArrayLike, series: Mapping[str, ArrayLike], starts: ArrayLike,
@@ -155,7 +159,8 @@ def panel_from_arrays(step: ArrayLike, series: Mapping[str, ArrayLike], starts: 
         raise ValueError(f"series {bad} do not have {R} rows (one per run)")
     return Panel(np.asarray(step, dtype=float), ser, st, np.asarray(lr, float),
                  np.asarray(batch, float), np.arange(R), {"runs": R, "finished": R,
-                 "diverged": 0, "never": 0, "short": 0, "late": R}, float(threshold))
+                 "diverged": 0, "never": 0, "short": 0, "late": R}, np.arange(R),
+                 float(threshold))
 
 
 def fitted_change(step: ArrayLike, V: ArrayLike, mask: ArrayLike) -> np.ndarray:
