@@ -52,3 +52,20 @@ def test_hash_is_content_addressed() -> None:
         assert P.plan_hash() != P.PLAN_HASH
     finally:
         P.CLAIM_SPECS = old
+
+
+def test_headline_applies_holm_and_tables_carry_every_row() -> None:
+    from flatbook.analysis import report_tables as RT
+
+    part = {"essential": True, "what": "w", "kind": "trend", "n": 36, "effect": -0.1,
+            "lo": -0.2, "hi": -0.05, "effect_sd": -0.6, "p": 0.01, "mde": 0.05,
+            "mde_sd": 0.5, "verdict": "reproduced", "flags": []}
+    claims = [{"key": k, "verdict": "reproduced", "holm_reject": k != "ld", "parts": [part],
+               "flags": [], "version": "v1", "source": "abstract", "sureness": "paraphrase"}
+              for k in P.HEADLINE]
+    h = RT.headline(claims)
+    assert "inconclusive: ld" in h and f"{len(P.HEADLINE)} essential tests" in h
+    rows = RT.claim_rows(claims)
+    assert len(rows) == len(P.HEADLINE) and rows[0]["MDE"] == "0.05 / 0.5 SD"
+    assert [r["results seen"] for r in RT.change_log_rows()] == ["yes"] * len(P.CHANGE_LOG)
+    assert P.PLAN_HASH in RT.plan_line()

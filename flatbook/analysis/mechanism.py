@@ -76,12 +76,16 @@ def decompose(p: Panel) -> dict[str, Any]:
     side, ``residual`` = ΔA − Σ terms (rounding only), ``full_rank`` [R] (every point full
     rank through the window), ``collapse_share`` [R] (1 − the smallest finite fraction in
     the window) and ``slack_recorded`` (Δlog of the recorded T1 slack, a check)."""
+    if p.n == 0:
+        empty = np.zeros(0)
+        return {k: empty for k in ("total", *TERMS, "residual", "bound", "collapse_share",
+                                   "slack_recorded")} | {"full_rank": np.zeros(0, bool)}
     missing = [k for k in KEYS if k not in p.series]
     if missing:
         raise ValueError(f"the panel lacks {missing}: the decomposition needs {KEYS}")
     m = p.mask()
     ff = np.where(m, p.series["log_lvr_finite_frac"], np.inf)
-    low = ff.min(axis=1)
+    low = ff.min(axis=1) if ff.size else np.full(p.n, math.nan)
     full = np.isfinite(low) & (low >= 1.0)
     tt = terms_at(p.series)
     ch = {k: fitted_change(p.step, v, m) for k, v in tt.items() if k != "const"}
