@@ -1,7 +1,7 @@
 """Per-sample parameter Jacobians and exact Gauss–Newton traces.
 
 J_i = ∂f(x_i)/∂θ [k, P] per sample by ``vmap(jacrev)`` (:func:`per_sample_jacobians`), or its
-per-parameter Gram blocks J_i J_iᵀ by the per-layer rules of :mod:`flatbook.rules` at ≈ k
+per-parameter Gram blocks J_i J_iᵀ by the per-layer rules of :mod:`flatbook.layer_rules` at ≈ k
 backward passes (:func:`jacobian_sqnorms`, :func:`gn_trace`); the generalised Gauss–Newton
 trace tr G = (1/n) Σ_i tr(Λ_i J_i J_iᵀ), Λ_i = ∇²_f ℓ (paper.md §0, L1), and the dense G for
 small models (:func:`gauss_newton_matrix`). Re-exported by :mod:`flatbook.curvature`.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import hessian, jacrev, vmap
 
-from flatbook import losses, rules
+from flatbook import layer_rules, losses
 from flatbook._functional import (
     forward_fn,
     named_params,
@@ -93,7 +93,7 @@ def _per_sample_grams(model: nn.Module, X: Tensor, chunk: int | None, method: st
         for start in range(0, n, c):
             Xc = X[start : start + c]
             if method == "auto":
-                F, K = rules.layer_grams(model, Xc, params)
+                F, K = layer_rules.layer_grams(model, Xc, params)
             else:
                 with torch.no_grad():
                     F = model(Xc)

@@ -4,7 +4,7 @@
 One traced forward pass records every module call; an ``nn.Linear`` is a dense layer when it
 is called once per forward on one vector per sample (:func:`_skip_reason` says why not
 otherwise) and its weight reaches f only through that call (the rebuilt-gradient check,
-:func:`flatbook.rules.rebuilt_matches`). Layers are :class:`flatbook.layers.DenseLayer`.
+:func:`flatbook.layer_rules.rebuilt_matches`). Layers are :class:`flatbook.layers.DenseLayer`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flatbook import rules
+from flatbook import layer_rules
 from flatbook._functional import grad_of_sum
 from flatbook.layers import DenseLayer
 
@@ -131,7 +131,7 @@ class LayerDiscovery:
                 self.skipped[tr.names[id(m)]] = "not measured: f does not depend on it"
                 continue
             rebuilt = gz.T @ tr.calls[id(m)][0][0].detach()
-            if rules.rebuilt_matches(rebuilt, gw):
+            if layer_rules.rebuilt_matches(rebuilt, gw):
                 ok.append(m)
             else:
                 self.skipped[tr.names[id(m)]] = ("shared weights: W is also used outside the "

@@ -42,10 +42,11 @@ def test_corollary_holds_and_budget_is_exact(trained) -> None:
     c = chain.corollary(net, X, Y, lr=0.2, batch_size=4)
     assert c.hypotheses["stable"].ok and c.hypotheses["batch"].ok
     assert c.hypotheses["k_le_d"].ok and c.p == pytest.approx(bounds.sgd_p(64, 4))
-    # the three forms: lhs <= rhs, and the sharper form is exactly sqrt(k) tighter
+    # the three forms: lhs <= rhs, and the sharper form is 2k/(1 + sqrt(k)) tighter
     for b in (c.lvr, c.mls, c.mls_sharp, c.mls_qm):
         assert b.holds(1e-9), b
-    assert c.mls.rhs / c.mls_sharp.rhs == pytest.approx(math.sqrt(c.k), rel=1e-12)
+    assert c.mls.rhs / c.mls_sharp.rhs == pytest.approx(2 * c.k / (1 + math.sqrt(c.k)),
+                                                        rel=1e-12)
     # the step to the sharper form: (1/n) sum ||H_i||_F^2 <= 2 tr H / (p eta) at a stable point
     assert c.hess_sq <= 2 * c.trace / (c.p * c.lr) * (1 + 1e-9)
     # exact slack budgets; independent traces agree

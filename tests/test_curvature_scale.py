@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatbook import curvature, estimators, rules
+from flatbook import curvature, estimators, layer_rules
 from flatbook._functional import named_params
 
 F64 = torch.float64
@@ -51,13 +51,13 @@ def test_conv_sqnorms_match_jacrev(make, shape, k, rule, monkeypatch) -> None:
     X, _ = _data(net, shape, 7, k)
     if rule != "auto":  # force one side of the mixed rule
         ghost = rule == "ghost"
-        monkeypatch.setattr(rules, "gram_costs",
+        monkeypatch.setattr(layer_rules, "gram_costs",
                             lambda *a: (0, 1) if ghost else (1, 0))
     fast = curvature.jacobian_sqnorms(net, X, chunk=4)
     ref = curvature.jacobian_sqnorms(net, X, chunk=4, method="jacrev")
     assert set(fast) == set(ref)
     # every parameter went through the per-layer path (none fell back to vmap(jacrev))
-    _, K = rules.layer_grams(net, X, named_params(net))
+    _, K = layer_rules.layer_grams(net, X, named_params(net))
     assert set(K) == set(ref)
     for name in ref:
         torch.testing.assert_close(fast[name], ref[name], rtol=1e-10, atol=1e-12)
@@ -78,14 +78,14 @@ def test_conv_gn_trace_equals_dense_gauss_newton(make, shape, k, loss) -> None:
 def test_conv_ghost_rule_is_used_where_cheaper(monkeypatch) -> None:
     """Both branches are reached by the default rule on a real model (not only when forced)."""
     seen: list[bool] = []
-    real = rules.gram_costs
+    real = layer_rules.gram_costs
 
     def spy(T: int, d: int, p: int, k: int) -> tuple[int, int]:
         g, i = real(T, d, p, k)
         seen.append(g < i)
         return g, i
 
-    monkeypatch.setattr(rules, "gram_costs", spy)
+    monkeypatch.setattr(layer_rules, "gram_costs", spy)
     torch.manual_seed(0)
     # wide channels on a tiny image: ghost is cheaper; a 1→2 conv on a larger image: instantiate
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Conv2d(2, 64, 3, stride=3), nn.Tanh(),

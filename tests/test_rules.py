@@ -1,144 +1,147 @@
-"""Per-layer rules (flatbook.rules): every rule's per-sample Gram blocks equal the ones from
-``vmap(jacrev)`` per-sample gradients in float64, every parameter of a ViT / BatchNorm ResNet
-block is covered by a rule, and a rule that does not apply is declined (exact fallback)."""
+"""The plan's decision rules (R4) and the mechanism identity (R5) against closed forms."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
+import numpy as np
 import pytest
-import torch
-from torch import Tensor, nn
+from scipy import stats
 
-from flatbook import curvature, models, rules
-from flatbook._functional import named_params
+from flatbook.analysis import mechanism as M
+from flatbook.analysis import rules as RL
+from flatbook.analysis import window as W
 
-F64 = torch.float64
-
-
-def _jacrev_grams(net: nn.Module, X: Tensor) -> dict[str, Tensor]:
-    """K_i^(name) = J_i J_iᵀ from vmap(jacrev) per-sample Jacobians (the reference)."""
-    out: dict[str, list[Tensor]] = {}
-    for J in curvature.per_sample_jacobians(net, X, None):
-        for name, Jn in J.items():
-            Jf = Jn.reshape(Jn.shape[0], Jn.shape[1], -1)
-            out.setdefault(name, []).append(Jf @ Jf.transpose(1, 2))
-    return {n: torch.cat(v) for n, v in out.items()}
+R_, X_, I_, T_ = "reproduced", "contradicted", "inconclusive", "not tested"
 
 
-def _assert_rules_exact(net: nn.Module, X: Tensor) -> None:
-    net.eval()
-    ref = _jacrev_grams(net, X)
-    _, K = rules.layer_grams(net, X, named_params(net))
-    assert set(K) == set(ref), f"not covered by a rule: {sorted(set(ref) - set(K))}"
-    for name in ref:
-        torch.testing.assert_close(K[name], ref[name], rtol=1e-10, atol=1e-12)
+def test_signflip_exact_p_is_the_enumeration() -> None:
+    u = np.array([0.9, 1.1, -0.2, 0.7, 0.4, 1.3, 0.8, -0.1])
+    res = RL.signflip_test(u, +1)
+    means = [np.mean(u * s) for s in itertools.product((1, -1), repeat=u.size)]
+    assert res["p_claimed"][0] == pytest.approx(np.mean(np.array(means) >= u.mean() - 1e-12))
+    assert res["verdict"][0] == R_ and RL.signflip_test(u, -1)["verdict"][0] == X_
+    q = stats.t.ppf(0.975, 7) * u.std(ddof=1) / math.sqrt(8)
+    assert res["hi"][0] - res["lo"][0] == pytest.approx(2 * q)
+    assert res["mde_sd"][0] == pytest.approx(
+        (stats.t.ppf(0.975, 7) + stats.t.ppf(0.8, 7)) / math.sqrt(8))
+    assert RL.signflip_test(u[:3], +1)["verdict"][0] == I_          # too few units
+    assert RL.signflip_test(np.zeros((1, 0)), +1)["verdict"][0] == T_
+    with pytest.raises(ValueError, match="expected"):
+        RL.signflip_test(u, 0)
 
 
-class _Tokens(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], 3, 4)
+def test_contradiction_is_held_to_alpha_over_k() -> None:
+    p_c, p_o = np.array([0.5, 0.5, 0.01]), np.array([0.02, 0.004, 0.9])
+    assert list(RL.decide(p_c, p_o, 36, n_parts=4)) == [I_, X_, R_]
 
 
-def test_layer_norm_rule() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(_Tokens(), nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(),
-                        nn.LayerNorm((3, 5)), nn.Flatten(), nn.Linear(15, 3)).to(F64)
-    with torch.no_grad():  # non-trivial affine parameters
-        for m in net.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.normal_()
-                m.bias.normal_()
-    _assert_rules_exact(net, torch.randn(6, 12, dtype=F64))
+def test_holm_matches_the_step_down_rule() -> None:
+    adj, rej = RL.holm([0.01, 0.04, 0.03, float("nan"), 0.005])
+    assert adj[4] == pytest.approx(0.02) and adj[0] == pytest.approx(0.03)
+    assert adj[2] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert list(rej) == [True, False, False, False, True] and math.isnan(adj[3])
 
 
-def test_batch_norm_rule_running_stats() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(48, 4), nn.BatchNorm1d(4), nn.Tanh(),
-                        nn.Linear(4, 2)).to(F64)
-    net.train()
-    net(torch.randn(32, 2, 4, 4, dtype=F64) * 2 + 1)  # non-trivial running statistics
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.normal_()
-                m.bias.normal_()
-    _assert_rules_exact(net, torch.randn(5, 2, 4, 4, dtype=F64))
+def test_factor_test_two_levels_is_the_stratified_difference_of_means() -> None:
+    rng = np.random.default_rng(0)
+    lv = np.repeat([0.25, 0.5], 12)
+    st = np.tile(np.repeat([16, 64], 6), 2)
+    y = rng.standard_normal(24) - 0.8 * (lv == 0.5) + 0.5 * (st == 64)
+    res = RL.factor_test(y, lv, list(st), -1, n_perm=4000)
+    want = np.mean([y[(lv == 0.5) & (st == b)].mean() - y[(lv == 0.25) & (st == b)].mean()
+                    for b in (16, 64)])
+    assert res["effect"][0] == pytest.approx(want)
+    assert res["lo"][0] < want < res["hi"][0] and res["verdict"][0] == R_
+    # the stratum effect (B) does not leak into the η test: permutations stay in strata
+    flat = RL.factor_test(0.5 * (st == 64) + 0.01 * rng.standard_normal(24), lv, list(st), -1,
+                          n_perm=2000)
+    assert flat["verdict"][0] == I_
 
 
-def test_batch_norm_rule_declines_batch_statistics() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).to(F64)
-    net.train()  # batch statistics: samples are mixed, the rule must not claim them
-    _, K = rules.layer_grams(net, torch.randn(6, 3, dtype=F64), named_params(net))
-    assert "1.weight" not in K and "1.bias" not in K
-    # upstream of the mixing layer the rebuilt gradient (r-weighted per sample) differs from
-    # autograd's, so the check rejects those too; after it, per-sample gradients are exact
-    assert "0.weight" not in K and "2.weight" in K
+def test_tost_says_small_only_inside_the_margin() -> None:
+    assert RL.tost(np.array([0.01]), np.array([0.03]), 35, 0.2, 36)["verdict"][0] == R_
+    assert RL.tost(np.array([0.15]), np.array([0.1]), 35, 0.2, 36)["verdict"][0] == I_
+    assert RL.tost(np.array([0.6]), np.array([0.05]), 35, 0.2, 36)["verdict"][0] == X_
 
 
-def test_embedding_rule_with_repeats_and_padding() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Embedding(7, 3, padding_idx=0), nn.Tanh(), nn.Flatten(),
-                        nn.Linear(15, 2)).to(F64)
-    X = torch.tensor([[1, 2, 1, 0, 6], [0, 0, 3, 3, 3], [5, 4, 2, 1, 6], [2, 2, 2, 2, 2]])
-    _assert_rules_exact(net, X)
+def test_fraction_rule_needs_every_run() -> None:
+    assert RL.fraction_rule(36, 36) == R_ and RL.fraction_rule(35, 36) == X_
+    assert RL.fraction_rule(0, 0) == T_
+    with pytest.raises(ValueError):
+        RL.fraction_rule(3, 2)
 
 
-def test_vit_every_parameter_by_a_rule() -> None:
-    net = models.build("vit", (3, 8, 8), 3, seed=0, dtype=F64, patch=4, dim=8, depth=1,
-                       heads=2)
-    with torch.no_grad():  # LayerNorm affine away from (1, 0)
-        for m in net.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.normal_()
-                m.bias.normal_()
-    _assert_rules_exact(net, torch.randn(4, 3, 8, 8, dtype=F64))
+def test_coupling_finds_shared_increments_not_shared_shape() -> None:
+    rng = np.random.default_rng(1)
+    R, T = 12, 30
+    t = np.linspace(0, 1, T)
+    shape = np.exp(-t / 0.2)
+    common = rng.standard_normal((R, T)) * 0.05
+    x = shape + common + 0.02 * rng.standard_normal((R, T))
+    y = shape + common + 0.02 * rng.standard_normal((R, T))
+    L = np.log(1e-3) - t[None] * np.ones((R, 1))
+    cells = [0] * 6 + [1] * 6
+    Z = RL.coupling_matrix(x, y, L, np.zeros(R, int), cells)
+    assert np.isnan(Z[0, 0, 6]) and np.isfinite(Z[0, 0, 1])          # only within cells
+    assert RL.coupling_test(Z, cells, n_perm=1000)["verdict"][0] == R_
+    # two independent decays of the same shape: correlated increments, not coupling
+    xs = shape + 0.02 * rng.standard_normal((R, T))
+    ys = shape + 0.02 * rng.standard_normal((R, T))
+    Z0 = RL.coupling_matrix(xs, ys, L, np.zeros(R, int), cells)
+    assert RL.coupling_test(Z0, cells, n_perm=1000)["verdict"][0] != R_
 
 
-def test_weight_used_outside_its_forward_falls_back() -> None:
-    """The rebuilt-gradient check rejects a factor that misses a use of the weight."""
-
-    class Tied(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(3, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.a(x) + x @ self.a.weight  # second use bypasses the hook
-
-    torch.manual_seed(0)
-    net = nn.Sequential(Tied(), nn.Tanh(), nn.Linear(3, 2)).to(F64)
-    X = torch.randn(5, 3, dtype=F64)
-    _, K = rules.layer_grams(net, X, named_params(net))
-    assert "0.a.weight" not in K and "0.a.bias" in K
-    fast = curvature.jacobian_sqnorms(net, X)
-    ref = curvature.jacobian_sqnorms(net, X, method="jacrev")
-    for name in ref:
-        torch.testing.assert_close(fast[name], ref[name], rtol=1e-10, atol=1e-12)
+def test_fitted_change_and_end_values() -> None:
+    t = np.arange(10.0) * 100
+    V = np.stack([3 + 0.002 * t, np.where(t >= 300, -0.001 * t, 99.0)])
+    st = np.array([0, 3])
+    ch = W.fitted_change(t, V, np.arange(10)[None] >= st[:, None])
+    assert ch[0] == pytest.approx(1.8) and ch[1] == pytest.approx(-0.6)
+    ev = W.end_values(V, st)
+    assert ev[0] == pytest.approx(np.mean(V[0, 7:])) and ev[1] == pytest.approx(
+        np.mean(V[1, 8:]))
 
 
-def test_registry_shape() -> None:
-    assert rules.rule_for(nn.Linear(2, 2)) is rules.RULES[nn.Linear]
-    q = nn.modules.linear.NonDynamicallyQuantizableLinear(2, 2)  # subclass: found by MRO
-    assert rules.rule_for(q) is rules.RULES[nn.Linear]
-    assert rules.rule_for(nn.Tanh()) is None
+def test_mechanism_terms_add_up_to_the_total_to_rounding() -> None:
+    rng = np.random.default_rng(2)
+    R, T = 7, 15
+    n, r = 50, 10
+    step = np.arange(T) * 10.0
+    series = {"train_loss": np.full((R, T), 1e-4), "r": np.full((R, T), float(r))}
+    for key in ("log_lvr_mean",):
+        series[key] = rng.normal(-5, 1, (R, T))
+    for key in ("trace_gn", "l1_weight_norm", "t1_weighted_lhs", "frob_sq_mean"):
+        series[key] = np.exp(rng.normal(0, 1, (R, T)))
+    series["t1_weighted_slack"] = (series["l1_weight_norm"] ** 2 * series["trace_gn"]
+                                   / series["t1_weighted_lhs"])
+    series["log_lvr_finite_frac"] = np.ones((R, T))
+    series["log_lvr_finite_frac"][0, 5] = 1 - 1 / n          # one point collapses in run 0
+    p = W.panel_from_arrays(step, series, np.zeros(R, int), np.ones(R), np.ones(R))
+    d = M.decompose(p)
+    ok = d["full_rank"]
+    assert not ok[0] and ok[1:].all() and d["collapse_share"][0] == pytest.approx(1 / n)
+    assert np.abs(d["residual"][ok]).max() < 1e-12 * np.abs(d["total"][ok]).max() + 1e-12
+    assert np.allclose(d["slack"][ok], -d["slack_recorded"][ok])
+    # at every measurement the identity holds exactly (the constant is −log r)
+    tt = M.terms_at(series)
+    tot = sum(tt[k] for k in M.TERMS) + tt["const"]
+    assert np.allclose(tot, tt["total"], atol=1e-12)
+    s = M.mechanism_sentence(d)
+    assert "6 of 7 runs" in s and "nats" in s
 
-    @rules.rule(nn.Bilinear)
-    def _bil(m: nn.Module, h: Tensor, z: Tensor, d: Tensor) -> None:
-        return None
 
-    try:
-        assert rules.rule_for(nn.Bilinear(2, 2, 2)) is _bil
-    finally:
-        del rules.RULES[nn.Bilinear]
+def test_mechanism_figure_has_a_panel_per_term() -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    from flatbook import plots
+    from flatbook.plots_mechanism import mechanism_figure
 
-@pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
-def test_vit_gn_trace_equals_dense_gauss_newton(loss: str) -> None:
-    net = models.build("vit", (3, 4, 4), 3, seed=1, dtype=F64, patch=2, dim=4, depth=1,
-                       heads=2).eval()
-    X = torch.randn(5, 3, 4, 4, dtype=F64)
-    Y = torch.arange(5) % 3 if loss == "cross_entropy" else torch.randn(5, 3, dtype=F64)
-    G = curvature.gauss_newton_matrix(net, X, loss, Y)
-    tr = curvature.trace(net, loss, X, Y, method="gn")
-    assert tr.value == pytest.approx(float(torch.trace(G)), rel=1e-10)
+    rng = np.random.default_rng(3)
+    d = {k: rng.standard_normal(8) for k in ("total", *M.TERMS, "bound")}
+    d["full_rank"] = np.arange(8) > 0
+    fig = mechanism_figure(d)
+    assert sum(ax.get_visible() for ax in fig.axes) == len(M.TERMS) + 2
+    assert not plots.small_text(fig)
