@@ -1,4 +1,4 @@
-"""One probe per measurement: a model and a fixed data set, resolved once (issue 13).
+"""One probe per measurement: a model and a fixed data set, resolved once.
 
 :class:`Probe` takes **any** ``torch.nn.Module`` and the data as you hold it — tensors, a
 ``DataLoader`` or any iterable of ``(x, y)`` batches, or a ``Dataset`` — and resolves, once:
@@ -44,8 +44,10 @@ h_{l−1} reaches f only through layer l (every ``nn.Sequential`` model). Where 
 output of a module (or the input x), the *total* sensitivity ∂f/∂h_{l−1} is measured too, by a
 forward hook adding ε to that module's output; where the two differ, a skip connection carries
 h_{l−1} around the layer (``LayerResult.skip``). All Jacobians of a chunk — J_x, every J_l
-and every total — come from **one** ``vmap(jacrev)`` call, i.e. k reverse passes per chunk
-(the shape issue 14 builds on to share them with the parameter-Jacobian norms).
+and every total — come from **one** batched backward of k cotangents per chunk
+(:mod:`flatbook.probe_sweep`; ``vmap(jacrev)`` where autograd cannot batch), and the output-side
+G_l = ∂f/∂z_l of the same pass give the dense layers' parameter-Jacobian norms
+(:func:`flatbook.gn.probe_grams`).
 """
 
 from __future__ import annotations
