@@ -885,7 +885,8 @@ def uses_ensembles(ns: Any) -> bool:
         ns.executor in ("inline", "local")
 
 
-def obtain_from_args(configs: Sequence[_ex.RunConfig], ns: Any) -> list[dict]:
+def obtain_from_args(configs: Sequence[_ex.RunConfig], ns: Any,
+                     out: Callable[[str], None] = print) -> list[dict]:
     """The ``sweep --setting S --engine ensemble`` command: ``flatbook.analysis.obtain`` of the
     configs (compatible missing runs trained as ensembles; ``--executor local`` on
     ``--array-parallelism`` workers, default every core; inline: this process). Returns the
@@ -897,6 +898,10 @@ def obtain_from_args(configs: Sequence[_ex.RunConfig], ns: Any) -> list[dict]:
     before = {c.run_id for c in configs
               if _finished_summary(c, store, current=True) is not None}
     workers = 1 if ns.executor == "inline" else ns.parallelism
+    n_todo = len({c.run_id for c in configs} - before)
+    out(f"{ns.executor} executor: {n_todo} job(s) submitted, {len(before)} finished run(s) "
+        f"skipped; ensemble engine (compatible runs trained together, each stored as its "
+        f"solo run)")
     results = analysis.obtain(configs, s, ns.results_dir, workers=workers, engine="ensemble")
     return [{"run_id": c.run_id, "status": r.status, "skipped": c.run_id in before,
              "error": None, "final": r.final} for c, r in zip(configs, results, strict=True)]
