@@ -168,3 +168,42 @@ def test_sweep_from_a_plain_script_without_main_guard(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "statuses ['completed', 'completed']" in out.stdout
     assert "without an `if __name__" in out.stderr
+
+
+def test_powered_digits_design_is_balanced_new_and_paired() -> None:
+    from flatbook.analysis import settings as S
+
+    plain, noisy = S.POWERED_DIGITS["digits-mlp"], S.POWERED_DIGITS["digits-mlp-label-noise"]
+    assert S.SETTINGS["digits-mlp"] is not plain          # not the default before R9's freeze
+    assert len(plain.lrs) == 3 and len(plain.batch_sizes) == 2 and len(plain.seeds) == 6
+    assert plain.loss_threshold == 1e-3 and plain.base["eval_size"] == plain.base["n_train"]
+    assert noisy.paired_with == "digits-mlp" and noisy.profile == "curvature"
+    old = {c.seed for c in S.study_configs("digits-mlp")} | \
+        {c.seed for c in S.study_configs("digits-mlp", seeds=range(6))}
+    try:
+        S.SETTINGS.update({f"powered-{k}": v for k, v in S.POWERED_DIGITS.items()})
+        new = S.study_configs("powered-digits-mlp")
+        twins = S.study_configs("powered-digits-mlp-label-noise")
+    finally:
+        for k in S.POWERED_DIGITS:
+            S.SETTINGS.pop(f"powered-{k}")
+    assert len(new) == 36 and len({(c.seed, c.data_seed) for c in new}) == 36
+    assert not {c.seed for c in new} & old
+    assert [(c.lr, c.batch_size, c.seed) for c in new] == \
+        [(c.lr, c.batch_size, c.seed) for c in twins]
+    assert all(c.label_noise == noisy.label_noise for c in twins)
+    assert R.plan_groups(new, min_groups=2) and all(R.unsupported(c) is None for c in new)
+
+
+def test_curvature_profile_records_the_reports_curvature_keys() -> None:
+    from flatbook import analysis as A
+    from flatbook import models
+
+    cfg = BASE
+    net = models.mlp([5, 6, 3], seed=0, dtype=torch.float64)
+    X = torch.randn(20, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Y = torch.nn.functional.one_hot(torch.arange(20) % 3, 3).double()
+    light = A.store.make_curvature_measure(cfg)(net, X, Y, "squared", 0)
+    full = A.make_measure(cfg, X, Y, 0, "none", n_train=20)(net, X, Y, "squared", 0)
+    assert math.isclose(light["trace_gn"], full["trace_gn"], rel_tol=1e-10)
+    assert math.isclose(light["lambda_max"], full["lambda_max"], rel_tol=1e-3)

@@ -49,6 +49,11 @@ class Setting:
         label_noise: σ of label-noise SGD for every run (0: plain SGD).
         paired_with: name of the plain-SGD setting whose runs this one pairs with (same η,
             B and seed), for the label-noise claim; "" if none.
+        seed_base: added to every seed of an independent sweep (:func:`independent_seed`),
+            so that a new study draws new data subsets and initialisations.
+        profile: measurement profile — ``"report"`` (every measure and bound of
+            ``flatbook.report``) or ``"curvature"`` (λ_max and tr H only:
+            :func:`flatbook.analysis.store.make_curvature_measure`).
     """
 
     name: str
@@ -65,6 +70,19 @@ class Setting:
     independent: bool = False
     label_noise: float = 0.0
     paired_with: str = ""
+    seed_base: int = 0
+    profile: str = "report"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {list(PROFILES)}; got {self.profile!r}")
+        if isinstance(self.seed_base, bool) or not isinstance(self.seed_base, int) \
+                or self.seed_base < 0:
+            raise ValueError(f"seed_base must be an integer ≥ 0; got {self.seed_base!r}")
+
+
+PROFILES = ("report", "curvature")
+"""Measurement profiles of a :class:`Setting`."""
 
 
 def _full(name: str, paper: str, description: str, base: dict, lrs: tuple, bs: tuple,
@@ -154,6 +172,45 @@ SETTINGS: dict[str, Setting] = {
 
 DEFAULT_SETTING = "digits-mlp"
 
+POWERED_SEED_BASE = 100_000
+"""Seed base of the powered digits study: its seeds (100000 + 1000·cell + replicate) share
+nothing with the 12-run study's (1000·cell + replicate), so its data subsets and
+initialisations are new (R9: new seeds, fixed before the first run)."""
+
+_POWERED_BASE = _DIGITS_BASE | {"steps": 20_000, "measure_every": 1000, "eval_size": 600,
+                                "checkpoint_every": 5000}
+_POWERED_CHOICES = (
+    "every choice is ours: the paper has no digits experiment. Powered design (analysis plan "
+    "R3): 3 η × 2 B × 6 replicates = 36 independent runs (each its own data subset and "
+    "initialisation; new seeds, base 100000). η ∈ {0.3, 0.5, 0.7} (η = 1 spikes out of "
+    "interpolation at B = 16; η ≤ 0.2 needs > 7000 steps to reach L ≤ 1e-3); 20 000 steps "
+    "so that the interpolation phase (L ≤ 1e-3, R2) starts in the first quarter of a run "
+    "and holds ≥ 10 of its 21 measurements (every 1000 steps); curvature and geometry on "
+    "all 600 training points. Trained by the ensemble engine (flatbook.ensemble: one batched "
+    "SGD step for all runs of a batch size; each run measured as a solo run)")
+
+POWERED_DIGITS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "digits-mlp", "ours (CPU scale)",
+            "an MLP with ReLU on scikit-learn digits, squared loss, plain SGD",
+            _POWERED_BASE, (0.3, 0.5, 0.7), (16, 64), tuple(range(6)), 1e-3, 128, "hidden",
+            _POWERED_CHOICES, independent=True, seed_base=POWERED_SEED_BASE),
+        Setting(
+            "digits-mlp-label-noise", "ours (CPU scale; mechanism of v3 §3)",
+            f"the digits MLP trained by label-noise SGD (σ = {DIGITS_LABEL_NOISE:g})",
+            _POWERED_BASE, (0.3, 0.5, 0.7), (16, 64), tuple(range(6)), 1e-3, 0, "none",
+            _POWERED_CHOICES + "; σ is ours; the twins measure λ_max and tr H only (the "
+            "label-noise claim compares tr H; measurement profile relaxed for the budget)",
+            independent=True, label_noise=DIGITS_LABEL_NOISE, paired_with="digits-mlp",
+            seed_base=POWERED_SEED_BASE, profile="curvature"),
+    )
+}
+"""The powered default study (36 + 36 runs), NOT yet the default: the analysis plan's freeze
+rule (R9) commits the claims table before this study's first run. The lead switches it on
+with ``SETTINGS.update(POWERED_DIGITS)`` once the claims table is frozen."""
+
 
 def label_noise_twin(name: str) -> str | None:
     """Name of the label-noise setting paired with the plain setting ``name`` (same grid and
@@ -232,7 +289,7 @@ def study_configs(
     out = []
     for cell, (lr, b) in enumerate(itertools.product(lr_ax, b_ax)):
         for r in seed_ax:
-            sd = independent_seed(cell, r)
+            sd = s.seed_base + independent_seed(cell, r)
             out.append(base_cfg.replace(lr=lr, batch_size=b, seed=sd, data_seed=sd))
     return out
 

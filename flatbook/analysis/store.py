@@ -65,6 +65,22 @@ def make_measure(config: object, X_test: object, Y_test: object, test_size: int,
     return measure
 
 
+def make_curvature_measure(config: object) -> Callable:
+    """The light measurement profile (``Setting.profile == "curvature"``): λ_max by Lanczos
+    (relative tolerance ``config.sharpness_tol``) and the exact Gauss–Newton trace tr H on
+    the evaluation subset — :func:`flatbook.train.curvature_measure`, the same keys
+    (``lambda_max``, ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged``,
+    ``trace_gn``) and meaning as the full report's, without the geometry measures."""
+    from flatbook import train
+
+    tol = float(config.sharpness_tol)  # type: ignore[attr-defined]
+
+    def measure(model, X, Y, loss, seed):  # noqa: ANN001, ANN202 - train.MeasureFn
+        return train.curvature_measure(model, X, Y, loss, seed, tol=tol)
+
+    return measure
+
+
 def store_for(results_dir: str | Path | None, setting: Setting) -> Path:
     """Folder of the result store for runs measured by :func:`make_measure` with this
     setting's measurement options: ``results_dir / "measure-<hash>"``. The hash covers the
@@ -78,6 +94,9 @@ def store_for(results_dir: str | Path | None, setting: Setting) -> Path:
     spec = {"version": MEASURE_VERSION, "test_size": setting.test_size,
             "representations": setting.representations,
             "source": inspect.getsource(make_measure)}
+    if setting.profile != "report":   # (the report profile's hash predates profiles)
+        spec |= {"profile": setting.profile,
+                 "profile_source": inspect.getsource(make_curvature_measure)}
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(results_dir) if results_dir else default_results_dir()
     return root / f"measure-{h}"
@@ -130,7 +149,7 @@ def obtain(
             todo.append((i, c, True))
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
-        jobs = _jobs(todo, resolve_engine(engine), resolve_workers(workers, len(todo)))
+        jobs = _jobs(todo, resolve_engine(engine, out), resolve_workers(workers, len(todo)))
         n_workers = resolve_workers(workers, len(jobs))
         if n_workers > 1 and not _can_spawn():
             n_workers = 1
@@ -172,10 +191,16 @@ def resolve_workers(workers: int | None, n_jobs: int) -> int:
 ENGINES = ("ensemble", "solo")
 
 
-def resolve_engine(engine: str | None) -> str:
-    """The training engine of :func:`obtain`: ``engine``, else ``$FLATBOOK_ENGINE``, else
-    ``"ensemble"``; ValueError naming the allowed values."""
-    value = engine if engine is not None else os.environ.get("FLATBOOK_ENGINE", "ensemble")
+def resolve_engine(engine: str | None, stored: Sequence[object] = ()) -> str:
+    """The training engine of :func:`obtain`: ``engine``, else ``$FLATBOOK_ENGINE``, else the
+    one engine that computed the ``stored`` results of the study (so that missing runs join
+    a study computed before without mixing engines), else ``"ensemble"``; ValueError naming
+    the allowed values."""
+    value = engine if engine is not None else os.environ.get("FLATBOOK_ENGINE")
+    if value is None:
+        used = {r.numerics.get("engine", "solo") for r in stored  # type: ignore[attr-defined]
+                if r is not None and r.numerics}  # type: ignore[attr-defined]
+        value = used.pop() if len(used) == 1 else "ensemble"
     if value not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}; got {value!r}")
     return value
@@ -217,8 +242,11 @@ def _group_size(config: object) -> int:
 
 
 def _measure_for(setting: object) -> Callable:
-    """``measure_for(config, dataset)``: the chapters' measurement of one run."""
+    """``measure_for(config, dataset)``: the chapters' measurement of one run (the setting's
+    ``profile``: the full report, or :func:`make_curvature_measure`)."""
     def measure_for(config: object, ds: object) -> Callable:
+        if getattr(setting, "profile", "report") == "curvature":
+            return make_curvature_measure(config)
         return make_measure(config, ds.X_test, ds.Y_test,  # type: ignore[attr-defined]
                             min(setting.test_size, ds.n_test),  # type: ignore[attr-defined]
                             setting.representations,  # type: ignore[attr-defined]
