@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _ONE_RUN = """
 import sys, json
 from flatbook import analysis as A, experiment as E
+from flatbook.analysis import settings as S
+if sys.argv[1].startswith("powered-"):
+    S.SETTINGS[sys.argv[1]] = S.POWERED_DIGITS[sys.argv[1][len("powered-"):]]
 cfg = E.RunConfig.from_dict(json.loads(sys.argv[2]))
 A.obtain([cfg], A.get_setting(sys.argv[1]), sys.argv[3], workers=1, engine="solo")
 """
@@ -44,18 +47,36 @@ A.obtain([cfg], A.get_setting(sys.argv[1]), sys.argv[3], workers=1, engine="solo
 _STUDY = """
 import sys, json
 from flatbook import analysis as A, experiment as E
+from flatbook.analysis import settings as S
+if sys.argv[1].startswith("powered-"):
+    S.SETTINGS[sys.argv[1]] = S.POWERED_DIGITS[sys.argv[1][len("powered-"):]]
 cfgs = [E.RunConfig.from_dict(c) for c in json.loads(open(sys.argv[2]).read())]
 A.obtain(cfgs, A.get_setting(sys.argv[1]), sys.argv[3], workers=int(sys.argv[4]),
          engine="ensemble")
 """
 
 
+def register(args: argparse.Namespace) -> str:
+    """The setting to run: ``--setting``, or with ``--powered`` its powered design
+    (``POWERED_DIGITS``, registered as ``powered-<name>`` for this process)."""
+    from flatbook.analysis import settings as S
+
+    if not args.powered:
+        return args.setting
+    name = f"powered-{args.setting}"
+    S.SETTINGS[name] = S.POWERED_DIGITS[args.setting]
+    return name
+
+
 def study(args: argparse.Namespace) -> list:
-    """The setting's configs with throwaway seeds (``--seed-offset``), ``--runs`` of them."""
+    """The setting's configs with throwaway seeds (``--seed-offset``): ``--replicates`` per
+    cell, the first ``--runs`` of them."""
     from flatbook import analysis as A
 
-    over = {"steps": args.steps} if args.steps else {}
-    cfgs = A.study_configs(args.setting, **over)
+    over: dict = {"steps": args.steps} if args.steps else {}
+    if args.replicates:
+        over["seeds"] = list(range(args.replicates))
+    cfgs = A.study_configs(register(args), **over)
     off = args.seed_offset
     cfgs = [c.replace(seed=c.seed + off, data_seed=c.data_seed + off) for c in cfgs]
     return cfgs[: args.runs] if args.runs else cfgs
@@ -160,7 +181,7 @@ def _phase(args: argparse.Namespace) -> None:
     """A study phase in its own process, so its peak memory is its own."""
     cfgs = study(args)
     fn = solo_study if args.phase == "solo" else ensemble_study
-    print(json.dumps(fn(cfgs, args.setting, args.workers)))
+    print(json.dumps(fn(cfgs, register(args), args.workers)))
 
 
 def _run_phase(args: argparse.Namespace, phase: str) -> dict:
@@ -168,6 +189,8 @@ def _run_phase(args: argparse.Namespace, phase: str) -> dict:
            "--seed-offset", str(args.seed_offset), "--workers", str(args.workers)]
     cmd += ["--runs", str(args.runs)] if args.runs else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
+    cmd += ["--replicates", str(args.replicates)] if args.replicates else []
+    cmd += ["--powered"] if args.powered else []
     out = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -178,6 +201,9 @@ def main() -> None:
     p.add_argument("--setting", default="digits-mlp")
     p.add_argument("--seed-offset", type=int, default=900000)
     p.add_argument("--runs", type=int, default=None, help="first N runs only")
+    p.add_argument("--replicates", type=int, default=None, help="replicates per (η, B) cell")
+    p.add_argument("--powered", action="store_true",
+                   help="the setting's powered design (settings.POWERED_DIGITS)")
     p.add_argument("--steps", type=int, default=None, help="override the run length")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--train-steps", type=int, default=2000)
@@ -189,7 +215,7 @@ def main() -> None:
     load = os.getloadavg()
     cfgs = study(args)
     tp = throughput(cfgs, args.train_steps)
-    per_record = measure_time(cfgs, args.setting)
+    per_record = measure_time(cfgs, register(args))
     ens = _run_phase(args, "ensemble")
     solo = _run_phase(args, "solo")
     load_end = os.getloadavg()
