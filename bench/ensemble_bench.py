@@ -83,40 +83,43 @@ def study(args: argparse.Namespace) -> list:
 
 
 def throughput(cfgs: list, k: int) -> dict[str, float]:
-    """Member-steps per second of the solo loop and of the ensemble engine (no measures)."""
+    """Member-steps per second of the solo loop (one run per batch size, averaged over the
+    study's batch sizes as its runs are) and of the ensemble engine (the study's runs in the
+    ensembles ``obtain`` forms for one worker), K steps each, no measurements."""
     import torch
 
     from flatbook import ensemble as EN
+    from flatbook import ensemble_runs as R
     from flatbook import experiment as E
     from flatbook import train as T
 
     torch.set_num_threads(1)
-    c = cfgs[0]
-    ds, net, _ = E.prepare(c)
-    T.train(net, ds.X_train, ds.Y_train, batch_size=c.batch_size, lr=c.lr, steps=20,
-            measure=None, measure_every=20, progress=False, eval_size=None)   # warm-up
-    ds, net, _ = E.prepare(c)
-    t = time.perf_counter()
-    T.train(net, ds.X_train, ds.Y_train, batch_size=c.batch_size, lr=c.lr, steps=k,
-            measure=None, measure_every=k, progress=False, eval_size=None)
-    solo = k / (time.perf_counter() - t)
-    n_member_steps, t_ens = 0, 0.0
-    for B in sorted({x.batch_size for x in cfgs}, key=str):
-        group = [x for x in cfgs if x.batch_size == B]
+    solo_s: dict[object, float] = {}
+    for c in {c.batch_size: c for c in cfgs}.values():
+        for steps in (20, k):   # warm-up (imports torch._dynamo), then timed
+            ds, net, _ = E.prepare(c)
+            t = time.perf_counter()
+            T.train(net, ds.X_train, ds.Y_train, batch_size=c.batch_size, lr=c.lr,
+                    steps=steps, measure=None, measure_every=steps, progress=False,
+                    eval_size=None)
+            solo_s[c.batch_size] = (time.perf_counter() - t) / steps
+    solo = len(cfgs) / sum(solo_s[c.batch_size] for c in cfgs)
+    t_ens, sizes = 0.0, []
+    for g in R.plan_groups(cfgs):
         members = []
-        for x in group:
+        for x in (cfgs[i] for i in g):
             d, n, _ = E.prepare(x)
             members.append(EN.Member(model=n, X_train=d.X_train, Y_train=d.Y_train,
                                      X_test=None, Y_test=None, lr=x.lr, steps=k,
                                      measure_steps=[], measure=None, eval_indices=[],
                                      seed=x.seed, label_noise=x.label_noise))
         t = time.perf_counter()
-        EN.train_ensemble(members, EN.EnsembleOptions(loss=x.loss, batch_size=B,
+        EN.train_ensemble(members, EN.EnsembleOptions(loss=x.loss, batch_size=x.batch_size,
                                                       handle_signals=False))
         t_ens += time.perf_counter() - t
-        n_member_steps += k * len(members)
+        sizes.append(len(g))
     return {"solo_member_steps_per_s": solo, "ensemble_member_steps_per_s":
-            n_member_steps / t_ens, "members": len(cfgs)}
+            k * len(cfgs) / t_ens, "ensemble_sizes": sizes}
 
 
 def measure_time(cfgs: list, setting: str, n: int = 5) -> float:
@@ -214,7 +217,9 @@ def main() -> None:
         return _phase(args)
     load = os.getloadavg()
     cfgs = study(args)
-    tp = throughput(cfgs, args.train_steps)
+    reps, args.replicates = args.replicates, None
+    tp = throughput(study(args), args.train_steps)   # every run of the study
+    args.replicates = reps
     per_record = measure_time(cfgs, register(args))
     ens = _run_phase(args, "ensemble")
     solo = _run_phase(args, "solo")

@@ -44,6 +44,7 @@ NUMERIC_MODULES = (
     "models.py",
     "data.py",
     "train.py",
+    "ensemble.py",
     "curvature.py",
     "layers.py",
     "geometry.py",

@@ -102,7 +102,6 @@ class _State:
     diverged_at: int | None = None
     first_pending: int = 0
     perm_epoch: int = -1
-    perm: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 # ------------------------------------------------------------------------------ layout
@@ -199,7 +198,7 @@ def _act(name: str, z: Tensor) -> Tensor:
 def _act_grad(name: str, g: Tensor, h: Tensor) -> Tensor:
     """g · σ'(z) written through the activation's output h = σ(z) (as autograd does)."""
     if name == "relu":
-        return g * (h > 0)
+        return torch.ops.aten.threshold_backward(g, h, 0)   # autograd's ReLU backward
     if name == "tanh":
         return g * (1 - h * h)
     if name == "sigmoid":
@@ -235,13 +234,14 @@ def batched_step(stack: _Stack, xb: Tensor, yb: Tensor, lr: Tensor, weight_decay
         losses = -(yb * logp).sum((1, 2)) / B
         g = (logp.exp() * yb.sum(2, keepdim=True) - yb) / B
     lr3 = lr.view(-1, 1, 1)
+    decay = bool(weight_decay.any())
     for layer in reversed(range(n_layers)):
         W, b = stack.W[layer], stack.b[layer]
         gW = torch.bmm(g.transpose(1, 2), hs[layer])
         gb = g.sum(1) if b is not None else None
         if layer > 0:
             g = _act_grad(stack.act, torch.bmm(g, W), hs[layer])
-        if bool(weight_decay.any()):
+        if decay:
             gW = gW + weight_decay.view(-1, 1, 1) * W
             gb = gb + weight_decay.view(-1, 1) * b if b is not None else None
         W.sub_(lr3 * gW)
@@ -267,8 +267,8 @@ def take_record(member: Member, st: _State, t: int, spe: int, loss: str,
     if member.measure is not None and math.isfinite(rec["train_loss"]):
         idx = torch.as_tensor(list(member.eval_indices), device=member.X_train.device)
         with _train.eval_mode(model):
-            extra = member.measure(model, member.X_train[idx], member.Y_train[idx], loss,
-                                   member.seed)
+            extra = _train.call_measure(member.measure, model, member.X_train[idx],
+                                        member.Y_train[idx], loss, member.seed, t)
         for k, v in extra.items():
             if k not in rec:
                 try:
@@ -391,6 +391,9 @@ class _Loop:
         self.to_measure = [set(int(s) for s in m.measure_steps) | {0, m.steps}
                            for m in self.members]
         self.pending: list[Tensor] = []
+        self.perms = torch.zeros(M, self.n, dtype=torch.long, device=dev)
+        self.arange_b = torch.arange(self.B, device=dev)
+        self._lr_run: tuple[tuple[int, ...], Tensor] | None = None
 
     def running(self) -> list[int]:
         return [i for i, st in enumerate(self.states) if st.status == "running"]
@@ -416,14 +419,19 @@ class _Loop:
         M = len(self.members)
         if self.full:
             return (self.X.view(M, self.n, -1), self.Y.view(M, self.n, -1))
-        rows = []
-        for m, st in zip(self.members, self.states, strict=True):
-            epoch, pos = divmod(st.step, self.spe)
+        pos = []
+        for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
+            epoch, p = divmod(st.step, self.spe)
             if epoch != st.perm_epoch:
-                st.perm = _train._epoch_perm(m.seed, epoch, self.n).to(self.X.device)
+                self.perms[i] = _train._epoch_perm(m.seed, epoch, self.n)
                 st.perm_epoch = epoch
-            rows.append(st.perm[pos * self.B:(pos + 1) * self.B])
-        idx = (torch.stack(rows) + self.offset).reshape(-1)
+            pos.append(p)
+        if min(pos) == max(pos):   # members in step: one slice of the permutations
+            rows = self.perms[:, pos[0] * self.B:(pos[0] + 1) * self.B]
+        else:
+            start = torch.tensor(pos, device=self.X.device).unsqueeze(1) * self.B
+            rows = self.perms.gather(1, start + self.arange_b)
+        idx = (rows + self.offset).reshape(-1)
         return (self.X.index_select(0, idx).view(M, self.B, -1),
                 self.Y.index_select(0, idx).view(M, self.B, -1))
 
@@ -436,9 +444,11 @@ class _Loop:
             if m.label_noise:
                 yb[i] = yb[i] + m.label_noise * _train._label_noise(yb[i], m.seed,
                                                                     self.states[i].step)
-        mask = torch.zeros_like(self.lr)
-        mask[run] = 1
-        self.pending.append(batched_step(self.stack, xb, yb, self.lr * mask, self.wd,
+        if self._lr_run is None or self._lr_run[0] != tuple(run):
+            mask = torch.zeros_like(self.lr)
+            mask[run] = 1
+            self._lr_run = (tuple(run), self.lr * mask)
+        self.pending.append(batched_step(self.stack, xb, yb, self._lr_run[1], self.wd,
                                          self.opts.loss))
         for i in run:
             self.states[i].step += 1

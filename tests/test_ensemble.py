@@ -207,3 +207,19 @@ def test_curvature_profile_records_the_reports_curvature_keys() -> None:
     full = A.make_measure(cfg, X, Y, 0, "none", n_train=20)(net, X, Y, "squared", 0)
     assert math.isclose(light["trace_gn"], full["trace_gn"], rel_tol=1e-10)
     assert math.isclose(light["lambda_max"], full["lambda_max"], rel_tol=1e-3)
+
+
+def test_sparse_hidden_profile_is_the_same_in_both_engines(tmp_path: Path) -> None:
+    from flatbook import analysis as A
+
+    cfg = BASE.replace(steps=20, measure_every=5)
+    ds = E.prepare(cfg)[0]
+    full = A.make_measure(cfg, ds.X_test, ds.Y_test, 0, "hidden", n_train=ds.n_train)
+    light = A.make_measure(cfg, ds.X_test, ds.Y_test, 0, "none", n_train=ds.n_train)
+    m = A.store.sparse_hidden(full, light, 10)
+    solo = E.run(cfg, tmp_path / "solo", measure=m)
+    (ens,) = R.run_ensemble([cfg], tmp_path / "ens", measure_for=lambda c, d: m)
+    for res in (solo, ens):
+        extra = [set(r) - set(res.records[1]) for r in res.records]
+        assert [bool(x) for x in extra] == [True, False, True, False, True]   # steps 0, 10, 20
+    assert [r.keys() for r in solo.records] == [r.keys() for r in ens.records]

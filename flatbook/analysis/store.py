@@ -97,6 +97,9 @@ def store_for(results_dir: str | Path | None, setting: Setting) -> Path:
     if setting.profile != "report":   # (the report profile's hash predates profiles)
         spec |= {"profile": setting.profile,
                  "profile_source": inspect.getsource(make_curvature_measure)}
+    if setting.hidden_every and setting.representations == "hidden":
+        spec |= {"hidden_every": setting.hidden_every,
+                 "hidden_source": inspect.getsource(sparse_hidden)}
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(results_dir) if results_dir else default_results_dir()
     return root / f"measure-{h}"
@@ -247,11 +250,27 @@ def _measure_for(setting: object) -> Callable:
     def measure_for(config: object, ds: object) -> Callable:
         if getattr(setting, "profile", "report") == "curvature":
             return make_curvature_measure(config)
-        return make_measure(config, ds.X_test, ds.Y_test,  # type: ignore[attr-defined]
-                            min(setting.test_size, ds.n_test),  # type: ignore[attr-defined]
-                            setting.representations,  # type: ignore[attr-defined]
-                            n_train=ds.n_train)  # type: ignore[attr-defined]
+        args = (config, ds.X_test, ds.Y_test,  # type: ignore[attr-defined]
+                min(setting.test_size, ds.n_test))  # type: ignore[attr-defined]
+        reps = setting.representations  # type: ignore[attr-defined]
+        every = getattr(setting, "hidden_every", 0)
+        full = make_measure(*args, reps, n_train=ds.n_train)  # type: ignore[attr-defined]
+        if reps != "hidden" or not every:
+            return full
+        return sparse_hidden(full, make_measure(*args, "none", n_train=ds.n_train),  # type: ignore[attr-defined]
+                             every)
     return measure_for
+
+
+def sparse_hidden(full: Callable, light: Callable, every: int) -> Callable:
+    """A measure that calls ``full`` (with the hidden representations) at the records whose
+    step is a multiple of ``every`` and ``light`` (without them) at the others — the same
+    keys and values at every record, the hidden layers' only where measured."""
+    def measure(model, X, Y, loss, seed, step):  # noqa: ANN001, ANN202 - train.MeasureFn
+        return (full if step % every == 0 else light)(model, X, Y, loss, seed)
+
+    measure.takes_step = True  # type: ignore[attr-defined]
+    return measure
 
 
 def _compute_job(job: Job, setting: object, store: Path) -> list[object]:
