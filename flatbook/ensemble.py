@@ -439,11 +439,13 @@ class _Loop:
         """One batched step of every running member (frozen members: η = 0)."""
         xb, yb = self.batch()
         run = self.running()
-        for i in run:
-            m = self.members[i]
-            if m.label_noise:
-                yb[i] = yb[i] + m.label_noise * _train._label_noise(yb[i], m.seed,
-                                                                    self.states[i].step)
+        noisy = [i for i in run if self.members[i].label_noise]
+        if noisy:   # y + σξ with each member's own ξ(seed, step), as the solo loop draws it
+            xi = torch.stack([_train._label_noise(yb[i], self.members[i].seed,
+                                                  self.states[i].step) for i in noisy])
+            sigma = torch.tensor([self.members[i].label_noise for i in noisy],
+                                 dtype=yb.dtype, device=yb.device).view(-1, 1, 1)
+            yb[noisy] = yb[noisy] + sigma * xi
         if self._lr_run is None or self._lr_run[0] != tuple(run):
             mask = torch.zeros_like(self.lr)
             mask[run] = 1
