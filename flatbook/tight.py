@@ -25,6 +25,7 @@ __all__ = [
     "equal_units",
     "isotropic_linear",
     "orthogonal_deep_linear",
+    "rank_one_jacobians",
     "scalar_output",
     "tied_tokens",
 ]
@@ -237,3 +238,17 @@ def equal_spectrum_jacobians(N: int = 10, d: int = 64, scales: tuple[float, ...]
         raise ValueError(f"N must be ≤ d; got N = {N}, d = {d}")
     U = _orthonormal_rows(N, d, torch.Generator().manual_seed(int(seed)))
     return torch.stack([_check_pos(c, "scales") * U for c in scales])
+
+
+def rank_one_jacobians(N: int = 4, d: int = 6, scales: tuple[float, ...] = (0.5, 2.0),
+                       seed: int = 0) -> Tensor:
+    """Jacobians J = c u vᵀ (unit u ∈ R^N, v ∈ R^d), one per scale c, [len, N, d].
+
+    Why equality holds in MLS² ≤ ‖J‖_F² and in LD ≥ 1 (book ``lem-ld-link``): a rank-one
+    matrix has one non-zero singular value c, so MLS² = ‖J‖_F² = c² and LD = c⁴/c⁴ = 1.
+    """
+    N, d = _check_int(N, "N", 1), _check_int(d, "d", 1)
+    g = torch.Generator().manual_seed(int(seed))
+    u, v = torch.randn(N, generator=g, dtype=DT), torch.randn(d, generator=g, dtype=DT)
+    J = torch.outer(u / u.norm(), v / v.norm())
+    return torch.stack([_check_pos(c, "scales") * J for c in scales])
