@@ -111,15 +111,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "    return 1.02 * (lm.h_sqnorm * lm.measures.frob_sq).mean()",
            ("ch07_invariance",)),
     Mutant("adaptive_sharpness", "adaptive sharpness 2 % off", B,
-           "            return (theta**2 * Hd).sum()", "            return 1.02 * (theta**2 * Hd).sum()",
+           "            return (theta**2 * Hd).sum()",
+           "            return 1.02 * (theta**2 * Hd).sum()",
            ("ch07_invariance",)),
     Mutant("shared_untied_tight", "shared weights: tied ≤ T·U with T·U 2 % tighter", B,
            '            "shared_tied", self.tied, self.T * self.untied,',
            '            "shared_tied", self.tied, 0.98 * self.T * self.untied,',
            ("ch08_shared_weights",)),
     Mutant("shared_position_loose", "shared weights: position-wise rhs 1.5× looser", B,
-           '            "shared_position_wise", self.sensitivity, self.weight_sqnorm * self.untied,',
-           '            "shared_position_wise", self.sensitivity, 1.5 * self.weight_sqnorm * self.untied,',
+           '"shared_position_wise", self.sensitivity, self.weight_sqnorm * self.untied,',
+           '"shared_position_wise", self.sensitivity, 1.5 * self.weight_sqnorm * self.untied,',
            ("ch08_shared_weights",)),
     Mutant("shared_grad_terms", "shared weights: Σ_t,t' cross terms 2 % off", B,
            '    from_terms = torch.einsum("nkmt,npt->nkmp", G, h).pow(2).sum((1, 2, 3))',
@@ -167,9 +168,6 @@ def _mutate(m: Mutant, dest: Path) -> str | None:
     return None
 
 
-_ASSERT = re.compile(r"^(?:-+>|\s*)\s*(\d+)?\s*(assert .*)$")
-
-
 def _first_failure(out: str) -> str:
     """The failing line of a notebook's traceback (the last ``assert`` line shown, or the
     exception line)."""
@@ -177,7 +175,8 @@ def _first_failure(out: str) -> str:
     if asserts:
         line = re.sub(r"^-+>\s*\d*\s*", "", asserts[-1])
         return line[:90]
-    errs = [ln.strip() for ln in out.splitlines() if re.match(r"^\w*(Error|Exception)\b", ln.strip())]
+    errs = [ln.strip() for ln in out.splitlines()
+            if re.match(r"^\w*(Error|Exception)\b", ln.strip())]
     return (errs[-1] if errs else out.strip().splitlines()[-1] if out.strip() else "?")[:90]
 
 
@@ -227,7 +226,8 @@ def run_mutant(m: Mutant, fast: Path, timeout: int) -> dict[str, object]:
 
 
 def _table(results: list[dict[str, object]]) -> str:
-    lines = ["| mutant | planted error | caught by (chapter: first failing check) | tests failing |",
+    lines = ["| mutant | planted error | caught by (chapter: first failing check) "
+             "| tests failing |",
              "| --- | --- | --- | --- |"]
     for r in results:
         m = r["mutant"]
