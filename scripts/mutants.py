@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 #: rough fast-parameter execution time of each chapter on one idle core (s), for --list
-CHAPTER_SECONDS = {"ch02_stability": 60, "ch03_input_smoothness": 25, "ch04_volume": 25,
-                   "ch05_mls_network": 15, "ch06_local_dim": 20, "ch07_invariance": 15,
-                   "ch08_shared_weights": 25, "ch09_capstone": 20}
+CHAPTER_SECONDS = {"ch01_hessian": 15, "ch02_stability": 60, "ch03_input_smoothness": 25,
+                   "ch04_volume": 25, "ch05_mls_network": 15, "ch06_local_dim": 20,
+                   "ch07_invariance": 15, "ch08_shared_weights": 25, "ch09_capstone": 20}
 TEST_SECONDS = 8
 
 
@@ -62,6 +62,14 @@ class Mutant:
 
 B = "flatbook/bounds.py"
 MUTANTS: tuple[Mutant, ...] = (
+    Mutant("gn_trace", "Gauss–Newton trace (L1's right side) 2 % off", "flatbook/curvature.py",
+           "    return torch.stack(list(sq.values())).sum(0).mean()\n",
+           "    return 1.02 * torch.stack(list(sq.values())).sum(0).mean()\n",
+           ("ch01_hessian",)),
+    Mutant("l3_block_loose", "L3: Σ_l ‖∇_{W_l} f‖² 2 % smaller (looser)", B,
+           "    lhs = torch.stack(list(q.grad_w_sqnorm.values())).sum(0)\n",
+           "    lhs = 0.98 * torch.stack(list(q.grad_w_sqnorm.values())).sum(0)\n",
+           ("ch03_input_smoothness",)),
     Mutant("t1_weighted_tight", "T1 weighted: rhs 2 % tighter", B,
            '        lm.weight_norm**2 * q.trace,\n        "(1/n) Σ ‖x_i‖² ‖J_x(x_i)‖_F² ≤',
            '        0.98 * lm.weight_norm**2 * q.trace,\n        "(1/n) Σ ‖x_i‖² ‖J_x(x_i)‖_F² ≤',
@@ -82,6 +90,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "        (lm.weight_norm**2 * gw / (r * q.x_sqnorm)).pow(r / 2),",
            "        1.5 * (lm.weight_norm**2 * gw / (r * q.x_sqnorm)).pow(r / 2),",
            ("ch04_volume",)),
+    Mutant("t2_min_loose", "T2 v1 min form: rhs 2 % looser", B,
+           "        (q.n * lm.weight_norm**2 * q.trace / (r * q.x_sqnorm.min())).pow(r),",
+           "        1.02 * (q.n * lm.weight_norm**2 * q.trace / (r * q.x_sqnorm.min())).pow(r),",
+           ("ch04_volume",)),
     Mutant("lvr_measure", "LVR measure 2 % off (log LVR + log 1.02)", "flatbook/geometry.py",
            "        log_lvr=_log_lvr_from_sigma(sigma, (N, d), rtol),",
            "        log_lvr=_log_lvr_from_sigma(sigma, (N, d), rtol) + math.log(1.02),",
@@ -93,6 +105,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("nmls_tight", "T4 NMLS: lhs 2 % larger (a normalisation off)", B,
            "        ((lm.h_sqnorm * lm.measures.mls**2) / lm.weight_norm**2).mean()",
            "        1.02 * ((lm.h_sqnorm * lm.measures.mls**2) / lm.weight_norm**2).mean()",
+           ("ch05_mls_network",)),
+    Mutant("nvr_loose", "T4 NVR: lhs 2 % smaller (looser)", B,
+           "        (lm.measures.r * lm.h_sqnorm * lm.measures.lvr_pow / lm.weight_norm**2).mean()",
+           "        0.98 * (lm.measures.r * lm.h_sqnorm * lm.measures.lvr_pow / lm.weight_norm**2)"
+           ".mean()",
            ("ch05_mls_network",)),
     Mutant("mls_measure", "MLS measure 2 % off", "flatbook/geometry.py",
            "        mls=sigma[:, 0],", "        mls=1.02 * sigma[:, 0],",
@@ -109,6 +126,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("kappa_identity", "T5 identity: κ_l 2 % off", B,
            "    return (lm.h_sqnorm * lm.measures.frob_sq).mean()",
            "    return 1.02 * (lm.h_sqnorm * lm.measures.frob_sq).mean()",
+           ("ch07_invariance",)),
+    Mutant("kappa_definition", "κ_l from its Hessian-block definition 2 % off", B,
+           "        return ((W @ W.T) * T).sum().detach()",
+           "        return 1.02 * ((W @ W.T) * T).sum().detach()",
            ("ch07_invariance",)),
     Mutant("adaptive_sharpness", "adaptive sharpness 2 % off", B,
            "            return (theta**2 * Hd).sum()",
