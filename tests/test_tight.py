@@ -83,12 +83,15 @@ def test_tied_tokens_make_both_shared_weight_bounds_tight() -> None:
     assert _slack_err(s.position_wise()) < TOL and _slack_err(s.tied_le_untied()) < TOL
 
 
-def test_equal_spectrum_jacobians_make_amgm_and_ld_tight() -> None:
+def test_equal_spectrum_and_rank_one_jacobians_make_the_ld_link_tight() -> None:
     J = tight.equal_spectrum_jacobians(N=4, d=7, scales=(0.2, 3.0))
     m = geometry.measures(J)
     torch.testing.assert_close(m.lvr_pow, m.frob_sq / m.r, rtol=1e-12, atol=0)
     torch.testing.assert_close(m.ld, torch.full_like(m.ld, 4.0), rtol=1e-12, atol=0)
     torch.testing.assert_close(m.mls**2, torch.tensor([0.04, 9.0], dtype=torch.float64))
+    r1 = geometry.measures(tight.rank_one_jacobians(N=3, d=5, scales=(0.5, 2.0)))
+    torch.testing.assert_close(r1.mls**2, r1.frob_sq, rtol=1e-12, atol=0)
+    torch.testing.assert_close(r1.ld, torch.ones_like(r1.ld), rtol=1e-12, atol=0)
 
 
 def test_t7_gd_is_tight_at_its_edge() -> None:
