@@ -83,9 +83,17 @@ def test_trace_matches_dense_hessian_and_l3_is_block_le_whole() -> None:
     q = B.quantities(net, X)
     H = curvature.dense_hessian(net, "squared", X, net(X).detach())
     assert abs(torch.trace(H) - q.trace) <= 1e-10 * q.trace
-    torch.testing.assert_close(q.output.frob_sq.sqrt(), q.output.sigma.norm(dim=1))
+    # ‖J_x‖_F² from the singular values against the entries of an autograd input Jacobian
+    J = geometry.input_jacobian(net, X)
+    torch.testing.assert_close(q.output.frob_sq, J.pow(2).sum((1, 2)), rtol=1e-10, atol=0)
+    # L3's two sides against per-sample autograd Jacobians of every parameter (jacrev)
+    sq = curvature.jacobian_sqnorms(net, X, method="jacrev")
     b = B.l3_bound(q)
     assert isinstance(b.lhs, torch.Tensor) and b.lhs.shape == (X.shape[0],)
+    assert any(n.endswith("bias") for n in sq)  # so that L3 has a gap to check
+    torch.testing.assert_close(b.rhs, sum(sq.values()), rtol=1e-10, atol=0)
+    torch.testing.assert_close(b.lhs, sum(v for n, v in sq.items() if n.endswith("weight")),
+                               rtol=1e-10, atol=0)
 
 
 def test_kappa_laplacian_form_equals_definition_away_from_interpolation() -> None:
