@@ -189,16 +189,19 @@ def _mutate(m: Mutant, dest: Path) -> str | None:
     return None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_failure(out: str) -> str:
-    """The failing line of a notebook's traceback (the last ``assert`` line shown, or the
-    exception line)."""
-    asserts = [ln.strip() for ln in out.splitlines() if "assert " in ln and "---->" in ln]
+    """The failing line of a notebook's traceback: the ``assert`` line IPython marks with an
+    arrow (``---> 12 assert …``), else the exception line (``AssertionError: …``)."""
+    lines = [_ANSI.sub("", ln).rstrip() for ln in out.splitlines()]
+    marked = [re.sub(r"^-+>\s*\d*\s*", "", ln) for ln in lines if re.match(r"^-+>", ln)]
+    asserts = [ln for ln in marked if ln.startswith("assert")]
     if asserts:
-        line = re.sub(r"^-+>\s*\d*\s*", "", asserts[-1])
-        return line[:90]
-    errs = [ln.strip() for ln in out.splitlines()
-            if re.match(r"^\w*(Error|Exception)\b", ln.strip())]
-    return (errs[-1] if errs else out.strip().splitlines()[-1] if out.strip() else "?")[:90]
+        return asserts[-1][:90]
+    errs = [ln.strip() for ln in lines if re.match(r"^\w*(Error|Exception)\b", ln.strip())]
+    return (errs[-1] if errs else marked[-1] if marked else "?")[:90]
 
 
 def _run_chapter(nb: Path, cwd: Path, env: dict[str, str], timeout: int) -> str | None:
