@@ -251,7 +251,7 @@ def run_mutant(m: Mutant, fast: Path, timeout: int) -> dict[str, object]:
 
 def _table(results: list[dict[str, object]]) -> str:
     lines = ["| mutant | planted error | caught by (chapter: first failing check) "
-             "| tests failing |",
+             "| first failing test |",
              "| --- | --- | --- | --- |"]
     for r in results:
         m = r["mutant"]
