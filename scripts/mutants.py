@@ -14,7 +14,9 @@ Usage:
     .venv/bin/python scripts/mutants.py --all               # every mutant, one after another
     .venv/bin/python scripts/mutants.py --all --jobs 2      # in parallel (separate temp dirs)
 
-Exit status 0 iff every mutant run is caught by at least one chapter check. A mutant whose
+With ``--all`` (or ``--baseline``) every chapter first runs on the unmutated package: a chapter
+that fails there would make "caught" meaningless (exit status 2). Exit status 0 iff every
+mutant run is caught by at least one chapter check. A mutant whose
 anchor text is not found exactly once in the package reports "stale" (the code moved on: update
 its anchor).
 """
@@ -39,7 +41,8 @@ PY = sys.executable
 #: rough fast-parameter execution time of each chapter on one idle core (s), for --list
 CHAPTER_SECONDS = {"ch01_hessian": 15, "ch02_stability": 60, "ch03_input_smoothness": 25,
                    "ch04_volume": 25, "ch05_mls_network": 15, "ch06_local_dim": 20,
-                   "ch07_invariance": 15, "ch08_shared_weights": 25, "ch09_capstone": 20}
+                   "ch07_invariance": 15, "ch08_shared_weights": 25, "ch09_capstone": 20,
+                   "chain_card": 20}
 TEST_SECONDS = 8
 
 
@@ -173,6 +176,11 @@ MUTANTS: tuple[Mutant, ...] = (
 )
 
 
+#: the unmutated package: every chapter must run through (else "caught" would mean nothing)
+BASELINE = Mutant("baseline", "nothing planted (every check must pass)", B, "", "",
+                  tuple(CHAPTER_SECONDS))
+
+
 def _mutate(m: Mutant, dest: Path) -> str | None:
     """Copy the package and tests to ``dest`` and plant ``m``; an error message if stale."""
     shutil.copytree(ROOT / "flatbook", dest / "flatbook",
@@ -181,6 +189,8 @@ def _mutate(m: Mutant, dest: Path) -> str | None:
     for f in ("pyproject.toml", "setup.cfg", "pytest.ini"):
         if (ROOT / f).exists():
             shutil.copy(ROOT / f, dest / f)
+    if not m.old:  # the baseline: nothing planted
+        return None
     target = dest / m.path
     text = target.read_text(encoding="utf-8")
     if text.count(m.old) != 1:
@@ -271,6 +281,8 @@ def main() -> int:
     ap.add_argument("names", nargs="*", help="mutants to run (see --list)")
     ap.add_argument("--all", action="store_true", help="run every mutant")
     ap.add_argument("--list", action="store_true", help="list the mutants and a time estimate")
+    ap.add_argument("--baseline", action="store_true",
+                    help="first run every chapter on the unmutated package (implied by --all)")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1)")
     ap.add_argument("--fast", default=None,
                     help="an existing fast-book folder (prepare_fast_book.py --out); default: "
@@ -282,7 +294,7 @@ def main() -> int:
     unknown = [n for n in a.names if n not in by_name]
     if unknown:
         ap.error(f"unknown mutants {unknown}; allowed: {list(by_name)}")
-    if a.list or not chosen:
+    if a.list or not (chosen or a.baseline):
         for m in MUTANTS:
             est = sum(CHAPTER_SECONDS.get(c, 30) for c in m.chapters) + TEST_SECONDS
             print(f"{m.name:24s} ~{est:4d} s  {m.what}  [{', '.join(m.chapters)}]")
@@ -297,6 +309,14 @@ def main() -> int:
                             str(fast)], check=True, cwd=ROOT)
         results: list[dict[str, object]] = []
         with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+            if a.baseline or a.all:
+                base = run_mutant(BASELINE, fast, a.timeout)
+                broken = {ch: why for ch, why in base["chapters"].items() if why}
+                print(f"baseline: {'FAILS ' + str(broken) if broken else 'every chapter passes'}"
+                      f" ({base['seconds']:.0f} s)", flush=True)
+                if broken or base["tests"]:
+                    print(f"the unmutated package fails {broken or base['tests']}: fix that first")
+                    return 2
             futs = [ex.submit(run_mutant, m, fast, a.timeout) for m in chosen]
             for f in futs:
                 r = f.result()
