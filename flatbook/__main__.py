@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import operator
@@ -34,171 +33,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flatbook import data as _data
-from flatbook import models as _models
-from flatbook import train as _train
+from flatbook import gn as _gn
+from flatbook import runspec
 
-GRID_AXES = ("model", "lr", "batch_size", "seed", "momentum", "weight_decay")
-
-
-def _batch(v: str) -> int | str:
-    if v == "full":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full': {v!r}") from None
-
-
-def _opt_int(v: str) -> int | None:
-    if v.lower() == "none":
-        return None
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}")
-    return n
-
-
-def _defaults() -> dict[str, Any]:
-    from flatbook.experiment import RunConfig
-
-    out = {}
-    for f in dataclasses.fields(RunConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    out["steps"] = f"{RunConfig().steps} steps unless --epochs"
-    return out
-
-
-def _h(text: str, name: str | None = None, none: str = "none") -> str:
-    """Help text with the RunConfig default of ``name`` (``none`` says what None means;
-    argparse's % escaped)."""
-    if name is not None:
-        d = _defaults()[name]
-        if d is None:
-            d = none
-        elif isinstance(d, tuple | list):
-            d = " ".join(map(str, d)) or "none"
-        elif isinstance(d, dict):
-            d = json.dumps(d) if d else "the model's own"
-        text = f"{text} (default: {d})"
-    return text.replace("%", "%%")
-
-
-def _kv(v: str) -> tuple[str, Any]:
-    if "=" not in v:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {v!r}")
-    k, raw = v.split("=", 1)
-    try:
-        val = json.loads(raw)
-    except json.JSONDecodeError:
-        val = raw
-    return k.strip(), val
+GRID_AXES = runspec.GRID_AXES
 
 
 def _add_config_args(p: argparse.ArgumentParser, grid: bool) -> None:
-    S = argparse.SUPPRESS
-    many = {"nargs": "+"} if grid else {}
-    several = " (several values: one run each)" if grid else ""
-
-    def axis(name: str) -> dict:
-        return many if name in GRID_AXES else {}
-
-    def ax(name: str) -> str:
-        return several if name in GRID_AXES else ""
-
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=S, **axis("model"),
-                   help=_h(f"one of {sorted(_models.MODELS)}{ax('model')}", "model"))
-    g.add_argument("--model-kw", dest="model_kw", nargs="+", type=_kv, default=S,
-                   metavar="KEY=VALUE",
-                   help=_h("model options, JSON values, e.g. hidden=[64,64] activation=tanh",
-                           "model_kw"))
-    g.add_argument("--dataset", default=S,
-                   help=_h(f"one of {sorted(_data.DATASETS)}", "dataset"))
-    g.add_argument("--classes", nargs="+", type=int, default=S,
-                   help=_h("labels to keep (several numbers), or a count c (one number: "
-                           "0..c-1)", "classes", "all"))
-    g.add_argument("--n-train", dest="n_train", type=int, default=S,
-                   help=_h("training-set size (a seeded subset)", "n_train", "all"))
-    g.add_argument("--n-test", dest="n_test", type=int, default=S,
-                   help=_h("test-set size (a seeded subset)", "n_test", "all"))
-    g.add_argument("--standardize", default=S,
-                   help=_h(f"input standardisation, one of {list(_data.STANDARDIZE)}",
-                           "standardize"))
-    g.add_argument("--data-seed", dest="data_seed", type=int, default=S,
-                   help=_h("seed of the subsets and the evaluation subset", "data_seed"))
-    g.add_argument("--data-dir", dest="data_dir", default=S,
-                   help="folder holding mnist/, fashion_mnist/, cifar10/ (default: "
-                        "$FLATBOOK_DATA or ./data)")
-    g.add_argument("--dtype", default=S,
-                   help=_h(f"parameter and data dtype, one of {sorted(_data.DTYPES)}", "dtype"))
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--loss", default=S, help=_h(f"one of {list(_train.LOSS_NAMES)}", "loss"))
-    g.add_argument("--optimizer", default=S,
-                   help=_h(f"one of {list(_train.OPTIMIZERS)}", "optimizer"))
-    g.add_argument("--lr", type=float, default=S, **axis("lr"),
-                   help=_h(f"learning rate η > 0{ax('lr')}", "lr"))
-    g.add_argument("--momentum", type=float, default=S, **axis("momentum"),
-                   help=_h(f"SGD momentum in [0, 1){ax('momentum')}", "momentum"))
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
-                   **axis("weight_decay"),
-                   help=_h(f"L2 weight decay ≥ 0{ax('weight_decay')}", "weight_decay"))
-    g.add_argument("--nesterov", action="store_true", default=S,
-                   help="Nesterov momentum (needs --momentum > 0; default: off)")
-    g.add_argument("--batch-size", dest="batch_size", type=_batch, default=S,
-                   **axis("batch_size"),
-                   help=_h(f"batch size B, or 'full' for full-batch gradient descent"
-                           f"{ax('batch_size')}", "batch_size"))
-    g.add_argument("--steps", type=int, default=S, help=_h("optimizer steps", "steps"))
-    g.add_argument("--epochs", type=float, default=S,
-                   help="passes over the training set, instead of --steps (default: unset)")
-    g.add_argument("--seed", type=int, default=S, **axis("seed"),
-                   help=_h(f"initialisation and batch-order seed{ax('seed')}", "seed"))
-    g.add_argument("--divergence-threshold", dest="divergence_threshold", type=float,
-                   default=S,
-                   help=_h("a minibatch loss above this ends the run as diverged",
-                           "divergence_threshold"))
-
-    g = p.add_argument_group("measurements")
-    g.add_argument("--measure-every", dest="measure_every", type=int, default=S,
-                   help=_h("steps between measurements (see --schedule)", "measure_every"))
-    g.add_argument("--schedule", default=S,
-                   help=_h(f"measurement schedule, one of {list(_train.SCHEDULES)} (late: "
-                           "denser in the second half)", "schedule"))
-    g.add_argument("--measures", nargs="*", default=S,
-                   help=_h(f"subset of {list(_train.MEASURES)} (none: losses/accuracies "
-                           "only)", "measures"))
-    g.add_argument("--eval-size", dest="eval_size", type=int, default=S,
-                   help=_h("training points (a fixed subset, ≤ n_train) on which curvature "
-                           "and geometry are measured", "eval_size"))
-    g.add_argument("--sharpness-tol", dest="sharpness_tol", type=float, default=S,
-                   help=_h("relative tolerance of the Lanczos λ_max", "sharpness_tol"))
-    g.add_argument("--target-loss", dest="target_loss", type=float, default=S,
-                   help=_h("record the first step with train loss below this",
-                           "target_loss"))
-
-    g = p.add_argument_group("execution")
+    """The run parameters' flags (declared in :data:`flatbook.runspec.PARAMS`), then the
+    options of the command itself."""
+    g = runspec.add_arguments(p, grid)["execution"]
     g.add_argument("--config", type=Path,
                    help="JSON file with RunConfig fields, e.g. a stored config.json (flags "
-                        "override; default: none)")
+                        "override; default: none)")  # fmt: skip
     g.add_argument("--results-dir", dest="results_dir", default="results", type=Path,
                    help="result store (default: ./results)")
-    g.add_argument("--device", default=S, help=_h("cpu, cuda or auto", "device"))
-    g.add_argument("--threads", type=_opt_int, default=S,
-                   help="torch intra-op threads (default: none = 1 for small CPU models, "
-                        "else torch's); part of the run's numerics fingerprint")
-    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=_opt_int, default=S,
-                   help=_h("steps between checkpoints, or 'none' (only at the end / on "
-                           "interrupt)", "checkpoint_every"))
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
-                   help="no progress bar (default: shown)")
 
 
 def _say_defaults(p: argparse.ArgumentParser) -> None:
@@ -282,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 SHOW_COLUMNS = (("run_id", "run id"), ("status", "status"), ("step", "step"),
                 ("train_loss", "loss"), ("test_acc", "accuracy"), ("lambda_max", "λ_max"),
-                ("trace_gn", "tr H"), ("log_lvr_median", "log LVR"), ("note", "note"))  # fmt: skip
+                ("trace_gn", _gn.show_label("trace_gn")), ("log_lvr_median", "log LVR"),
+                ("note", "note"))  # fmt: skip
 """Columns of ``show``'s table: (key, header)."""
 
 CSV_COLUMNS = ("run_id", "status", "step", "steps", "train_loss", "test_loss", "train_acc",
@@ -467,8 +317,7 @@ def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _config_fields(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    from flatbook.experiment import RunConfig
-
+    """The run's parameters: ``--config`` (a JSON file) overridden by the flags given."""
     base: dict[str, Any] = {}
     if getattr(ns, "config", None) is not None:
         try:
@@ -477,22 +326,19 @@ def _config_fields(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             parser.error(f"--config {ns.config}: {e}")
         if "config" in base and isinstance(base["config"], dict):  # a stored config.json
             base = base["config"]
-    fields = {f for f in RunConfig.__dataclass_fields__}
-    d = dict(base)
-    for k, v in vars(ns).items():
-        if k in fields:
-            d[k] = v
-    if "model_kw" in vars(ns):
-        d["model_kw"] = dict(ns.model_kw)
-    if isinstance(d.get("classes"), list) and len(d["classes"]) == 1:
-        d["classes"] = d["classes"][0]
-    if "measures" in d and isinstance(d["measures"], list):
-        d["measures"] = tuple(m for m in d["measures"] if m != "none")
-    if "epochs" in vars(ns) and "steps" not in vars(ns):
-        d["steps"] = None
-    if "steps" in vars(ns) and "epochs" not in vars(ns):
-        d.pop("epochs", None)
-    return d
+    flags = runspec.given(ns)
+    fields = runspec.merge(base, flags)
+    try:
+        runspec.check_flags(flags, fields)
+    except ValueError as e:
+        parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
+    return fields
+
+
+def _named(e: BaseException) -> str:
+    """An error message led by the flag of the parameter it is about (``--n-train: …``)."""
+    flag = runspec.flag_of(getattr(e, "param", None))
+    return f"{flag}: {e}" if flag and not str(e).startswith(flag) else str(e)
 
 
 def _fmt(v: Any) -> str:
@@ -559,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreProblem as e:  # damaged file, no space, locked, other numerics, unwritable
         parser.exit(1, f"flatbook {ns.command}: {e}\n")
     except (ValueError, TypeError, FileNotFoundError) as e:
-        parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
+        parser.exit(2, f"flatbook {ns.command}: error: {_named(e)}\n")
     except KeyboardInterrupt as e:
         parser.exit(130, f"flatbook: interrupted ({e}); run the same command again to resume\n")
     except Exception as e:  # noqa: BLE001 - recorded in results.json

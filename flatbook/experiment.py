@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatbook import __version__
+from flatbook import __version__, _validate, runspec
 from flatbook import data as _data
 from flatbook import models as _models
 from flatbook import train as _train
@@ -103,7 +103,7 @@ try:  # POSIX: advisory locks released by the kernel when the holder dies
 except ImportError:  # pragma: no cover - Windows: no locking
     fcntl = None  # type: ignore[assignment]
 
-DEFAULT_STEPS = 30_000
+DEFAULT_STEPS = runspec.DEFAULT_STEPS
 DEFAULT_RESULTS_DIR = "results"
 FINISHED = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed")
@@ -117,9 +117,9 @@ NUMERICS_POLICIES = ("flag", "refuse", "ignore")
 RESTART = ("start the run over: add --restart to the command (in Python: "
            "flatbook.experiment.run(config, overwrite=True))")  # fmt: skip
 """The way out of a damaged run that always works (recomputes it)."""
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = runspec.DEVICES
 CHECKS = ("version", "code", "none")
-OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "data_dir"})
+OPERATIONAL = runspec.OPERATIONAL
 """Config fields that do not change the numbers: excluded from the config hash / run id."""
 
 SMALL_MODEL = 2_000_000
@@ -150,164 +150,24 @@ class RunLockedError(StoreProblem, RuntimeError):
     status = "running"
 
 
-@dataclass(frozen=True)
+@runspec.spec_class(runspec.PARAMS)
 class RunConfig:
     """Everything that defines one training run (defaults: the book's digits MLP run).
 
-    Data: ``dataset`` (``flatbook.data.DATASETS``), ``classes`` (labels to keep, or a count),
-    ``n_train`` / ``n_test`` (seeded subsets; None = all), ``standardize``, ``data_seed``
-    (split / subset / evaluation-subset seed, fixed across ``seed`` sweeps), ``data_dir``.
-
-    Model: ``model`` (``flatbook.models.MODELS``), ``model_kw`` (its options, e.g.
-    ``{"hidden": [64, 64]}``), ``dtype`` (``"float32"`` / ``"float64"``).
-
-    Optimisation: ``loss`` (``"squared"`` / ``"cross_entropy"``), ``optimizer`` (``"sgd"`` /
-    ``"adam"``), ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``batch_size`` (int or
-    ``"full"`` = gradient descent), ``steps`` *or* ``epochs`` (default ``DEFAULT_STEPS``
-    steps), ``seed`` (initialisation and batch order), ``label_noise`` (σ of label-noise SGD:
-    targets y + σξ, ξ ~ N(0, I) afresh each step; 0 = plain SGD; squared loss only),
-    ``divergence_threshold``.
-
-    Measurement: ``measure_every`` and ``schedule`` (``"linear"``, ``"late"``, ``"log"``; see
-    ``flatbook.train.measurement_steps``), ``measures`` (subset of ``("sharpness", "trace",
-    "report")``), ``eval_size`` (fixed training subset for curvature / geometry),
-    ``sharpness_tol``, ``target_loss`` (records the step at which train loss first drops
-    below it).
-
-    Operational (not hashed): ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``), ``threads``
-    (torch intra-op threads; None = 1 for small models on CPU, else torch's default),
-    ``checkpoint_every`` (steps), ``progress`` (tqdm bar).
-    """
-
-    model: str = "mlp"
-    model_kw: Mapping[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    classes: tuple[int, ...] | int | None = None
-    n_train: int | None = None
-    n_test: int | None = None
-    standardize: str = "channel"
-    data_seed: int = 0
-    loss: str = "squared"
-    optimizer: str = "sgd"
-    lr: float = 0.2
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    batch_size: int | str = 32
-    steps: int | None = None
-    epochs: float | None = None
-    seed: int = 0
-    label_noise: float = 0.0
-    dtype: str = "float32"
-    measure_every: int = 1000
-    schedule: str = "late"
-    measures: tuple[str, ...] = ("sharpness", "trace", "report")
-    eval_size: int = 256
-    sharpness_tol: float = 1e-3
-    target_loss: float = 1e-3
-    divergence_threshold: float = 1e6
-    device: str = "cpu"
-    threads: int | None = None
-    checkpoint_every: int | None = 2000
-    progress: bool = True
-    data_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        s = object.__setattr__
-        # names: canonical (aliases resolved) so that equal runs hash equally
-        s(self, "model", _models.canonical_name(self.model))
-        s(self, "dataset", _data.canonical_name(self.dataset))
-        if not isinstance(self.model_kw, Mapping):
-            _bad("model_kw", self.model_kw, "a mapping of model options")
-        unknown = sorted(set(self.model_kw) - set(_models.MODEL_OPTIONS[self.model]))
-        if unknown:
-            raise ValueError(
-                f"unknown model_kw {unknown} for model {self.model!r}; allowed: "
-                f"{list(_models.MODEL_OPTIONS[self.model])}"
-            )
-        s(self, "model_kw", {str(k): _plain(v) for k, v in sorted(self.model_kw.items())})
-        for k, v in self.model_kw.items():
-            _check_model_option(k, v)
-        # classes: None, a count, or a tuple of labels
-        c = self.classes
-        if c is not None and not isinstance(c, int | np.integer):
-            if isinstance(c, str) or not isinstance(c, Iterable):
-                _bad("classes", c, "None, a count ≥ 2, or a list of ≥ 2 distinct labels")
-            c = tuple(c)
-            if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in c):
-                _bad("classes", self.classes, "integer labels")
-            c = tuple(int(x) for x in c)
-            if len(c) < 2 or len(set(c)) != len(c) or min(c) < 0:
-                _bad("classes", self.classes, "≥ 2 distinct non-negative labels")
-        elif c is not None:
-            if isinstance(c, bool) or c < 2:
-                _bad("classes", c, "a count ≥ 2")
-            c = int(c)
-        s(self, "classes", c)
-        for name in ("n_train", "n_test"):
-            _train.check_positive_int(getattr(self, name), name, allow_none=True)
-        _train.check_choice(self.standardize, "standardize", _data.STANDARDIZE)
-        _train.check_seed(self.data_seed, "data_seed")
-        _train.check_choice(self.loss, "loss", _train.LOSS_NAMES)
-        _train.check_choice(self.optimizer, "optimizer", _train.OPTIMIZERS)
-        for name in ("lr", "sharpness_tol", "target_loss", "divergence_threshold"):
-            s(self, name, _train.check_positive_float(getattr(self, name), name))
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                _bad(name, v, "a number")
-            s(self, name, float(v))
-        if self.batch_size != "full":
-            if isinstance(self.batch_size, str):
-                _bad("batch_size", self.batch_size, "a positive integer or 'full'")
-            _train.check_positive_int(self.batch_size, "batch_size")
-            s(self, "batch_size", int(self.batch_size))
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError(
-                f"give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})"
-            )
-        if self.steps is None and self.epochs is None:
-            s(self, "steps", DEFAULT_STEPS)
-        if self.epochs is not None:
-            s(self, "epochs", _train.check_positive_float(self.epochs, "epochs"))
-        else:
-            _train.check_positive_int(self.steps, "steps")
-        _train.check_seed(self.seed)
-        s(self, "label_noise", _train.check_label_noise(self.label_noise, self.loss))
-        s(self, "dtype", str(_data.as_dtype(self.dtype)).replace("torch.", ""))
-        _train.check_positive_int(self.measure_every, "measure_every")
-        _train.check_choice(self.schedule, "schedule", _train.SCHEDULES)
-        if isinstance(self.measures, str):
-            _bad("measures", self.measures, f"a list drawn from {list(_train.MEASURES)}")
-        for m in self.measures:
-            _train.check_choice(m, "measure", _train.MEASURES)
-        s(self, "measures", tuple(self.measures))
-        _train.check_positive_int(self.eval_size, "eval_size")
-        _train.check_choice(self.device, "device", DEVICES)
-        _train.check_positive_int(self.threads, "threads", allow_none=True)
-        _train.check_positive_int(self.checkpoint_every, "checkpoint_every", allow_none=True)
-        if not isinstance(self.progress, bool):
-            _bad("progress", self.progress, "True or False")
-        # cross-field checks that need no data
-        _train.check_train_args(
-            loss=self.loss, optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, nesterov=self.nesterov,
-            steps=self.steps if self.steps is not None else self.measure_every,
-            measure_every=self.measure_every,
-            schedule=self.schedule, seed=self.seed, target_loss=self.target_loss,
-            divergence_threshold=self.divergence_threshold,
-            checkpoint_every=self.checkpoint_every, eval_size=self.eval_size,
-        )  # fmt: skip
+    The fields, their defaults, meaning and validation are declared once, in
+    :data:`flatbook.runspec.PARAMS` (listed below); a default that depends on another field
+    adapts to it (``eval_size`` and ``batch_size`` at most ``n_train``, ``measure_every`` at
+    most ``steps``, ``steps`` = ``DEFAULT_STEPS`` unless ``epochs``). Operational fields
+    (``OPERATIONAL``: device, threads, checkpoint frequency, progress bar, data folder) do not
+    enter the config hash. A bad value raises a one-line ValueError / TypeError naming the
+    field (its ``param`` attribute)."""
 
     # -- identity -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON-able values."""
-        d = dataclasses.asdict(self)
-        d["model_kw"] = dict(self.model_kw)
-        d["classes"] = list(self.classes) if isinstance(self.classes, tuple) else self.classes
-        d["measures"] = list(self.measures)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}  # fmt: skip
 
     def semantic_dict(self) -> dict[str, Any]:
         """The fields that determine the numbers (``to_dict`` minus ``OPERATIONAL``;
@@ -338,58 +198,16 @@ class RunConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"unknown RunConfig field(s) {unknown}; allowed: {names}")
-        kw = dict(d)
-        if isinstance(kw.get("classes"), list):
-            kw["classes"] = tuple(kw["classes"])
-        if isinstance(kw.get("measures"), list):
-            kw["measures"] = tuple(kw["measures"])
-        return cls(**kw)
+        return cls(**d)
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (validated again)."""
-        if changes.get("epochs") is not None and "steps" not in changes:
-            changes["steps"] = None
-        if changes.get("steps") is not None and "epochs" not in changes:
-            changes["epochs"] = None
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again); a default that was derived
+        from other fields is derived again, and ``steps`` / ``epochs`` unset each other."""
+        return RunConfig(**runspec.replaced(self, runspec.PARAMS, changes))
 
 
-MODEL_OPTION_KINDS: dict[str, str] = {
-    "hidden": "widths", "patch": "int", "dim": "int", "depth": "int", "heads": "int",
-    "width": "number", "mlp_ratio": "number", "bias": "bool", "batch_norm": "bool",
-    "activation": "str", "pool": "str",
-}  # fmt: skip
+MODEL_OPTION_KINDS = _validate.MODEL_OPTION_KINDS
 """Kind of each model option of ``flatbook.models.MODEL_OPTIONS`` (checked in RunConfig)."""
-
-
-def _check_model_option(name: str, v: Any) -> None:
-    kind = MODEL_OPTION_KINDS.get(name)
-    param = f"model_kw {name}"
-
-    def is_int(x: Any) -> bool:
-        return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
-
-    if kind == "widths" and not (is_int(v) or isinstance(v, list) and all(map(is_int, v))):
-        _bad(param, v, f"a list of positive integers (e.g. {name}=[64,64])")
-    if kind == "int" and not is_int(v):
-        _bad(param, v, "a positive integer")
-    if kind == "number" and (isinstance(v, bool) or not isinstance(v, int | float)
-                             or not math.isfinite(v) or v <= 0):  # fmt: skip
-        _bad(param, v, "a positive number")
-    if kind == "bool" and not isinstance(v, bool):
-        _bad(param, v, "true or false")
-    if kind == "str" and not isinstance(v, str):
-        _bad(param, v, "a name (string)")
-
-
-def _bad(param: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{param} must be {allowed}; got {value!r}")
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple | list):
-        return [_plain(x) for x in v]
-    return v
 
 
 # ------------------------------------------------------------------------------ results
@@ -489,11 +307,13 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def resolve_threads(config: RunConfig, device: torch.device, n_params: int) -> int:
-    """Intra-op threads a run of ``config`` uses: ``config.threads``; else 1 for a CPU model
-    below ``SMALL_MODEL`` parameters; else torch's current default."""
+def resolve_threads(config: RunConfig, device: torch.device, n_params: int,
+                    note: bool = False) -> int:
+    """Intra-op threads a run of ``config`` uses: ``config.threads`` capped at the cores
+    available (:func:`flatbook.runspec.cap_threads`; with ``note``, a warning says so); else 1
+    for a CPU model below ``SMALL_MODEL`` parameters; else torch's current default."""
     if config.threads is not None:
-        return int(config.threads)
+        return runspec.cap_threads(int(config.threads), note)
     if device.type == "cpu" and n_params < SMALL_MODEL:
         return 1
     return int(torch.get_num_threads())
@@ -957,24 +777,21 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _data_key(config: RunConfig) -> tuple:
-    return (config.dataset, config.classes, config.n_train, config.n_test, config.data_seed,
-            config.standardize, config.dtype, config.model == "mlp", config.data_dir)  # fmt: skip
+def _data_options(config: RunConfig) -> dict[str, Any]:
+    """The arguments of ``flatbook.data.load`` for ``config`` (also the key under which
+    :func:`validate` loads each distinct data set once)."""
+    return {"name": config.dataset, "classes": config.classes, "n_train": config.n_train,
+            "n_test": config.n_test, "seed": config.data_seed, "standardize": config.standardize,
+            "one_hot": True, "flatten": config.model == "mlp", "dtype": config.dtype,
+            "data_dir": config.data_dir}  # fmt: skip
+
+
+def _data_key(config: RunConfig) -> str:
+    return stable_hash(_data_options(config))
 
 
 def _load_data(config: RunConfig) -> _data.Dataset:
-    return _data.load(
-        config.dataset,
-        classes=config.classes,
-        n_train=config.n_train,
-        n_test=config.n_test,
-        seed=config.data_seed,
-        standardize=config.standardize,
-        one_hot=True,
-        flatten=config.model == "mlp",
-        dtype=config.dtype,
-        data_dir=config.data_dir,
-    )
+    return _data.load(**_data_options(config))
 
 
 def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
@@ -985,7 +802,7 @@ def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
         )
     B = _train.resolve_batch_size(config.batch_size, ds.n_train)
     spe = max(1, ds.n_train // B)
-    steps = config.steps if config.steps is not None else max(1, round(config.epochs * spe))
+    steps = config.steps if config.steps is not None else int(config.epochs) * spe
     _train.measurement_steps(steps, config.measure_every, config.schedule)
     return int(steps)
 
@@ -1083,7 +900,7 @@ def run(
     t0 = time.perf_counter()
     ds, net, steps = prepare(config)  # data-dependent checks: before anything is written
     n_params = sum(p.numel() for p in net.parameters())
-    threads = resolve_threads(config, device, n_params)
+    threads = resolve_threads(config, device, n_params, note=True)
     fp = numerics_fingerprint(device, threads, config.dtype)
     check_writable(rd, "run folder")
     with run_lock(results_dir, config.run_id):
@@ -1136,36 +953,13 @@ def run(
                     batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
                 )  # fmt: skip
             result = _train.train(
-                net,
-                ds.X_train.to(device),
-                ds.Y_train.to(device),
-                ds.X_test.to(device),
-                ds.Y_test.to(device),
-                loss=config.loss,
-                optimizer=config.optimizer,
-                lr=config.lr,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-                nesterov=config.nesterov,
-                batch_size=config.batch_size,
-                steps=steps,
-                measure_every=config.measure_every,
-                schedule=config.schedule,
-                measure=measure,
-                eval_size=config.eval_size,
-                eval_seed=config.data_seed,
-                seed=config.seed,
-                label_noise=config.label_noise,
-                target_loss=config.target_loss,
-                divergence_threshold=config.divergence_threshold,
-                checkpoint_path=ckpt,
-                checkpoint_every=config.checkpoint_every,
+                net, ds.X_train.to(device), ds.Y_train.to(device), ds.X_test.to(device),
+                ds.Y_test.to(device), options=runspec.train_options(config, steps=steps),
+                measure=measure, checkpoint_path=ckpt, callback=callback,
                 checkpoint_meta={"run_id": config.run_id, "config_hash": config.config_hash,
-                                 "numerics": fp},  # fmt: skip
-                callback=callback,
-                progress=config.progress,
+                                 "numerics": fp},
                 desc=config.run_id[: config.run_id.rfind("-")],
-            )
+            )  # fmt: skip
         except KeyboardInterrupt:
             raise
         except _train.CheckpointMismatchError as e:

@@ -14,8 +14,12 @@ Data and fit
 Curvature
     ``lambda_max`` (λ_max(H), Lanczos, :func:`flatbook.curvature.sharpness`),
     ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged`` (1.0/0.0),
-    ``trace_gn`` ((1/n) Σ‖J_i‖_F² — tr H at interpolation, paper.md L1), ``trace_hessian``
-    and ``trace_hessian_stderr`` (only with ``hessian_trace=True``: Hutch++ estimate of tr H),
+    ``trace_gn`` (GN trace of the squared loss, (1/n) Σ‖J_i‖_F² — tr H at interpolation,
+    paper.md L1; the bounds' quantity for every loss), ``trace_ggn`` (loss other than squared
+    only: the loss's own Gauss–Newton trace (1/n) Σ tr(J_iᵀ Λ_i J_i), for cross-entropy the
+    Fisher/GN trace with Λ_i = diag p_i − p_i p_iᵀ; :mod:`flatbook.gn`), ``trace_hessian``
+    and ``trace_hessian_stderr`` (only with ``hessian_trace=True``: Hutch++ estimate of tr H
+    of the requested loss and its standard error),
     ``adaptive_sharpness`` (only with ``adaptive=True``: Σ_j θ_j² H_jj, GN diagonal).
 Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     ``log_lvr_mean``, ``log_lvr_median``, ``mls_mean``, ``mls_median``, ``ld_mean``,
@@ -73,7 +77,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import bounds as _bounds
-from flatbook import curvature, losses
+from flatbook import checks, curvature, gn, losses
 from flatbook import geometry as _geometry
 from flatbook import layers as _layers
 
@@ -112,6 +116,8 @@ class Report:
         sharpness: the :class:`flatbook.curvature.SharpnessResult` (or ``None``).
         notes: caveats that apply to this model / data (interpolation, loss, architecture).
         aliases: ``{qualified module name: key in layers}`` (see :meth:`layer`).
+        loss: the measured loss (``"squared"``, ``"cross_entropy"`` or the callable): it
+            decides the label of each printed trace (:func:`flatbook.gn.trace_label`).
     """
 
     scalars: dict[str, float]
@@ -122,6 +128,7 @@ class Report:
     sharpness: curvature.SharpnessResult | None = None
     notes: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
+    loss: object = "squared"
 
     def layer(self, name: str) -> dict[str, float]:
         """The entry of :attr:`layers` for ``name``: its key (``"l1"``, ``"block.fc"``) or the
@@ -174,18 +181,7 @@ class Report:
             f"  loss {s['loss']:.4g}   max |f−y| {s['max_residual']:.3g}   "
             f"interpolating: {'yes' if s['interpolating'] == 1.0 else 'no'}",
         ]
-        lm = s["lambda_max"]
-        if not math.isnan(lm):
-            lines.append(
-                f"  λ_max {lm:.6g} (residual {s['lambda_max_residual']:.2g}, "
-                f"{int(s['lambda_max_n_hvp'])} HVPs, "
-                f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
-            )
-        lines.append(f"  tr H (Gauss–Newton, = tr H at interpolation) {s['trace_gn']:.6g}")
-        if "trace_hessian" in s:
-            lines.append(
-                f"  tr H (Hutch++) {s['trace_hessian']:.6g} ± {s['trace_hessian_stderr']:.2g}"
-            )
+        lines += self._curvature_lines()
         if "adaptive_sharpness" in s:
             lines.append(f"  adaptive sharpness Σθ²H_jj {s['adaptive_sharpness']:.6g}")
         lines.append("")
@@ -240,6 +236,25 @@ class Report:
             lines.append("")
             lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _curvature_lines(self) -> list[str]:
+        """λ_max with its certified residual bound, then each trace labelled by its matrix."""
+        s, lines = self.scalars, []
+        lm = s["lambda_max"]
+        if not math.isnan(lm):
+            lines.append(
+                f"  λ_max {lm:.6g} ± {s['lambda_max_residual']:.2g} (residual bound, "
+                f"{int(s['lambda_max_n_hvp'])} HVPs, "
+                f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
+            )
+        loss = self.loss
+        lines.append(f"  {gn.trace_label('trace_gn', loss)}  {s['trace_gn']:.6g}")
+        if "trace_ggn" in s:
+            lines.append(f"  {gn.trace_label('trace_ggn', loss)}  {s['trace_ggn']:.6g}")
+        if "trace_hessian" in s:
+            lines.append(f"  {gn.trace_label('trace_hessian', loss)}  {s['trace_hessian']:.6g} "
+                         f"± {s['trace_hessian_stderr']:.2g} (1 s.e.)")
+        return lines
 
     def _repr_pretty_(self, p, cycle: bool) -> None:  # noqa: ANN001 - IPython hook
         p.text(str(self) if not cycle else "Report(...)")
@@ -312,6 +327,7 @@ def report(
     """
     from flatbook.probe import Probe
 
+    tol = checks.check_tol(tol)
     notes: list[str] = []
     with Probe(model, X, Y, loss, output=output, layers=layers, forward=forward,
                chunk=chunk) as p:  # type: ignore[arg-type]
@@ -344,7 +360,9 @@ def report(
         if loss_fn is not losses.squared:
             notes.append(
                 "loss is not the squared loss: the bounds concern the Gauss–Newton trace "
-                "(1/n) Σ‖J_i‖_F² of the squared loss; λ_max is that of the requested loss"
+                "(1/n) Σ‖J_i‖_F² of the squared loss (trace_gn), not tr H of this loss; its own "
+                "Gauss–Newton trace is trace_ggn (cross-entropy: the Fisher trace); λ_max and "
+                "the Hutch++ tr H are those of the requested loss"
             )
         elif scalars["interpolating"] != 1.0:
             notes.append(
@@ -374,6 +392,8 @@ def report(
                 lambda_max_converged=1.0 if sharp.converged else 0.0,
             )
         scalars["trace_gn"] = _f(q.trace)
+        if loss_fn is not losses.squared:
+            scalars["trace_ggn"] = gn.ggn_trace(p, getattr(p, "measured", None))
         if hessian_trace:
             tr = curvature.trace(fn, loss_spec, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
             scalars["trace_hessian"] = float(tr.value)
@@ -384,6 +404,7 @@ def report(
         o = q.output
         for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
             _stats("", key, v, scalars)
+        notes += checks.measurement_notes(scalars, o.frob_sq)
         scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
         scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
         scalars["r"] = float(o.r)
@@ -453,4 +474,5 @@ def report(
         sharpness=sharp,
         notes=notes,
         aliases={r.qualname: r.name for r in p.layers()},
+        loss=loss_spec,
     )

@@ -100,7 +100,8 @@ LABELS: dict[str, tuple[str, ...]] = {
                                   "flatbook.geometry.output_measures"),
     # ch09 — capstone
     "thm-capstone": ("flatbook.chain.corollary", "flatbook.bounds.mean_square_lr",
-                     "flatbook.bounds.t2_gm", "flatbook.bounds.t3_gm"),
+                     "flatbook.bounds.t2_gm", "flatbook.bounds.t3_gm",
+                     "flatbook.chain.mls_sharp"),
 }
 
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{prf:(?P<kind>[a-z]+)\}\s*(?P<title>.*)$")

@@ -40,7 +40,8 @@ def test_corollary_hypotheses_and_traces_on_a_trained_network(trained) -> None:
     c = chain.corollary(net, X, Y, lr=0.2, batch_size=4)
     assert c.hypotheses["stable"].ok and c.hypotheses["batch"].ok
     assert c.hypotheses["k_le_d"].ok and c.p == pytest.approx((64 - 4) / (4 * 63), rel=1e-15)
-    # (the forms themselves are tested at slack 1 on their equality case: test_tight.py)
+    # (the forms themselves are tested at slack 1 on their equality cases: test_tight.py,
+    # test_chain_sharp.py)
     # independent traces agree: ghost norms vs the vmap(jacrev) Gram matrix
     assert c.trace_jacrev == pytest.approx(c.trace, rel=1e-9)
 
