@@ -27,6 +27,7 @@ __all__ = [
     "orthogonal_deep_linear",
     "rank_one_jacobians",
     "scalar_output",
+    "sharp_mls_case",
     "tied_tokens",
 ]
 
@@ -111,7 +112,9 @@ def isotropic_linear(k: int = 3, d: int = 5, n: int = 6, weight_scale: float = 1
     - the capstone volume form (T7 + T2): every step above at once.
 
     With k = 1 the MLS forms are tight too (MLS = ‖J_x‖_F for a single row): T2 v1 min form
-    (r = 1), T3, T4 NMLS, T5 MLS form, the capstone MLS form and its √k form (√1 = 1).
+    (r = 1), T3, T4 NMLS, T5 MLS form, the capstone MLS form and its sharper form (whose
+    constant 1 + √k is 2 = 2k at k = 1). For k > 1 the sharper form is tight on
+    :func:`sharp_mls_case` instead.
 
     Returns a :class:`TightCase` with ``lr = 2/ρ²`` and ``batch_size = 1``.
     """
@@ -127,6 +130,44 @@ def isotropic_linear(k: int = 3, d: int = 5, n: int = 6, weight_scale: float = 1
         tight += ("t2_min", "t3_weighted", "t3_min", "t3_gm", "t4_nmls", "t5_mls_l1",
                   "corollary_mls", "corollary_mls_sharp", "corollary_mls_qm")
     return _case(model, _sphere(n, d, rho, g), 2.0 / rho**2, 1, tight)
+
+
+def sharp_mls_case(k: int = 3, d: int = 5, n: int = 4, lr: float = 0.5, scale: float = 1.0,
+                   seed: int = 0) -> TightCase:
+    """f(x) = A W_1 x with W_1 = I_d (the trainable first layer) and A ∈ R^{k×d} fixed (not
+    trainable), no bias, unit-norm inputs; A has squared singular values (1 + √k)/η and 1/η
+    (k − 1 times), each times ``scale``.
+
+    Why equality holds in the capstone's sharper MLS form (book ``eq-capstone-sharp``) at
+    ``scale = 1``, B = 1 (p = 1):
+
+    - per sample J_x = A W_1 = A, so MLS² = σ_1(A)²; the parameter Jacobian is J_i = A ⊗ x_iᵀ
+      (W_1 is the only trainable weight), so σ_1(J_i) = ‖A‖₂‖x_i‖ and ‖x_i‖² MLS² =
+      ‖W_1‖₂² λ_max(H_i) (``eq-capstone-top``) with ‖W_1‖₂ = 1;
+    - H_i = AᵀA ⊗ x_i x_iᵀ has eigenvalues (1 + √k)/η and 1/η (k − 1 times) for every i, so
+      the Cauchy–Schwarz step over the k − 1 lower eigenvalues is an equality, the quadratic
+      in u_i sits at its minimum u_i = √(k − 1)/η, and mean(a) = √mean(a²);
+    - (H2′) holds with equality: (1/n) Σ ‖H_i‖_F² = 2(k + √k)/η² = (2/η) tr H, so
+      η*(1) = η.
+
+    Hence both versions (quadratic mean, geometric mean) have slack exactly 1; a constant
+    2√k or 2k in place of 1 + √k would give slack 2√k/(1 + √k) or 2k/(1 + √k). With
+    ``scale > 1`` (H2′) fails, and so does the bound.
+
+    Returns a :class:`TightCase` with ``lr`` = η and ``batch_size = 1``.
+    """
+    k, d, n = _check_int(k, "k", 1), _check_int(d, "d", 1), _check_int(n, "n", 2)
+    if k > d:
+        raise ValueError(f"k must be ≤ d (A has k singular values); got k = {k}, d = {d}")
+    lr, scale = _check_pos(lr, "lr"), _check_pos(scale, "scale")
+    g = torch.Generator().manual_seed(int(seed))
+    U, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=DT))
+    s2 = torch.tensor([1 + math.sqrt(k)] + [1.0] * (k - 1), dtype=DT) * scale / lr
+    A = U @ torch.diag(s2.sqrt()) @ _orthonormal_rows(k, d, g)
+    model = nn.Sequential(_linear(torch.eye(d, dtype=DT)), _linear(A))
+    model[1].weight.requires_grad_(False)
+    tight = ("corollary_mls_sharp", "corollary_mls_qm") if scale == 1.0 else ()
+    return _case(model, _sphere(n, d, 1.0, g), lr, 1, tight)
 
 
 def orthogonal_deep_linear(depth: int = 3, d: int = 4, n: int = 5,
@@ -182,29 +223,29 @@ def scalar_output(widths: tuple[int, ...] = (4, 6, 5), n: int = 7, activation: s
     return _case(model, X, None, None, tight)
 
 
-def equal_units(p: int = 4, m: int = 3, n: int = 6, seed: int = 0) -> TightCase:
+def equal_units(d: int = 4, m: int = 3, n: int = 6, seed: int = 0) -> TightCase:
     """f(x) = c 1_mᵀ (1_m wᵀ) x: m hidden units with identical weight rows wᵀ, read out with
-    equal weights c, no bias (two linear layers p → m → 1).
+    equal weights c, no bias (two linear layers d → m → 1).
 
     Why equality holds in the adaptive-sharpness bound (book ``eq-adaptive-bound``) for the
     first layer: the entry (q) of (∂f/∂h) diag(h) is Σ_s G_s W_{sq} h_q, a sum of m terms
     G_s W_{sq} h_q = c w_q h_q that are all equal, so Cauchy–Schwarz (Σ_s a_s)² ≤ m Σ_s a_s²
     is an equality.
     """
-    p, m, n = _check_int(p, "p", 1), _check_int(m, "m", 1), _check_int(n, "n", 1)
+    d, m, n = _check_int(d, "d", 1), _check_int(m, "m", 1), _check_int(n, "n", 1)
     g = torch.Generator().manual_seed(int(seed))
-    w = torch.randn(1, p, generator=g, dtype=DT)
+    w = torch.randn(1, d, generator=g, dtype=DT)
     c = 0.8
     model = nn.Sequential(_linear(torch.ones(m, 1, dtype=DT) @ w),
                           _linear(c * torch.ones(1, m, dtype=DT)))
-    X = torch.randn(n, p, generator=g, dtype=DT)
+    X = torch.randn(n, d, generator=g, dtype=DT)
     return _case(model, X, None, None, ("adaptive_l1",))
 
 
-def tied_tokens(T: int = 3, p: int = 4, m: int = 2, k: int = 2, n: int = 5,
+def tied_tokens(T: int = 3, q: int = 4, m: int = 2, k: int = 2, n: int = 5,
                 weight_scale: float = 1.4, seed: int = 0) -> TightCase:
-    """A token-wise linear map with T identical tokens: x = (u, …, u) ∈ R^{Tp},
-    z_t = W u (W = s U, U ∈ R^{m×p} orthonormal rows, m ≤ p), f = Σ_t A z_t (the read-out
+    """A token-wise linear map with T identical tokens: x = (u, …, u) ∈ R^{Tq} (patch size q),
+    z_t = W u (W = s U, U ∈ R^{m×q} orthonormal rows, m ≤ q), f = Σ_t A z_t (the read-out
     [A, …, A] ∈ R^{k×Tm}), no bias.
 
     Why equality holds in both shared-weight bounds (book ``eq-shared-untied``): every
@@ -212,16 +253,16 @@ def tied_tokens(T: int = 3, p: int = 4, m: int = 2, k: int = 2, n: int = 5,
     ‖Σ_t a_t‖² = T Σ_t ‖a_t‖² (tied = T · U); and W Wᵀ = s² I, so ‖G_t W‖_F = s ‖G_t‖_F =
     ‖W‖₂ ‖G_t‖_F (position-wise form). The shared layer is item 1 of the model.
     """
-    T, p, m = _check_int(T, "T", 1), _check_int(p, "p", 1), _check_int(m, "m", 1)
+    T, q, m = _check_int(T, "T", 1), _check_int(q, "q", 1), _check_int(m, "m", 1)
     k, n = _check_int(k, "k", 1), _check_int(n, "n", 1)
-    if m > p:
-        raise ValueError(f"m must be ≤ p (orthonormal rows); got m = {m}, p = {p}")
+    if m > q:
+        raise ValueError(f"m must be ≤ q (orthonormal rows); got m = {m}, q = {q}")
     s = _check_pos(weight_scale, "weight_scale")
     g = torch.Generator().manual_seed(int(seed))
     A = torch.randn(k, m, generator=g, dtype=DT)
-    model = nn.Sequential(nn.Unflatten(1, (T, p)), _linear(s * _orthonormal_rows(m, p, g)),
+    model = nn.Sequential(nn.Unflatten(1, (T, q)), _linear(s * _orthonormal_rows(m, q, g)),
                           nn.Flatten(), _linear(A.repeat(1, T)))
-    U = torch.randn(n, p, generator=g, dtype=DT)
+    U = torch.randn(n, q, generator=g, dtype=DT)
     return _case(model, U.repeat(1, T), None, None,
                  ("shared_position_wise", "shared_tied"))
 

@@ -61,7 +61,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     # ch02 — linear stability
     "thm-gd-stability": ("flatbook.bounds.t7_gd", "flatbook.curvature.sharpness"),
     "lem-batch-moment": ("flatbook.curvature.gauss_newton_matrix", "flatbook.bounds.sgd_p"),
-    "thm-sgd-stability": ("flatbook.bounds.t7_sgd", "flatbook.bounds.mean_square_lr"),
+    "thm-sgd-stability": ("flatbook.bounds.t7_sgd", "flatbook.bounds.mean_square_lr",
+                          "flatbook.tight.isotropic_linear"),
     # ch03 — from parameters to inputs
     "lem-multiplicative": ("flatbook.bounds.l2_identity", "flatbook.bounds.l2_bound",
                            "flatbook.tight.orthogonal_deep_linear"),
@@ -101,7 +102,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     # ch09 — capstone
     "thm-capstone": ("flatbook.chain.corollary", "flatbook.bounds.mean_square_lr",
                      "flatbook.bounds.t2_gm", "flatbook.bounds.t3_gm",
-                     "flatbook.chain.mls_sharp"),
+                     "flatbook.chain.mls_sharp", "flatbook.tight.isotropic_linear",
+                     "flatbook.tight.sharp_mls_case"),
 }
 
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{prf:(?P<kind>[a-z]+)\}\s*(?P<title>.*)$")

@@ -67,7 +67,7 @@ def test_scalar_output_t5_is_tight_against_the_hessian_definition() -> None:
 
 
 def test_equal_units_make_the_adaptive_bound_tight() -> None:
-    tc = tight.equal_units(p=4, m=3)
+    tc = tight.equal_units(d=4, m=3)
     net, X = tc.model, tc.X
     m = net[0].out_features
     J = geometry.input_jacobian(net, X)                          # ∂f/∂x, [n, 1, p]
@@ -106,8 +106,8 @@ def test_bad_arguments_raise() -> None:
         tight.isotropic_linear(radius=-1.0)
     with pytest.raises(ValueError, match="scales"):
         tight.orthogonal_deep_linear(depth=4, scales=(1.0,))
-    with pytest.raises(ValueError, match="m must be ≤ p"):
-        tight.tied_tokens(p=2, m=3)
+    with pytest.raises(ValueError, match="m must be ≤ q"):
+        tight.tied_tokens(q=2, m=3)
     with pytest.raises(ValueError, match="n must be an int"):
         tight.equal_units(n=0)
     assert math.isfinite(tight.isotropic_linear().lr)
