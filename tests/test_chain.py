@@ -55,6 +55,16 @@ def test_corollary_fails_exactly_where_its_stability_hypothesis_fails() -> None:
         assert c.lvr.slack == pytest.approx(1 / factor, rel=1e-9)
 
 
+def test_interpolation_check_holds_where_hutchpp_is_exact() -> None:
+    # a linear net at interpolation: H = H_GN exactly and Hutch++'s standard error is 0, so
+    # only rounding separates the two traces; the check must not fail on it
+    tc = tight.sharp_mls_case(k=1, d=3)
+    c = chain.corollary(tc.model, tc.X, tc.Y, tc.lr, tc.batch_size, n_hvp=12)
+    assert c.trace_hessian_se == pytest.approx(0.0, abs=1e-12) and c.interpolation.ok
+    # the floor is at rounding level: it could not hide a gap of a standard error
+    assert c.interpolation.limit <= 1e-8 * c.trace
+
+
 def test_corollary_rejects_bad_input(trained) -> None:
     net, X, Y = trained
     with pytest.raises(ValueError, match="B < n"):
