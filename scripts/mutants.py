@@ -162,7 +162,7 @@ MUTANTS: tuple[Mutant, ...] = (
            '    return Bound("t7_gd", lambda_max, 2.0 / lr,',
            '    return Bound("t7_gd", lambda_max, 2.04 / lr,',
            ("ch02_stability",)),
-    Mutant("eta_star", "η* (mean-square stable step) 2 % off", B,
+    Mutant("eta_star", "η* (step of the mean-square condition) 2 % off", B,
            "    return float(2 * trH / denom)", "    return float(1.02 * 2 * trH / denom)",
            ("ch02_stability", "ch09_capstone")),
     Mutant("corollary_lvr_loose", "capstone volume form: rhs 1.5× looser", "flatbook/chain.py",
@@ -173,6 +173,13 @@ MUTANTS: tuple[Mutant, ...] = (
            '    mls = _bounds.Bound("corollary_mls", _gm(mls2), 2.0 * k * w2 / (p * lr * gm_x2),',
            '    mls = _bounds.Bound("corollary_mls", _gm(mls2), 1.96 * k * w2 / (p * lr * gm_x2),',
            ("ch09_capstone",)),
+    Mutant("sharp_constant_2sqrtk", "capstone sharper MLS form: constant 2√k instead of 1 + √k",
+           "flatbook/chain.py", "    return 1.0 + math.sqrt(k)\n",
+           "    return 2.0 * math.sqrt(k)\n",
+           ("ch09_capstone",), ("tests/test_tight.py", "tests/test_chain_sharp.py")),
+    Mutant("sharp_constant_k", "capstone sharper MLS form: constant k instead of 1 + √k",
+           "flatbook/chain.py", "    return 1.0 + math.sqrt(k)\n", "    return float(k)\n",
+           ("ch09_capstone",), ("tests/test_tight.py", "tests/test_chain_sharp.py")),
 )
 
 
