@@ -119,6 +119,8 @@ def mechanism_sentence(d: Mapping[str, np.ndarray]) -> str:
     much the sharpness term (Δlog tr H) accounts for, in nats beside the total."""
     ok = np.asarray(d["full_rank"], bool)
     n, R = int(ok.sum()), int(ok.size)
+    if R == 0:
+        return "No run is in the late window: there is no volume change to decompose."
     if n == 0:
         return (f"No run keeps every evaluation point full rank through the late window "
                 f"(0 of {R}): the volume change cannot be decomposed.")
