@@ -35,9 +35,12 @@ field); loading under another one is flagged (a warning and ``Results.numerics_m
 refused with ``numerics="refuse"``; :func:`check_numerics` refuses to mix fingerprints in one
 study.
 
-Concurrency and storage: one process trains a run id at a time — an exclusive ``flock`` on
-``results_dir/.locks/<run_id>.lock``, released by the kernel when the holder dies (so kill −9
-leaves nothing to clean up); a second start raises :class:`RunLockedError` saying who holds it.
+Concurrency and storage: one process trains a run id at a time — exclusive ``flock`` s on
+``results_dir/.locks/<run_id>.lock`` and on the run folder (:mod:`flatbook.locks`), released by
+the kernel when the holder dies (so kill −9 leaves nothing to clean up); a second start raises
+:class:`RunLockedError` saying who holds it. Nothing is deleted: a run started over
+(``overwrite=True``) is first moved to ``results_dir/stale/<run_id>-<reason>/``
+(:func:`flatbook.store.move_aside`).
 The run folder is proven writable before any training; a full disk raises
 :class:`~flatbook._io.NoSpaceError` ("no space left …") with the previous checkpoint kept.
 
@@ -66,8 +69,6 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import os
-import platform
 import time
 import traceback
 import warnings
@@ -82,6 +83,7 @@ import torch
 from flatbook import __version__, _validate, runspec
 from flatbook import data as _data
 from flatbook import models as _models
+from flatbook import store as _store
 from flatbook import train as _train
 from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
 from flatbook._io import (
@@ -97,11 +99,14 @@ from flatbook._io import (
     stable_hash,
     write_json,
 )
-
-try:  # POSIX: advisory locks released by the kernel when the holder dies
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no locking
-    fcntl = None  # type: ignore[assignment]
+from flatbook.locks import (  # noqa: F401 - the store's lock, part of this module's API
+    FOLDER_LOCK,
+    LOCK_TRIES,
+    RunLockedError,
+    lock_holder,
+    lock_path,
+    run_lock,
+)
 
 DEFAULT_STEPS = runspec.DEFAULT_STEPS
 DEFAULT_RESULTS_DIR = "results"
@@ -132,22 +137,28 @@ STALE_TMP_S = 600
 
 
 class StaleResultsError(ValueError):
-    """Stored results do not match the requested config or the running code version."""
+    """Stored results do not match the requested config or the running code version.
+
+    ``reason`` (a key of :data:`flatbook.store.REASONS`) names why, and is the suffix of the
+    folder the run is moved to when it is recomputed (``stale/<run_id>-<reason>/``)."""
+
+    reason = "config-mismatch"
+
+    def __init__(self, *args: Any, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
 
 
 class NumericsMismatchError(StoreProblem, StaleResultsError):
     """A run's numerics fingerprint differs from the one it would be resumed / mixed with."""
 
+    reason = "other-numerics"
+
 
 class NumericsWarning(UserWarning):
     """Stored results were computed under another numerics fingerprint (flagged, not
     refused: e.g. a GPU store rendered on a CPU)."""
-
-
-class RunLockedError(StoreProblem, RuntimeError):
-    """Another live process is training this run id."""
-
-    status = "running"
 
 
 @runspec.spec_class(runspec.PARAMS)
@@ -420,7 +431,7 @@ def _check_format(doc: Mapping[str, Any], path: Path) -> None:
     if fmt > STORE_FORMAT:
         raise StaleResultsError(
             f"{path} has store format {fmt}, newer than this flatbook reads ({STORE_FORMAT}): "
-            f"upgrade flatbook (running {__version__}) to read this store"
+            f"upgrade flatbook (running {__version__}) to read this store", reason="newer-format"
         )
 
 
@@ -463,19 +474,31 @@ def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise DamagedFileError(path, f"does not hold a valid run config ({e})", way_out) from None
     if not ok or cfg.run_id != run_dir.name:
         raise DamagedFileError(path, "its config, hash and folder name do not agree", way_out)
+    _store.check_results_doc(doc, path, way_out)
     return cfg, _migrate_results(doc)
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    """``"0.12.3"`` → ``(0, 12, 3)`` for ordering versions (non-digits end a part)."""
+    out = []
+    for part in v.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        out.append(int(digits) if digits else -1)
+    return tuple(out)
 
 
 def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
     if check == "none":
         return
-    prov = doc.get("provenance", {})
+    prov = doc.get("provenance") or {}
     v = str(prov.get("flatbook", "?"))
     if _major_minor(v) != _major_minor(__version__):
+        newer = _version_key(v) > _version_key(__version__)
         raise StaleResultsError(
             f"{where} was written by flatbook {v}, running {__version__} (major.minor must "
             f"match: a minor version bump means results may change); re-run it (add --restart "
-            f"to its command) or, to use these numbers anyway, pass check='none'"
+            f"to its command) or, to use these numbers anyway, pass check='none'",
+            reason="newer-flatbook" if newer else "older-flatbook",
         )
     if prov.get("code_hash") != code_hash():
         msg = (
@@ -483,7 +506,8 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
             f"{str(prov.get('code_hash'))[:10]} ≠ {code_hash()[:10]})"
         )
         if check == "code":
-            raise StaleResultsError(msg + "; re-run it or pass check='version'")
+            raise StaleResultsError(msg + "; re-run it or pass check='version'",
+                                    reason="other-code")
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
@@ -529,6 +553,8 @@ def load_results(
         FileNotFoundError: the run has no results yet (the message says how to produce them).
         StaleResultsError: config, version or (``check="code"``) code hash mismatch.
         DamagedFileError: ``results.json`` of the requested run is damaged.
+        flatbook.store.StoreFaultError: the run folder or one of its files is a symbolic
+            link (never followed out of the store), or not a regular file.
     """
     _train.check_choice(check, "check", CHECKS)
     _train.check_choice(numerics, "numerics", NUMERICS_POLICIES)
@@ -537,7 +563,7 @@ def load_results(
     root = Path(results_dir)
     if config is not None:
         cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        rd = run_dir_for(cfg, root)
+        rd = _store.check_run_folder(root, cfg.run_id)  # no links out of the store
         if not (rd / "results.json").is_file():
             raise FileNotFoundError(
                 f"no results for run {cfg.run_id} in {root} (run it: flatbook.experiment.run("
@@ -553,7 +579,8 @@ def load_results(
         if doc["status"] not in status:
             raise StaleResultsError(
                 f"{rd}: status {doc['status']!r} not in {list(status)}"
-                + (f" (error: {doc.get('error')})" if doc.get("error") else "")
+                + (f" (error: {doc.get('error')})" if doc.get("error") else ""),
+                reason="failed" if doc["status"] == "failed" else "config-mismatch",
             )
         # the requested config's operational fields (device, threads) decide what "here" is
         return _flag_numerics(Results(rd, stored, doc), numerics, cfg)
@@ -561,6 +588,10 @@ def load_results(
     if not root.is_dir():
         return out
     for rd in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
+        if rd.is_symlink() or (rd / "results.json").is_symlink():
+            warnings.warn(f"left out {rd}: a symbolic link (not followed out of the store)",
+                          UserWarning, stacklevel=2)
+            continue
         try:
             stored, doc = _read_results(rd)
         except DamagedFileError as e:
@@ -606,128 +637,45 @@ class RunInfo:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def row(self) -> dict[str, Any]:
-        """Flat dict: run_id, status, step, steps, the final record, the config fields
-        (prefixed by nothing; record keys win), numerics fields (``numerics_*``), note."""
+        """Flat dict: run_id, status, step, steps, the config fields, the final record (a
+        record key that names a config field, e.g. the report's ``loss`` value, is kept as
+        ``record_<key>``: ``loss`` stays the loss function), numerics fields
+        (``numerics_*``), note."""
         out: dict[str, Any] = {"run_id": self.run_id, "status": self.status, "step": self.step,
                                "steps": self.steps}  # fmt: skip
         for k, v in (self.config or {}).items():
             out.setdefault(k, v)
         for k, v in self.final.items():
-            if k not in ("step",):
-                out[k] = v
+            if k == "step":
+                continue
+            out[f"record_{k}" if k in out or k in RunConfig.__dataclass_fields__ else k] = v
         for k, v in (self.numerics or {}).items():
             out[f"numerics_{k}"] = v
         out["note"] = self.note
         return out
 
 
-def lock_path(results_dir: str | Path, run_id: str) -> Path:
-    """The lock file of a run: ``results_dir/.locks/<run_id>.lock``."""
-    return Path(results_dir) / ".locks" / f"{run_id}.lock"
-
-
-def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
-    """Who holds the run's lock (``"pid 123 on host since …"``), or None if nobody does."""
-    p = lock_path(results_dir, run_id)
-    if fcntl is None or not p.is_file():
-        return None
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return p.read_text(errors="replace").strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-LOCK_TRIES = 20
-"""Attempts (0.1 s apart) to take a run's lock before :class:`RunLockedError`."""
-
-
-@contextlib.contextmanager
-def run_lock(results_dir: str | Path, run_id: str) -> Any:
-    """Hold the exclusive lock of ``run_id`` for the body (``flock``; the kernel releases it
-    when the process ends, even by kill −9). Another holder: :class:`RunLockedError`."""
-    if fcntl is None:  # pragma: no cover
-        yield None
-        return
-    p = lock_path(results_dir, run_id)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        for attempt in range(LOCK_TRIES):  # a moment's grace (e.g. `show` probing the lock)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < LOCK_TRIES - 1:
-                    time.sleep(0.1)
-        else:
-            holder = p.read_text(errors="replace").strip() or "another process"
-            raise RunLockedError(
-                f"run {run_id} is being trained by {holder} (lock {p}); wait for it to finish "
-                f"or stop that process (a stopped or killed run releases the lock; the same "
-                f"command then resumes it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())  # fmt: skip
-        yield p
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> RunInfo | None:
     """What state a run folder is in (see :class:`RunInfo`); None if it is not a run folder
-    (no config.json, results.json or checkpoint). Every file read is verified."""
+    (no config.json, results.json or checkpoint). Every file read is verified, and whatever a
+    file holds, the run is returned (unreadable, a symbolic link, wrong types: ``damaged``,
+    the note naming the file)."""
     rd = Path(run_dir)
     root = Path(results_dir) if results_dir is not None else rd.parent
-    res, cfg_p, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
-    prev = previous_checkpoint(ckpt)
-    if not any(p.is_file() for p in (res, cfg_p, ckpt, prev)):
+    if not any(p.exists() or p.is_symlink() for p in (rd / n for n in _store.RUN_FILES)):
         return None
     info = RunInfo(rd.name, "interrupted", rd)
+    try:
+        _store.check_run_folder(root, rd.name)
+    except _store.StoreFaultError as e:
+        info.status, info.note = "damaged", str(e)
+        return info
     holder = lock_holder(root, rd.name)
     try:
-        if res.is_file():
-            stored, doc = _read_results(rd)
-            if cfg_p.is_file():
-                read_config_file(cfg_p)
-            info.status, info.config = doc["status"], stored.semantic_dict()
-            info.final = dict(doc.get("final") or {})
-            info.records = list(doc.get("records") or [])
-            info.step = info.final.get("step", doc.get("steps_done"))
-            info.steps = doc.get("steps")
-            info.numerics = doc.get("numerics")
-            info.note = str(doc.get("error") or "")
-            if holder is not None and doc["status"] == "failed":
-                info.status, info.note = "running", f"retried by {holder}"
-            return info
-        if cfg_p.is_file():
-            cdoc = read_config_file(cfg_p)
-            info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
-        if holder is not None:
-            info.status, info.note = "running", holder
-        state = load_checkpoint(ckpt, "cpu", restart=RESTART)
-        if state is not None:
-            recs = list(state.get("records") or [])
-            info.final = dict(recs[-1]) if recs else {}
-            info.records = recs
-            info.step = int(state.get("step", 0))
-            if info.numerics is None:
-                info.numerics = (state.get("meta") or {}).get("numerics")
+        if (rd / "results.json").is_file():
+            _inspect_finished(info, rd, holder)
         else:
-            info.step = 0
-        if info.config is not None and info.config.get("steps") is not None:
-            info.steps = int(info.config["steps"])
-        if info.status == "interrupted":
-            info.note = "resume: run the same command again"
+            _inspect_partial(info, rd, holder)
     except DamagedFileError as e:
         if holder is not None:
             info.status, info.note = "running", holder
@@ -735,7 +683,62 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
             info.status, info.note = "damaged", str(e)
     except StaleResultsError as e:
         info.status, info.note = "damaged", str(e)
+    except Exception as e:  # noqa: BLE001 - one bad run never hides the others
+        info.status, info.note = "damaged", f"{rd}: cannot be read ({type(e).__name__}: {e})"
     return info
+
+
+def _inspect_finished(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` from a verified ``results.json`` (and ``config.json`` if present)."""
+    stored, doc = _read_results(rd)
+    if (rd / "config.json").is_file():
+        read_config_file(rd / "config.json")
+    info.status, info.config = doc["status"], stored.semantic_dict()
+    info.final = dict(doc.get("final") or {})
+    info.records = list(doc.get("records") or [])
+    info.step = info.final.get("step", doc.get("steps_done"))
+    if doc["status"] == "diverged" and doc.get("diverged_at") is not None:
+        info.step = doc["diverged_at"]  # the last record may be long before the blow-up
+        info.note = f"diverged at step {doc['diverged_at']}"
+    info.steps = doc.get("steps")
+    info.numerics = doc.get("numerics")
+    if doc.get("error"):
+        info.note = str(doc["error"])
+    if holder is not None and doc["status"] == "failed":
+        info.status, info.note = "running", f"retried by {holder}"
+
+
+def _inspect_partial(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` for a run without results: its config and newest good checkpoint."""
+    ckpt = rd / "checkpoint.pt"
+    if (rd / "config.json").is_file():
+        cdoc = read_config_file(rd / "config.json")
+        info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
+    if holder is not None:
+        info.status, info.note = "running", holder
+    state = load_checkpoint(ckpt, "cpu", restart=RESTART)
+    if state is not None:
+        where = ckpt if ckpt.is_file() else previous_checkpoint(ckpt)
+        way = f"move it aside and run the same command again, or {RESTART}"
+        recs = state.get("records") or []
+        _store.check_records(recs, where, way)
+        step = state.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DamagedFileError(where, f"holds step {_store.printable(repr(step))[:40]}, "
+                                          f"not a step count", way)  # fmt: skip
+        info.final = dict(recs[-1]) if recs else {}
+        info.records = list(recs)
+        info.step = step
+        meta = state.get("meta")
+        if info.numerics is None and isinstance(meta, dict):
+            num = meta.get("numerics")
+            info.numerics = num if isinstance(num, dict) else None
+    else:
+        info.step = 0
+    if info.config is not None and info.config.get("steps") is not None:
+        info.steps = int(info.config["steps"])
+    if info.status == "interrupted":
+        info.note = "resume: run the same command again"
 
 
 def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
@@ -755,6 +758,13 @@ def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
         raise NotADirectoryError(f"{root} is a file, not a result store folder")
     out = []
     for rd in sorted(root.iterdir()):
+        if rd.name == _store.STALE_DIR:
+            continue  # runs moved aside: kept, never listed as runs (see stale_runs)
+        if rd.is_symlink():
+            out.append(RunInfo(rd.name, "damaged", rd, note=(
+                f"{rd} is a symbolic link: not followed (flatbook stays inside the store); "
+                f"replace it by the folder itself or remove it")))
+            continue
         if rd.is_dir() and not rd.name.startswith("."):
             info = inspect_run(rd, root)
             if info is not None:
@@ -877,9 +887,13 @@ def run(
     One process trains a run id at a time (:func:`run_lock`); the run folder is proven
     writable before any training.
 
+    Store faults (a symbolic link for the run folder, ``.locks`` or a run file; a folder where
+    a file should be) raise :class:`flatbook.store.StoreFaultError` before anything is loaded.
+
     Args:
-        overwrite: start over (the CLI's ``--restart``): the run's results, checkpoints and
-            config are removed first.
+        overwrite: start over (the CLI's ``--restart``): the run's folder is first moved aside
+            to ``results_dir/stale/<run_id>-<reason>/`` (nothing is deleted; a
+            :class:`flatbook.store.MovedAsideWarning` names it and the reason).
         measure: override the measurement function (default: built from ``config.measures``).
     """
     if not isinstance(config, RunConfig):
@@ -887,6 +901,7 @@ def run(
     rd = run_dir_for(config, results_dir)
     res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
     prev = previous_checkpoint(ckpt)
+    _store.check_run_folder(results_dir, config.run_id, files=not overwrite)
     if not overwrite and res_path.is_file():
         _, doc = _read_results(rd)  # verified: a damaged file is named, never reused
         if doc.get("status") in FINISHED:
@@ -902,12 +917,11 @@ def run(
     n_params = sum(p.numel() for p in net.parameters())
     threads = resolve_threads(config, device, n_params, note=True)
     fp = numerics_fingerprint(device, threads, config.dtype)
+    if overwrite:
+        _store.say_moved(restart_aside(config, results_dir))
     check_writable(rd, "run folder")
     with run_lock(results_dir, config.run_id):
-        if overwrite:
-            for p in (res_path, ckpt, prev, cfg_path):
-                p.unlink(missing_ok=True)
-        elif res_path.is_file():
+        if res_path.is_file():
             _, doc = _read_results(rd)
             if doc.get("status") in FINISHED:  # finished by another process meanwhile
                 return _load_finished(config, results_dir)
@@ -998,6 +1012,38 @@ def run(
         write_json(res_path, seal(doc))
         prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
+
+
+def restart_aside(config: RunConfig, results_dir: str | Path) -> list[_store.MovedRun]:
+    """Move the stored run of ``config`` aside before it is started over (under its lock):
+    ``stale/<run_id>-<reason>/``, the reason being why it could not be reused (damaged, newer
+    format or flatbook, other code, failed) or ``restart``. Returns what moved (nothing when
+    the run has no files)."""
+    rd = run_dir_for(config, results_dir)
+    with run_lock(results_dir, config.run_id):
+        if not any((rd / n).exists() for n in _store.RUN_FILES):
+            return []
+        reason = _restart_reason(config, results_dir)
+        to = _store.move_aside(results_dir, config.run_id, reason)
+    return [_store.MovedRun(config.run_id, reason, to)]
+
+
+def _restart_reason(config: RunConfig, results_dir: str | Path) -> str:
+    """Why a stored run is started over (a key of :data:`flatbook.store.REASONS`): what is
+    wrong with it (damaged, stale, failed), else ``restart`` (asked for)."""
+    rd = run_dir_for(config, results_dir)
+    try:
+        try:
+            load_results(results_dir, config, check="code", status=STATUSES, numerics="ignore")
+        except FileNotFoundError:  # an interrupted run: are its config and checkpoint sound?
+            if (rd / "config.json").is_file():
+                read_config_file(rd / "config.json")
+            load_checkpoint(rd / "checkpoint.pt", "cpu", restart=RESTART)
+    except StaleResultsError as e:
+        return e.reason
+    except (DamagedFileError, _store.StoreFaultError, OSError):
+        return "damaged"
+    return "restart"
 
 
 def _unsealed(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -195,17 +195,17 @@ class Report:
             lines.append("Dense layers (map h_{l−1} ↦ f; means over samples):")
             w = max(6, *(len(n) + 1 for n in self.layers))
             hdr = (
-                f"  {'layer':<{w}}{'item':>5}{'p':>6}{'MLS_l':>11}{'log LVR_l':>11}{'LD_l':>8}"
-                f"{'‖h‖²':>11}{'‖W‖₂':>9}{'κ_l':>11}{'PR(h)':>8}"
+                f"  {'layer':<{w}}{'item':>4}{'p':>5}{'MLS_l':>10}{'log LVR_l':>10}{'LD_l':>6}"
+                f"{'‖h‖²':>10}{'‖W‖₂':>9}{'κ_l':>10}{'PR(h)':>7}"
             )
             lines.append(hdr)
             for name, v in self.layers.items():
                 item = "—" if math.isnan(v["index"]) else str(int(v["index"]))
                 lines.append(
-                    f"  {name:<{w}}{item:>5}{int(v['width_in']):>6}"
-                    f"{v['mls_mean']:>11.4g}{v['log_lvr_mean']:>11.4g}{v['ld_mean']:>8.3g}"
-                    f"{v['h_sqnorm_mean']:>11.4g}{v['weight_norm']:>9.4g}{v['kappa']:>11.4g}"
-                    f"{v['pr']:>8.3g}"
+                    f"  {name:<{w}}{item:>4}{int(v['width_in']):>5}"
+                    f"{v['mls_mean']:>10.4g}{v['log_lvr_mean']:>10.4g}{v['ld_mean']:>6.3g}"
+                    f"{v['h_sqnorm_mean']:>10.4g}{v['weight_norm']:>9.4g}{v['kappa']:>10.4g}"
+                    f"{v['pr']:>7.3g}"
                 )
             for name, v in self.layers.items():
                 if v.get("skip") == 1.0:
@@ -223,20 +223,20 @@ class Report:
                 )
         lines.append("")
         lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
-        lines.append(f"  {'bound':<16}{'lhs':>12}{'rhs':>12}{'slack':>11}  holds  source")
+        lines.append(f"  {'bound':<10}{'lhs':>9}{'rhs':>9}{'slack':>8}  ok?  source")
         for name, b in self.bounds.items():
             if not b.applicable:
-                lines.append(f"  {name:<16}{'—':>12}{'—':>12}{'—':>11}  n/a    {b.note}")
+                lines.append(f"  {name:<10}{'—':>9}{'—':>9}{'—':>8}  n/a  {b.note}")
                 continue
             lhs, rhs, slack = b.worst()
             lines.append(
-                f"  {name:<16}{lhs:>12.4g}{rhs:>12.4g}{slack:>11.4g}  "
-                f"{'yes' if b.holds(1e-9) else 'NO ':<5}  {b.source}"
+                f"  {name:<10}{lhs:>9.4g}{rhs:>9.4g}{slack:>8.4g}  "
+                f"{'yes' if b.holds(1e-9) else 'NO ':<3}  {b.source}"
             )
         if self.notes:
             lines.append("")
             lines += [f"Note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(_wrap(line) for line in lines)
 
     def _curvature_lines(self) -> list[str]:
         """λ_max with its certified residual bound, then each trace labelled by its matrix."""
@@ -259,6 +259,22 @@ class Report:
 
     def _repr_pretty_(self, p, cycle: bool) -> None:  # noqa: ANN001 - IPython hook
         p.text(str(self) if not cycle else "Report(...)")
+
+
+PRINT_WIDTH = 80
+"""Characters per line of :meth:`Report.__str__` (a book page's code width); longer lines
+(notes, long layer names) wrap with a hanging indent."""
+
+
+def _wrap(line: str) -> str:
+    """``line`` wrapped at :data:`PRINT_WIDTH`, continuation lines indented by 6 spaces."""
+    if len(line) <= PRINT_WIDTH:
+        return line
+    import textwrap
+
+    lead = len(line) - len(line.lstrip(" "))
+    return textwrap.fill(line.strip(), PRINT_WIDTH, initial_indent=" " * lead,
+                         subsequent_indent=" " * (lead + 6), break_on_hyphens=False)
 
 
 def report(

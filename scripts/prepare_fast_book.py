@@ -166,6 +166,7 @@ def main() -> None:
     for name in ["_toc.yml", "references.bib"]:
         shutil.copy2(ROOT / name, out / name)
     shutil.copytree(ROOT / "_ext", out / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "_static", out / "_static")  # the book's CSS (e.g. print rules)
     # static assets referenced by pages (images, data shipped with the book)
     for extra in (ROOT / "book").rglob("*"):
         if extra.is_file() and extra.suffix not in {".md", ".ipynb"}:
