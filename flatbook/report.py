@@ -26,7 +26,8 @@ Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``log_lvr_finite_frac`` (fraction of samples
     whose J_x has full numerical rank; the others have log LVR = −inf, which makes
     ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
-    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
+    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation),
+    ``log_frob_sq_mean`` (mean over samples of log ‖J_x‖_F²; −inf where some J_x = 0).
 Per dense layer (prefix ``"{layer}_"``; layers keyed ``l1``, ``l2``, … for top-level items of an
 ``nn.Sequential``, else by qualified module name, e.g. ``"block.fc_mls_mean"``; see
 :mod:`flatbook.probe`). The measures are those of the *path* Jacobian J_l = ∂f/∂δ = G_l W_l (δ
@@ -251,7 +252,8 @@ class Report:
             if key in s:
                 lines += _labelled_value(gn.trace_label(key, self.loss), f"{s[key]:.6g}")
         if "trace_hessian" in s:
-            lines.append(f"  {gn.trace_label('trace_hessian', self.loss)}  {s['trace_hessian']:.6g} "
+            label = gn.trace_label("trace_hessian", self.loss)
+            lines.append(f"  {label}  {s['trace_hessian']:.6g} "
                          f"± {s['trace_hessian_stderr']:.2g} (1 s.e.)")
         return lines
 
@@ -432,6 +434,7 @@ def report(
             _stats("", key, v, scalars)
         notes += checks.measurement_notes(scalars, o.frob_sq)
         scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
+        scalars["log_frob_sq_mean"] = _f(o.frob_sq.double().log().mean())  # mean_i log‖J_i‖_F²
         scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
         scalars["r"] = float(o.r)
         scalars["pr_output"] = _f(_geometry.participation_ratio(F)) if q.n > 1 else math.nan

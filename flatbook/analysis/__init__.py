@@ -57,13 +57,15 @@ from flatbook.analysis.phases import (
 from flatbook.analysis.plan import (
     CHANGE_LOG,
     CLAIM_SPECS,
+    FROZEN,
     HEADLINE,
     PLAN_HASH,
     PLAN_VERSION,
     PRIMARY_THRESHOLD,
     THRESHOLDS,
+    frozen_line,
 )
-from flatbook.analysis.scoring import sensitivity
+from flatbook.analysis.scoring import score_some, sensitivity
 from flatbook.analysis.settings import (
     DEFAULT_SETTING,
     DIGITS_LABEL_NOISE,

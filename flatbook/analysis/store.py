@@ -10,7 +10,7 @@ from pathlib import Path
 from flatbook import store as move_store
 from flatbook.analysis.settings import Setting, default_results_dir
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 """Bump when :func:`make_measure` changes what it records (a new store folder is used)."""
 TEST_TRACE_HVPS = 30
 """Hessian-vector products of the Hutch++ estimate of the test-loss Hessian trace."""
