@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import operator
@@ -34,171 +33,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flatbook import data as _data
-from flatbook import models as _models
-from flatbook import train as _train
+from flatbook import gn as _gn
+from flatbook import runspec
+from flatbook.store import printable, stale_runs
 
-GRID_AXES = ("model", "lr", "batch_size", "seed", "momentum", "weight_decay")
-
-
-def _batch(v: str) -> int | str:
-    if v == "full":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full': {v!r}") from None
-
-
-def _opt_int(v: str) -> int | None:
-    if v.lower() == "none":
-        return None
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'none': {v!r}")
-    return n
-
-
-def _defaults() -> dict[str, Any]:
-    from flatbook.experiment import RunConfig
-
-    out = {}
-    for f in dataclasses.fields(RunConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    out["steps"] = f"{RunConfig().steps} steps unless --epochs"
-    return out
-
-
-def _h(text: str, name: str | None = None, none: str = "none") -> str:
-    """Help text with the RunConfig default of ``name`` (``none`` says what None means;
-    argparse's % escaped)."""
-    if name is not None:
-        d = _defaults()[name]
-        if d is None:
-            d = none
-        elif isinstance(d, tuple | list):
-            d = " ".join(map(str, d)) or "none"
-        elif isinstance(d, dict):
-            d = json.dumps(d) if d else "the model's own"
-        text = f"{text} (default: {d})"
-    return text.replace("%", "%%")
-
-
-def _kv(v: str) -> tuple[str, Any]:
-    if "=" not in v:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {v!r}")
-    k, raw = v.split("=", 1)
-    try:
-        val = json.loads(raw)
-    except json.JSONDecodeError:
-        val = raw
-    return k.strip(), val
+GRID_AXES = runspec.GRID_AXES
 
 
 def _add_config_args(p: argparse.ArgumentParser, grid: bool) -> None:
-    S = argparse.SUPPRESS
-    many = {"nargs": "+"} if grid else {}
-    several = " (several values: one run each)" if grid else ""
-
-    def axis(name: str) -> dict:
-        return many if name in GRID_AXES else {}
-
-    def ax(name: str) -> str:
-        return several if name in GRID_AXES else ""
-
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=S, **axis("model"),
-                   help=_h(f"one of {sorted(_models.MODELS)}{ax('model')}", "model"))
-    g.add_argument("--model-kw", dest="model_kw", nargs="+", type=_kv, default=S,
-                   metavar="KEY=VALUE",
-                   help=_h("model options, JSON values, e.g. hidden=[64,64] activation=tanh",
-                           "model_kw"))
-    g.add_argument("--dataset", default=S,
-                   help=_h(f"one of {sorted(_data.DATASETS)}", "dataset"))
-    g.add_argument("--classes", nargs="+", type=int, default=S,
-                   help=_h("labels to keep (several numbers), or a count c (one number: "
-                           "0..c-1)", "classes", "all"))
-    g.add_argument("--n-train", dest="n_train", type=int, default=S,
-                   help=_h("training-set size (a seeded subset)", "n_train", "all"))
-    g.add_argument("--n-test", dest="n_test", type=int, default=S,
-                   help=_h("test-set size (a seeded subset)", "n_test", "all"))
-    g.add_argument("--standardize", default=S,
-                   help=_h(f"input standardisation, one of {list(_data.STANDARDIZE)}",
-                           "standardize"))
-    g.add_argument("--data-seed", dest="data_seed", type=int, default=S,
-                   help=_h("seed of the subsets and the evaluation subset", "data_seed"))
-    g.add_argument("--data-dir", dest="data_dir", default=S,
-                   help="folder holding mnist/, fashion_mnist/, cifar10/ (default: "
-                        "$FLATBOOK_DATA or ./data)")
-    g.add_argument("--dtype", default=S,
-                   help=_h(f"parameter and data dtype, one of {sorted(_data.DTYPES)}", "dtype"))
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--loss", default=S, help=_h(f"one of {list(_train.LOSS_NAMES)}", "loss"))
-    g.add_argument("--optimizer", default=S,
-                   help=_h(f"one of {list(_train.OPTIMIZERS)}", "optimizer"))
-    g.add_argument("--lr", type=float, default=S, **axis("lr"),
-                   help=_h(f"learning rate η > 0{ax('lr')}", "lr"))
-    g.add_argument("--momentum", type=float, default=S, **axis("momentum"),
-                   help=_h(f"SGD momentum in [0, 1){ax('momentum')}", "momentum"))
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
-                   **axis("weight_decay"),
-                   help=_h(f"L2 weight decay ≥ 0{ax('weight_decay')}", "weight_decay"))
-    g.add_argument("--nesterov", action="store_true", default=S,
-                   help="Nesterov momentum (needs --momentum > 0; default: off)")
-    g.add_argument("--batch-size", dest="batch_size", type=_batch, default=S,
-                   **axis("batch_size"),
-                   help=_h(f"batch size B, or 'full' for full-batch gradient descent"
-                           f"{ax('batch_size')}", "batch_size"))
-    g.add_argument("--steps", type=int, default=S, help=_h("optimizer steps", "steps"))
-    g.add_argument("--epochs", type=float, default=S,
-                   help="passes over the training set, instead of --steps (default: unset)")
-    g.add_argument("--seed", type=int, default=S, **axis("seed"),
-                   help=_h(f"initialisation and batch-order seed{ax('seed')}", "seed"))
-    g.add_argument("--divergence-threshold", dest="divergence_threshold", type=float,
-                   default=S,
-                   help=_h("a minibatch loss above this ends the run as diverged",
-                           "divergence_threshold"))
-
-    g = p.add_argument_group("measurements")
-    g.add_argument("--measure-every", dest="measure_every", type=int, default=S,
-                   help=_h("steps between measurements (see --schedule)", "measure_every"))
-    g.add_argument("--schedule", default=S,
-                   help=_h(f"measurement schedule, one of {list(_train.SCHEDULES)} (late: "
-                           "denser in the second half)", "schedule"))
-    g.add_argument("--measures", nargs="*", default=S,
-                   help=_h(f"subset of {list(_train.MEASURES)} (none: losses/accuracies "
-                           "only)", "measures"))
-    g.add_argument("--eval-size", dest="eval_size", type=int, default=S,
-                   help=_h("training points (a fixed subset, ≤ n_train) on which curvature "
-                           "and geometry are measured", "eval_size"))
-    g.add_argument("--sharpness-tol", dest="sharpness_tol", type=float, default=S,
-                   help=_h("relative tolerance of the Lanczos λ_max", "sharpness_tol"))
-    g.add_argument("--target-loss", dest="target_loss", type=float, default=S,
-                   help=_h("record the first step with train loss below this",
-                           "target_loss"))
-
-    g = p.add_argument_group("execution")
+    """The run parameters' flags (declared in :data:`flatbook.runspec.PARAMS`), then the
+    options of the command itself."""
+    g = runspec.add_arguments(p, grid)["execution"]
     g.add_argument("--config", type=Path,
                    help="JSON file with RunConfig fields, e.g. a stored config.json (flags "
-                        "override; default: none)")
+                        "override; default: none)")  # fmt: skip
     g.add_argument("--results-dir", dest="results_dir", default="results", type=Path,
                    help="result store (default: ./results)")
-    g.add_argument("--device", default=S, help=_h("cpu, cuda or auto", "device"))
-    g.add_argument("--threads", type=_opt_int, default=S,
-                   help="torch intra-op threads (default: none = 1 for small CPU models, "
-                        "else torch's); part of the run's numerics fingerprint")
-    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=_opt_int, default=S,
-                   help=_h("steps between checkpoints, or 'none' (only at the end / on "
-                           "interrupt)", "checkpoint_every"))
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
-                   help="no progress bar (default: shown)")
 
 
 def _say_defaults(p: argparse.ArgumentParser) -> None:
@@ -231,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run or resume one configuration.")  # fmt: skip
     _add_config_args(p_run, grid=False)
     p_run.add_argument("--restart", "--overwrite", dest="overwrite", action="store_true",
-                       help="start the run over: remove its results, checkpoints and config "
-                            "first (default: finish or resume what is stored)")
+                       help="start the run over: its folder is first moved aside to "
+                            "RESULTS_DIR/stale/<run_id>-<reason>/, never deleted (default: "
+                            "finish or resume what is stored)")
     p_sweep = sub.add_parser(
         "sweep", help="run a grid of configurations",
         description="Cartesian grid over " + ", ".join("--" + a.replace("_", "-")
@@ -281,17 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SHOW_COLUMNS = (("run_id", "run id"), ("status", "status"), ("step", "step"),
-                ("train_loss", "loss"), ("test_acc", "accuracy"), ("lambda_max", "λ_max"),
-                ("trace_gn", "tr H"), ("log_lvr_median", "log LVR"), ("note", "note"))  # fmt: skip
+                ("loss", "loss"), ("train_loss", "train loss"), ("test_acc", "accuracy"),
+                ("lambda_max", "λ_max"), ("trace_gn", _gn.show_label("trace_gn")),
+                ("log_lvr_median", "log LVR"),
+                ("note", "note"))  # fmt: skip
 """Columns of ``show``'s table: (key, header)."""
 
-CSV_COLUMNS = ("run_id", "status", "step", "steps", "train_loss", "test_loss", "train_acc",
+CSV_COLUMNS = ("run_id", "status", "step", "steps", "loss", "train_loss", "test_loss", "train_acc",
                "test_acc", "lambda_max", "trace_gn", "log_lvr_median", "model", "dataset", "lr",
                "batch_size", "seed", "dtype", "numerics_device", "numerics_threads",
                "numerics_dtype", "numerics_torch", "note")  # fmt: skip
 """Columns of ``show --format csv`` (``--format json`` gives every key)."""
 
-ALIASES = {"loss": "train_loss", "accuracy": "test_acc", "acc": "test_acc",
+ALIASES = {"accuracy": "test_acc", "acc": "test_acc",
            "log_lvr": "log_lvr_median", "trace": "trace_gn", "lmax": "lambda_max",
            "id": "run_id"}  # fmt: skip
 
@@ -301,14 +154,26 @@ _OPS: dict[str, Any] = {"<=": operator.le, ">=": operator.ge, "!=": operator.ne,
 
 
 def _parse_filter(expr: str) -> tuple[str, str, Any]:
+    """``KEY OP VALUE`` → ``(key, op, value)``, strictly: ``<``/``<=``/``>``/``>=`` need a
+    number, and no value may start with an operator character (``lr<<0.2`` is an error, not
+    a filter that matches nothing). ``config.KEY`` names a config field even where a record
+    key of the same name exists."""
     m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*", expr)
+    shown = printable(repr(expr))
     if not m:
-        raise ValueError(f"--filter {expr!r}: expected KEY OP VALUE with OP one of "
+        raise ValueError(f"--filter {shown}: expected KEY OP VALUE with OP one of "
                          f"{list(_OPS)}, e.g. status=completed or lr<0.2")  # fmt: skip
     key, op, raw = m.groups()
+    if not raw or raw[0] in "<>=!~":
+        raise ValueError(f"--filter {shown}: the value after {op!r} is "
+                         f"{printable(repr(raw))}; expected KEY OP VALUE, e.g. lr<0.2 or "
+                         f"status=completed")  # fmt: skip
     try:
         val: Any = float(raw)
     except ValueError:
+        if op in ("<", "<=", ">", ">="):
+            raise ValueError(f"--filter {shown}: {op!r} compares numbers; "
+                             f"{printable(repr(raw))} is not a number") from None
         val = raw
     return ALIASES.get(key, key), op, val
 
@@ -327,19 +192,22 @@ def _keep(row: dict[str, Any], flt: tuple[str, str, Any]) -> bool:
 
 
 def _select(infos: list[Any], filters: Sequence[str], sort: str | None) -> list[dict[str, Any]]:
-    rows = [i.row() for i in infos]
-    keys = set().union(*(r.keys() for r in rows)) if rows else set()
+    pairs = [(i.row(), {f"config.{k}": v for k, v in (i.config or {}).items()}) for i in infos]
+    keys = set().union(*(r.keys() | c.keys() for r, c in pairs)) if pairs else set()
     for expr in filters:
         flt = _parse_filter(expr)
-        if rows and flt[0] not in keys:
-            raise ValueError(f"--filter {expr!r}: unknown key {flt[0]!r}; known: "
-                             f"{sorted(keys)}")  # fmt: skip
-        rows = [r for r in rows if _keep(r, flt)]
+        if pairs and flt[0] not in keys:
+            raise ValueError(f"--filter {printable(repr(expr))}: unknown key "
+                             f"{printable(repr(flt[0]))}; known: "
+                             f"{printable(sorted(keys))}")  # fmt: skip
+        pairs = [(r, c) for r, c in pairs if _keep({**r, **c}, flt)]
+    rows = [r for r, _ in pairs]
     if sort:
         desc = sort.startswith("-")
         key = ALIASES.get(sort.lstrip("-"), sort.lstrip("-"))
         if rows and key not in keys:
-            raise ValueError(f"--sort {sort!r}: unknown key {key!r}; known: {sorted(keys)}")
+            raise ValueError(f"--sort {printable(repr(sort))}: unknown key "
+                             f"{printable(repr(key))}; known: {printable(sorted(keys))}")
 
         def k(r: dict[str, Any]) -> tuple:
             v = r.get(key)
@@ -356,11 +224,16 @@ def _select(infos: list[Any], filters: Sequence[str], sort: str | None) -> list[
 
 
 def _cell(v: Any) -> str:
+    """One table cell: ``—`` for none, 4 significant digits for floats, any other value
+    printed without control characters and cut at 60 characters."""
     if v is None:
         return "—"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v) if abs(v) < 10**30 else f"{float(v):.4g}"
+    text = printable(v)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -373,7 +246,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             if k == "step" and r.get("steps") is not None and r.get("step") is not None:
                 line.append(f"{r['step']}/{r['steps']}")
             elif k == "note":
-                line.append(str(r.get("note") or ""))
+                line.append(printable(r.get("note") or ""))
             else:
                 line.append(_cell(r.get(k)))
         cells.append(line)
@@ -398,7 +271,7 @@ def _show(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         infos = ex.inspect_store(ns.results_dir)
         rows = _select(infos, ns.filter, ns.sort)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        parser.exit(2, f"flatbook show: error: {e}\n")
+        parser.exit(2, f"flatbook show: error: {printable(e)}\n")
     if ns.format == "json":
         from flatbook._io import to_jsonable
 
@@ -407,16 +280,26 @@ def _show(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for r in rows:
-            w.writerow(["" if r.get(k) is None else r.get(k) for k in CSV_COLUMNS])
+            w.writerow(["" if r.get(k) is None else _csv_cell(r.get(k)) for k in CSV_COLUMNS])
     else:
+        aside = stale_runs(ns.results_dir)
         if not infos:
-            print(f"no runs in {ns.results_dir}")
-            return 0
-        print(_table(rows))
-        counts = {st: sum(r["status"] == st for r in rows) for st in ex.SHOW_STATUSES}
-        print(f"{len(rows)} of {len(infos)} runs: "
-              + ", ".join(f"{st} {n}" for st, n in counts.items() if n))  # fmt: skip
+            print(f"no runs in {printable(ns.results_dir)}")
+        else:
+            print(_table(rows))
+            counts = {st: sum(r["status"] == st for r in rows) for st in ex.SHOW_STATUSES}
+            print(f"{len(rows)} of {len(infos)} runs: "
+                  + ", ".join(f"{st} {n}" for st, n in counts.items() if n))  # fmt: skip
+        if aside:
+            print(f"{len(aside)} earlier run(s) moved aside (kept, not listed): "
+                  f"{printable(', '.join(str(p) for p in aside[:5]))}"
+                  + (", …" if len(aside) > 5 else ""))  # fmt: skip
     return 0
+
+
+def _csv_cell(v: Any) -> Any:
+    """A CSV cell: numbers as they are, any other value without control characters."""
+    return v if isinstance(v, int | float) else printable(v)
 
 
 def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -426,16 +309,17 @@ def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         infos = ex.inspect_store(ns.results_dir)
         keep = {r["run_id"] for r in _select(infos, ns.filter, None)}
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        parser.exit(2, f"flatbook plot: error: {e}\n")
+        parser.exit(2, f"flatbook plot: error: {printable(e)}\n")
     runs = [i for i in infos if i.run_id in keep and i.records]
     keys = [ALIASES.get(k, k) for k in ns.keys]
     have = set().union(*(r.keys() for i in runs for r in i.records)) if runs else set()
     missing = [k for k in keys if k not in have]
     if not runs:
-        parser.exit(2, f"flatbook plot: error: no run with records in {ns.results_dir}\n")
+        parser.exit(2, f"flatbook plot: error: no run with records in "
+                       f"{printable(ns.results_dir)}\n")  # fmt: skip
     if missing:
-        parser.exit(2, f"flatbook plot: error: --keys {missing} are in no run's records; "
-                       f"known: {sorted(have)}\n")  # fmt: skip
+        parser.exit(2, f"flatbook plot: error: --keys {printable(missing)} are in no run's "
+                       f"records; known: {printable(sorted(have))}\n")  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,10 +328,12 @@ def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for i in runs:
-            pts = [(r["step"], r[key]) for r in i.records if key in r and "step" in r]
+            pts = [(r["step"], r[key]) for r in i.records
+                   if r.get(key) is not None and r.get("step") is not None]
             if pts:
                 x, y = zip(*pts, strict=True)
-                ax.plot(x, y, ".-", ms=3, lw=1, label=i.run_id if len(runs) <= 8 else None)
+                ax.plot(x, y, ".-", ms=3, lw=1,
+                        label=printable(i.run_id) if len(runs) <= 8 else None)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         if ns.logy:
@@ -462,37 +348,62 @@ def _plot(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.exit(1, f"flatbook plot: error: cannot write {ns.out}: {e}\n")
     finally:
         plt.close(fig)
-    print(f"{ns.out}: {len(runs)} runs, keys {keys}")
+    print(f"{printable(ns.out)}: {len(runs)} runs, keys {printable(keys)}")
     return 0
 
 
 def _config_fields(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    from flatbook.experiment import RunConfig
-
+    """The run's parameters: ``--config`` (a JSON file) overridden by the flags given."""
     base: dict[str, Any] = {}
     if getattr(ns, "config", None) is not None:
         try:
-            base = json.loads(Path(ns.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"--config {ns.config}: {e}")
-        if "config" in base and isinstance(base["config"], dict):  # a stored config.json
-            base = base["config"]
-    fields = {f for f in RunConfig.__dataclass_fields__}
-    d = dict(base)
-    for k, v in vars(ns).items():
-        if k in fields:
-            d[k] = v
-    if "model_kw" in vars(ns):
-        d["model_kw"] = dict(ns.model_kw)
-    if isinstance(d.get("classes"), list) and len(d["classes"]) == 1:
-        d["classes"] = d["classes"][0]
-    if "measures" in d and isinstance(d["measures"], list):
-        d["measures"] = tuple(m for m in d["measures"] if m != "none")
-    if "epochs" in vars(ns) and "steps" not in vars(ns):
-        d["steps"] = None
-    if "steps" in vars(ns) and "epochs" not in vars(ns):
-        d.pop("epochs", None)
-    return d
+            base = read_config_arg(ns.config)
+        except (OSError, ValueError) as e:
+            parser.error(f"--config {printable(ns.config)}: {printable(e)}")
+    flags = runspec.given(ns)
+    fields = runspec.merge(base, flags)
+    try:
+        runspec.check_flags(flags, fields)
+    except ValueError as e:
+        parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
+    return fields
+
+
+def _named(e: BaseException) -> str:
+    """An error message led by the flag of the parameter it is about (``--n-train: …``)."""
+    flag = runspec.flag_of(getattr(e, "param", None))
+    return f"{flag}: {e}" if flag and not str(e).startswith(flag) else str(e)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest ``--config`` file read (a config is a few hundred bytes)."""
+
+
+def read_config_arg(path: Path) -> dict[str, Any]:
+    """The RunConfig fields of a ``--config`` file: a JSON object of fields, or a stored
+    ``config.json`` (its ``"config"`` object). ``ValueError`` saying what is wrong otherwise
+    (not UTF-8 text, not JSON, too large or too deeply nested, not an object)."""
+    from flatbook._io import JSONLimitError, loads_limited
+
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"larger than {MAX_CONFIG_BYTES // 1024} KB: not a config file")
+    try:
+        doc = loads_limited(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text: expected a JSON object of RunConfig fields") from None
+    except JSONLimitError as e:
+        raise ValueError(f"{e}: expected a JSON object of RunConfig fields") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e}): expected a JSON object of RunConfig "
+                         f"fields") from None  # fmt: skip
+    if not isinstance(doc, dict):
+        raise ValueError(f"holds a JSON {type(doc).__name__}, not an object of RunConfig "
+                         f"fields (e.g. {{\"lr\": 0.1, \"steps\": 1000}})")  # fmt: skip
+    if isinstance(doc.get("config"), dict):  # a stored config.json
+        doc = doc["config"]
+    return doc
 
 
 def _fmt(v: Any) -> str:
@@ -559,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreProblem as e:  # damaged file, no space, locked, other numerics, unwritable
         parser.exit(1, f"flatbook {ns.command}: {e}\n")
     except (ValueError, TypeError, FileNotFoundError) as e:
-        parser.exit(2, f"flatbook {ns.command}: error: {e}\n")
+        parser.exit(2, f"flatbook {ns.command}: error: {_named(e)}\n")
     except KeyboardInterrupt as e:
         parser.exit(130, f"flatbook: interrupted ({e}); run the same command again to resume\n")
     except Exception as e:  # noqa: BLE001 - recorded in results.json

@@ -18,6 +18,7 @@ disk raises :class:`NoSpaceError` ("no space left"), the previous file left in p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -103,6 +104,15 @@ class NotWritableError(StoreProblem, OSError):
 
 
 NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _not_writable(path: Path, e: OSError, kept: str) -> NotWritableError:
+    """A write refused by the file system (permissions, read-only) as a store problem."""
+    return NotWritableError(
+        f"cannot write {path} ({e.strerror or e}): the store is not writable; {kept} — fix "
+        f"its permissions (or choose another --results-dir) and run the same command again"
+    )
 
 
 def _write_bytes(fh: IO[bytes], data: bytes | memoryview) -> None:
@@ -146,10 +156,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):  # e.g. the folder became read-only
+                os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, StoreProblem) and e.errno in NO_SPACE:
             kept = "the previous version is kept" if path.exists() else "nothing was written"
             raise NoSpaceError(path, None, kept) from None
+        if isinstance(e, OSError) and not isinstance(e, StoreProblem) and e.errno in NO_WRITE:
+            kept = "the previous version is kept" if path.exists() else "nothing was written"
+            raise _not_writable(path, e, kept) from None
         raise
     return path
 
@@ -198,10 +212,56 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda fh: _write_bytes(fh, text))
 
 
+MAX_JSON_BYTES = 128 * 2**20
+"""Largest JSON file :func:`read_json` reads (a long run's ``results.json`` is a few MB)."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of lists/objects :func:`read_json` accepts (store files nest ≤ 4 deep)."""
+MAX_INT_DIGITS = 40
+"""Longest integer literal :func:`read_json` accepts (seeds and step counts are < 2**64)."""
+
+
+class JSONLimitError(ValueError):
+    """A JSON file exceeds :func:`read_json`'s limits (size, nesting depth, integer digits)."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JSONLimitError(f"holds a {len(text)}-digit integer (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _check_depth(obj: Any) -> None:
+    """Iteratively (no recursion) refuse nesting deeper than :data:`MAX_JSON_DEPTH`."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            if d > MAX_JSON_DEPTH:
+                raise JSONLimitError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+
+
+def loads_limited(text: str | bytes) -> Any:
+    """``json.loads`` within :func:`read_json`'s limits (nesting depth, integer digits);
+    :class:`JSONLimitError` (a ``ValueError``) or ``json.JSONDecodeError`` otherwise."""
+    try:
+        obj = json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        raise JSONLimitError(f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_depth(obj)
+    return obj
+
+
 def read_json(path: str | Path) -> Any:
-    """Read JSON written by :func:`write_json` (non-finite strings decoded)."""
-    with open(path, encoding="utf-8") as fh:
-        return from_jsonable(json.load(fh))
+    """Read JSON written by :func:`write_json` (non-finite strings decoded), within limits:
+    at most :data:`MAX_JSON_BYTES` bytes, :data:`MAX_JSON_DEPTH` levels of nesting and
+    :data:`MAX_INT_DIGITS`-digit integers (:class:`JSONLimitError` otherwise), so that a
+    crafted file cannot exhaust memory, the stack or the integer parser."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise JSONLimitError(f"is larger than {MAX_JSON_BYTES} bytes")
+    return from_jsonable(loads_limited(data.decode("utf-8")))
 
 
 def seal(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +283,8 @@ def read_sealed(path: str | Path, way_out: str, *,
     path = Path(path)
     try:
         doc = read_json(path)
+    except JSONLimitError as e:
+        raise DamagedFileError(path, f"{e} — not a file flatbook wrote", way_out) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         what = "is empty" if path.stat().st_size == 0 else f"is not valid JSON ({e})"
         raise DamagedFileError(path, f"{what} — truncated or overwritten", way_out) from None
@@ -407,11 +469,14 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):  # e.g. the folder became read-only
+                os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in NO_SPACE:
             kept = ("the previous checkpoint is kept unchanged" if path.is_file()
                     else "no checkpoint was written")  # fmt: skip
             raise NoSpaceError(path, len(data), kept) from None
+        if isinstance(e, OSError) and not isinstance(e, StoreProblem) and e.errno in NO_WRITE:
+            raise _not_writable(path, e, "the previous checkpoint is kept") from None
         raise
     return path
 
@@ -462,12 +527,14 @@ def provenance() -> dict[str, Any]:
 
 __all__ = [
     "DamagedFileError",
+    "JSONLimitError",
     "NoSpaceError",
     "NotWritableError",
     "StoreProblem",
     "atomic_write",
     "check_writable",
     "load_checkpoint",
+    "loads_limited",
     "previous_checkpoint",
     "read_checkpoint",
     "read_sealed",

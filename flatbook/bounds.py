@@ -11,15 +11,19 @@ tr H = (1/n) Σ_i ‖J_i‖_F² (L1). We always use this Gauss–Newton trace ``
 (1/n) Σ_i ‖J_i‖_F² (computed exactly from per-sample parameter Jacobians with
 :func:`flatbook.curvature.jacobian_sqnorms`). The inequalities T1–T5 hold with it **at any θ**
 (their proofs use only L2 and L3, which are statements about J); they hold with tr H itself
-only where tr H = tr G, i.e. at interpolation (L1). Bias parameters enter tr H but not the left
-sides: they only loosen the bounds.
+only where tr H = tr H_GN (the Gauss–Newton trace), i.e. at interpolation (L1). Bias
+parameters enter tr H but not the left sides: they only loosen the bounds.
 
 Which statement is whose
 ------------------------
-- T1 min form (Ma & Ying 2021; paper v1 "Eq. 6"), T2 v1 (sum of LVR²) and v3+ (geometric
-  mean) forms, T3 (MLS), T5's relative flatness κ_l (Petzka et al. 2021, used in paper v4+) and
-  T7 (Ma & Ying 2021; Wu, Ma & E 2018) are the paper's (in our notation; its printed constants
-  are not available to us, see paper.md).
+- T1 min form (Ma & Ying 2021 for a scalar output; the paper's extension to k outputs, v1
+  "Eq. 6"), T2 v1 (sum of LVR²) and v3+ (geometric mean) forms, T3 (MLS) and T5's relative
+  flatness κ_l (Petzka et al. 2021, used in paper v4+) are the paper's (in our notation; its
+  printed constants are not available to us, see paper.md).
+- T7: linear stability of GD and SGD is Wu, Ma & E 2018 and Ma & Ying 2021; the mean-square
+  condition in trace form, :func:`t7_sgd_mean_square`, is Mulayoff & Michaeli 2023, Prop. 3
+  (a *necessary* condition for mean-square stability); the trace ceiling with k outputs and
+  batch factor p, :func:`t7_sgd`, is ours (its case k = B = 1, tr H ≤ 2/η, is Wu & Su 2023).
 - The T1 weighted form, the per-sample forms, the T5 identity κ_l = (1/n) Σ ‖h‖²‖∂f/∂h‖_F²,
   the T6 construction and the shared-weight terms (:func:`shared_weight_terms`: convolutions,
   patch embeddings, token-wise linear maps) are ours. NMLS and NVR in T4 are defined as the
@@ -1210,8 +1214,9 @@ def t7_gd(lambda_max: Number, lr: float) -> Bound:
 
 
 def t7_sgd(trace: Number, lr: float, batch_size: int, n: int, k: int) -> Bound:
-    """T7 (SGD): mean-square linear stability implies tr H ≤ 2k / (p η),
-    p = (n − B)/(B(n − 1)) (+inf for full batch, p = 0).
+    """T7 (SGD): the mean-square condition (necessary for mean-square linear stability)
+    implies tr H ≤ 2k / (p η), p = (n − B)/(B(n − 1)) (+inf for full batch, p = 0).
+    The ceiling with k outputs is ours; k = B = 1 gives Wu & Su 2023's tr H ≤ 2/η.
 
     From Σ_i ‖H_i‖_F² ≥ Σ_i (tr H_i)²/k ≥ n (tr H)²/k (H_i = J_iᵀJ_i has rank ≤ k) in the
     mean-square condition of :func:`t7_sgd_mean_square`.
@@ -1219,7 +1224,8 @@ def t7_sgd(trace: Number, lr: float, batch_size: int, n: int, k: int) -> Bound:
     lr = check_positive_float(lr, "lr")
     p = sgd_p(n, batch_size)
     rhs = math.inf if p == 0 else 2.0 * k / (p * lr)
-    return Bound("t7_sgd", trace, rhs, "tr H ≤ 2k / (p η)", "paper (Ma & Ying 2021)")
+    return Bound("t7_sgd", trace, rhs, "tr H ≤ 2k / (p η)",
+                 "ours (k outputs; k = B = 1: Wu & Su 2023)")
 
 
 def _ntk_terms(model: nn.Module, X: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
@@ -1240,8 +1246,14 @@ def _ntk_terms(model: nn.Module, X: Tensor, chunk: int = 256) -> tuple[Tensor, T
 
 
 def mean_square_lr(model: nn.Module, X: Tensor, batch_size: int, chunk: int = 256) -> float:
-    """Largest SGD step of mean-square linear stability at an interpolating minimum (T7):
-    η* = 2 tr H / [(1 − p) ‖H‖_F² + (p/n) Σ_i ‖H_i‖_F²], H = (1/n) Σ J_iᵀJ_i, H_i = J_iᵀJ_i.
+    """The step at which the mean-square condition of T7 holds with equality:
+    η* = 2 tr H / [(1 − p) ‖H‖_F² + (p/n) Σ_i ‖H_i‖_F²], H = (1/n) Σ J_iᵀJ_i, H_i = J_iᵀJ_i
+    (the Gauss–Newton matrices; = the Hessian's at an interpolating minimum).
+
+    The condition is *necessary* for mean-square linear stability (Mulayoff & Michaeli 2023,
+    Prop. 3), not sufficient: η > η* proves an interpolating minimum unstable for SGD with
+    step η and batch B; η ≤ η* does not prove it stable (H = diag(1, ½): η* = 2.4 for GD,
+    which diverges at η = 2.2 > 2/λ_max).
 
     Computed from the n k × n k Gram matrix J Jᵀ (needs the per-sample parameter Jacobians:
     memory n·k·P; small models). For B = n (p = 0) this is 2 tr H/‖H‖_F² ≥ 2/λ_max (the
@@ -1251,21 +1263,22 @@ def mean_square_lr(model: nn.Module, X: Tensor, batch_size: int, chunk: int = 25
     p = sgd_p(n, batch_size)
     trH, fro2, sum_i = _ntk_terms(model, X, chunk)
     denom = (1 - p) * fro2 + p / n * sum_i
-    if denom == 0:  # H = 0: every step is stable
+    if denom == 0:  # H = 0: the condition holds for every step
         return math.inf
     return float(2 * trH / denom)
 
 
 def t7_sgd_mean_square(model: nn.Module, X: Tensor, lr: float, batch_size: int) -> Bound:
-    """T7 exact mean-square condition: η ≤ 2 tr H / [(1 − p)‖H‖_F² + (p/n) Σ_i ‖H_i‖_F²]
-    (lhs η, rhs η* of :func:`mean_square_lr`)."""
+    """T7's mean-square condition, necessary for mean-square linear stability:
+    η ≤ 2 tr H / [(1 − p)‖H‖_F² + (p/n) Σ_i ‖H_i‖_F²] (lhs η, rhs η* of :func:`mean_square_lr`).
+    A failure proves instability; holding does not prove stability."""
     lr = check_positive_float(lr, "lr")
     return Bound(
         "t7_sgd_mean_square",
         lr,
         mean_square_lr(model, X, batch_size),
         "η ≤ 2 tr H / [(1−p)‖H‖_F² + (p/n) Σ ‖H_i‖_F²]",
-        "paper (Ma & Ying 2021; Mulayoff & Michaeli 2023)",
+        "Mulayoff & Michaeli 2023, Prop. 3 (necessary); Ma & Ying 2021",
     )
 
 

@@ -8,20 +8,28 @@ hypothesis, whose result it is, the chapter that proves it and the :mod:`flatboo
 function whose slack measures it. The roadmap figure (:func:`flatbook.plots.roadmap`), the
 chain card page and the status page are drawn from it, so they cannot disagree.
 
-:func:`corollary` — the statement a reader should leave with. At an interpolating minimum of
-the squared loss that is linearly stable in mean square for SGD with step η and batch B < n
-(p = (n − B)/(B(n − 1)) > 0), with a dense first layer W_1 and k ≤ d outputs,
+:func:`corollary` — the statement a reader should leave with. Write H_GN = (1/n) Σ_i J_iᵀJ_i
+(the Gauss–Newton matrix, = H at interpolation), H_i = J_iᵀJ_i and
+p = (n − B)/(B(n − 1)) > 0 (SGD with batch B < n). Assume
+
+    (H2′) η [(1 − p) ‖H_GN‖_F² + (p/n) Σ_i ‖H_i‖_F²] ≤ 2 tr H_GN   at θ, i.e. η ≤ η*(B),
+
+a dense first layer W_1 and k ≤ d outputs. Then, at any θ (no interpolation needed),
 
     GM_i LVR(x_i)^{2/k} ≤ 2 ‖W_1‖₂² / (p η GM_i ‖x_i‖²)                 (T7 + T2, the k cancels)
     GM_i MLS(x_i)²      ≤ 2k ‖W_1‖₂² / (p η GM_i ‖x_i‖²)                (T7 + T3)
-    GM_i MLS(x_i)²      ≤ 2√k ‖W_1‖₂² / (p η GM_i ‖x_i‖²)               (sharper; ours)
+    GM_i MLS(x_i)²      ≤ (1 + √k) ‖W_1‖₂² / (p η GM_i ‖x_i‖²)          (sharper; :func:`mls_sharp`)
 
-The first two are T7's ceiling tr H ≤ 2k/(pη) inserted into the geometric-mean forms of T2 and
-T3. The third (ours) skips the Cauchy–Schwarz step of T7 for the trace and uses the
-mean-square condition on (1/n) Σ_i ‖H_i‖_F² directly: ‖x_i‖² MLS(x_i)² ≤ ‖W_1‖₂² σ_1(J_i)² and
-σ_1(J_i)⁴ ≤ ‖H_i‖_F² ≤ …, with (1/n) Σ_i ‖H_i‖_F² ≤ 4k/(pη)² at a stable point. Every
-hypothesis is *measured* (:class:`Hypothesis`), never assumed, and the slack of each form is
-returned as the exact product of the slacks of the steps of its proof.
+(H2′) is the mean-square condition of T7 written with Gauss–Newton quantities. It is
+*necessary* for mean-square linear stability of SGD at an interpolating minimum (where
+H_GN = H, L1), not sufficient; at interpolation (H1) a stable SGD end point therefore satisfies
+it. The first two forms are T7's ceiling tr H_GN ≤ 2k/(pη) — which uses Cauchy–Schwarz over the
+k eigenvalues of each H_i — inserted into the geometric-mean forms of T2 and T3. The third
+keeps the top eigenvalue of each H_i apart and applies Cauchy–Schwarz only to the other k − 1:
+σ_1(J_i)² ≤ (1 + √k)/(pη) in quadratic mean (at k = 1 this is the higher-moment argument of
+Ma & Ying 2021). Of the hypotheses, only (H2′) is a property of the trained network that could
+fail; B < n, the dense first layer and k ≤ d are read off the setting. The slack of each form
+is returned as the exact product of the slacks of the steps of its proof.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from flatbook import curvature, data, models, train
 from flatbook._validate import check_positive_float
 
 __all__ = ["LINKS", "REFERENCE", "Corollary", "Hypothesis", "Link", "budget", "corollary",
-           "link_slacks", "reference_network"]
+           "link_slacks", "mls_sharp", "reference_network", "sharp_constant"]
 
 
 # ----------------------------------------------------------------------------- the map
@@ -59,6 +67,7 @@ class Link:
         bound: key of :func:`flatbook.bounds.all_bounds` (or of :func:`link_slacks`) whose
             slack rhs/lhs measures the step on a network; ``None`` where no bound exists.
         branch_of: for a side branch (no bound), the key of the main link it qualifies.
+        math: the step as a matplotlib mathtext string (drawn in the roadmap figure).
     """
 
     key: str
@@ -71,35 +80,46 @@ class Link:
     chapter: str
     bound: str | None
     branch_of: str | None = None
+    math: str = ""
 
 
 LINKS: tuple[Link, ...] = (
     Link("L1", "lem-gn", "Hessian = Gauss–Newton", "H", "(1/n) Σ JᵢᵀJᵢ",
          "f(xᵢ) = yᵢ (interpolation), squared loss", "standard (Ma & Ying 2021)",
-         "ch01_hessian", "l1_gap"),
+         "ch01_hessian", "l1_gap", math=r"$H = \frac{1}{n}\sum_i J_i^{\top} J_i$ at interpolation"),
     Link("T7", "thm-sgd-stability", "stability ceiling", "η, B", "tr H ≤ 2k/(pη)",
-         "linearly stable minimum (mean square), B < n", "Ma & Ying 2021; Wu, Ma & E 2018",
-         "ch02_stability", "t7_sgd"),
+         "mean-square condition (necessary for stability), B < n",
+         "condition: Ma & Ying 2021, Mulayoff & Michaeli 2023; k-output ceiling ours",
+         "ch02_stability", "t7_sgd", math=r"$\mathrm{tr}\,H \leq 2k/(p\eta)$"),
     Link("T1", "thm-t1-smoothness", "input smoothness", "tr H", "‖x‖²‖Jₓ‖_F²",
          "dense first layer W₁", "Ma & Ying 2021 (min form); weighted form ours",
-         "ch03_input_smoothness", "t1_weighted"),
+         "ch03_input_smoothness", "t1_weighted",
+         math=r"$\frac{1}{n}\sum_i \Vert x_i\Vert^2\Vert J_x(x_i)\Vert_F^2 \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H$"),
     Link("T2", "thm-t2-volume", "volume", "‖Jₓ‖_F²", "LVR^(2/r)",
          "dense first layer; AM–GM over r = min(k, d) directions", "paper (v1 min, v3+ GM)",
-         "ch04_volume", "t2_gm"),
+         "ch04_volume", "t2_gm", math=r"$\mathrm{GM}_i\,\mathrm{LVR}(x_i)^{2/r} \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H\,/\,(r\,\mathrm{GM}_i\Vert x_i\Vert^2)$"),
     Link("T3", "thm-t3-mls", "max. sensitivity", "‖Jₓ‖_F²", "MLS²",
-         "dense first layer", "paper v3+", "ch05_mls_network", "t3_gm"),
+         "dense first layer", "paper v3+", "ch05_mls_network", "t3_gm",
+         math=r"$\mathrm{GM}_i\,\mathrm{MLS}(x_i)^2 \leq "
+              r"\Vert W_1\Vert_2^2\,\mathrm{tr}\,H\,/\,\mathrm{GM}_i\Vert x_i\Vert^2$"),
     Link("T4", "thm-t4-network", "every dense layer", "tr H", "NMLS, NVR",
          "dense layers (disjoint weight blocks)", "paper v5 (normalisation ours)",
-         "ch05_mls_network", "t4_nmls"),
+         "ch05_mls_network", "t4_nmls",
+         math=r"$\mathrm{NMLS},\ \mathrm{NVR} \leq \mathrm{tr}\,H$"),
     Link("T6", "thm-t6-ld", "no bound on LD", "tr H", "LD (none)",
-         "— (a construction: any tr H with any LD)", "paper (claim); construction ours",
-         "ch06_local_dim", None, "T2"),
+         "none (a construction: any tr H with any LD)", "paper (claim); construction ours",
+         "ch06_local_dim", None, "T2", math=r"$\mathrm{LD} \in [1, r]$ free"),
     Link("T5", "thm-t5-kappa", "invariant sharpness", "κ_l", "‖h‖² MLSₗ²",
          "interpolation; dense layer l", "paper v4+ (κ: Petzka et al.); identity ours",
-         "ch07_invariance", "t5_mls_l1"),
+         "ch07_invariance", "t5_mls_l1",
+         math=r"$\frac{1}{n}\sum_i \Vert h_{l-1}(x_i)\Vert^2\,\mathrm{MLS}_l(x_i)^2 "
+              r"\leq \kappa_l$"),
     Link("S", "lem-shared", "shared weights", "U (untied)", "Σₜ‖hₜ‖²‖GₜW‖_F²",
          "none beyond the untied sum; tied form not implied", "ours",
-         "ch08_shared_weights", None, "T4"),
+         "ch08_shared_weights", None, "T4",
+         math=r"$\sum_t \Vert h_t\Vert^2 \Vert G_t W\Vert_F^2$"),
 )
 
 
@@ -133,8 +153,8 @@ def link_slacks(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_siz
     """Measured slack rhs/lhs of every :data:`LINKS` entry with a ``bound``, on one network.
 
     ``X, Y`` [n, …], [n, k] are the training set (n also enters p of T7). ``"l1_gap"`` is not
-    a ratio of sides: it is 1 + |tr H − tr G| / tr G with tr H from the dense-free Hutch++
-    estimate (:func:`flatbook.curvature.trace`, 90 HVPs, seed 0) and tr G the Gauss–Newton
+    a ratio of sides: it is 1 + |tr H − tr H_GN| / tr H_GN with tr H from the dense-free Hutch++
+    estimate (:func:`flatbook.curvature.trace`, 90 HVPs, seed 0) and tr H_GN the Gauss–Newton
     trace, i.e. how far the network is from the interpolation L1 needs (1 = exact).
     """
     q = _bounds.quantities(model, X) if q is None else q
@@ -171,23 +191,30 @@ class Corollary:
 
     Attributes:
         n, k, d, batch_size, lr, p: the setting (p = (n − B)/(B(n − 1))).
-        trace: tr G = (1/n) Σ ‖J_i‖_F² (= tr H at interpolation).
+        trace: tr H_GN = (1/n) Σ ‖J_i‖_F², the Gauss–Newton trace (= tr H at interpolation).
         ceiling: 2k/(pη), T7's ceiling on the trace.
-        eta_star: largest mean-square stable step η*(B) at this point
-            (:func:`flatbook.bounds.mean_square_lr`).
-        hess_sq: (1/n) Σ_i ‖H_i‖_F², H_i = J_iᵀJ_i (used by the sharper MLS form).
-        trace_jacrev: tr G again, from the Gram matrix of full per-sample Jacobians
+        eta_star: η*(B) = 2 tr H_GN / [(1 − p)‖H_GN‖_F² + (p/n) Σ_i ‖H_i‖_F²] at this point
+            (:func:`flatbook.bounds.mean_square_lr`); η ≤ η*(B) is (H2′), a *necessary*
+            condition for mean-square stability, not a sufficient one.
+        hess_sq: (1/n) Σ_i ‖H_i‖_F², H_i = J_iᵀJ_i (the per-sample term of (H2′)).
+        top_sq: (1/n) Σ_i λ_max(H_i)² = (1/n) Σ_i σ_1(J_i)⁴; under (H2′) its square root is
+            at most (1 + √k)/(pη) (the step behind the sharper MLS form).
+        trace_jacrev: tr H_GN again, from the Gram matrix of full per-sample Jacobians
             (``vmap(jacrev)``), independently of ``trace`` (ghost norms for dense layers).
         trace_hessian, trace_hessian_se: Hutch++ estimate of tr H (full Hessian) ± its
             standard error.
         residual: ‖f(X) − Y‖_F / ‖Y‖_F.
         lvr, mls, mls_sharp: :class:`flatbook.bounds.Bound` of the three forms
-            (module docstring); ``mls_qm`` the quadratic-mean form behind ``mls_sharp``:
-            sqrt((1/n) Σ_i (‖x_i‖² MLS(x_i)²)²) ≤ 2√k ‖W_1‖₂² / (pη).
+            (module docstring); ``mls_qm`` the quadratic-mean form behind ``mls_sharp``
+            (:func:`mls_sharp`).
         steps_lvr, steps_mls: ``{step name: slack factor ≥ 1}``, in the order of the proof,
             from the ceiling 2k/(pη) down to the measured quantity; their product is the
             slack of ``lvr`` / ``mls`` exactly.
-        hypotheses: ``{name: Hypothesis}``; the corollary is proven only where all hold.
+        hypotheses: ``{name: Hypothesis}`` of the corollary: ``stable`` (H2′), ``batch``,
+            ``dense_first``, ``k_le_d``; the three bounds are proven wherever all hold.
+        interpolation: (H1), tr H = tr H_GN within the Hutch++ error — not a hypothesis of
+            the corollary; together with mean-square stability of SGD it *implies* (H2′).
+            A weak test: for piecewise-linear networks (ReLU) tr H = tr H_GN at every θ.
     """
 
     n: int
@@ -211,11 +238,17 @@ class Corollary:
     steps_lvr: dict[str, float]
     steps_mls: dict[str, float]
     hypotheses: dict[str, Hypothesis] = field(default_factory=dict)
+    top_sq: float = math.nan
+    interpolation: Hypothesis | None = None
 
     @property
     def hypotheses_hold(self) -> bool:
-        """True iff every measured hypothesis holds."""
+        """True iff every hypothesis of the corollary ((H2′), B < n, dense W_1, k ≤ d) holds."""
         return all(h.ok for h in self.hypotheses.values())
+
+
+#: relative rounding floor of the interpolation check (two float64 traces of one matrix)
+_TRACE_RTOL = 1e-9
 
 
 def _gm(x: Tensor) -> float:
@@ -227,6 +260,83 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else (math.inf if a > 0 else math.nan)
 
 
+def sharp_constant(k: int) -> float:
+    """The constant 1 + √k of the sharper MLS form (:func:`mls_sharp`); 2 at k = 1."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (the number of outputs) must be an int ≥ 1; got {k!r}")
+    return 1.0 + math.sqrt(k)
+
+
+def mls_sharp(q: _bounds.Quantities, lr: float, batch_size: int,
+              n: int | None = None) -> tuple[_bounds.Bound, _bounds.Bound]:
+    """The sharper MLS form of the corollary, quadratic-mean and geometric-mean versions:
+
+        sqrt((1/n) Σ_i (‖x_i‖² MLS(x_i)²)²) ≤ (1 + √k) ‖W_1‖₂² / (pη),
+        GM_i MLS(x_i)²                     ≤ (1 + √k) ‖W_1‖₂² / (pη GM_i ‖x_i‖²),
+
+    valid wherever (H2′) η ≤ η*(B) holds (book, ch09). Proof: per sample
+    ‖x_i‖² MLS(x_i)² ≤ ‖W_1‖₂² a_i with a_i = λ_max(H_i) = σ_1(J_i)² (L2 and "a block of
+    columns has no larger spectral norm"); writing ‖H_i‖_F² = a_i² + R_i and
+    tr H_i = a_i + T_i, Cauchy–Schwarz over the other k − 1 eigenvalues gives
+    T_i ≤ √((k − 1) R_i), so c R_i − 2 T_i ≥ −(k − 1)/c with c = pη; (H2′) without its
+    (1 − p) term then gives c·mean(a²) − 2·mean(a) ≤ (k − 1)/c and, with mean(a) ≤ √mean(a²),
+    √mean(a²) ≤ (1 + √k)/c. Equality: B = 1, one spectrum for every H_i with top eigenvalue
+    (1 + √k)/c and the other k − 1 equal to 1/c, and the L2 step tight.
+
+    Args:
+        q: :func:`flatbook.bounds.quantities` of the model on its training inputs (needs a
+            dense first layer, ``q.first``).
+        lr, batch_size: the SGD step η and batch B (1 ≤ B < n).
+        n: training-set size for p (default: the rows of ``q``).
+
+    Returns ``(qm, gm)``: :class:`flatbook.bounds.Bound` ``corollary_mls_qm`` (lhs, rhs
+    scalars) and ``corollary_mls_sharp``.
+    """
+    lr = check_positive_float(lr, "lr")
+    if q.first is None:
+        raise ValueError("mls_sharp needs a dense first layer on the (flattened) input "
+                         "(q.first is None)")
+    n = q.n if n is None else int(n)
+    p = _bounds.sgd_p(n, batch_size)
+    if p == 0:
+        raise ValueError(f"batch_size = n = {n}: the sharper form needs B < n (p > 0)")
+    c = sharp_constant(q.k)
+    w2 = float(q.layers[q.first].weight_norm) ** 2
+    x2, mls2 = q.x_sqnorm.double(), q.output.mls.double() ** 2
+    qm = _bounds.Bound("corollary_mls_qm", float((x2 * mls2).pow(2).mean().sqrt()),
+                       c * w2 / (p * lr), "sqrt(mean (‖x‖² MLS²)²) ≤ (1+√k)‖W₁‖₂² / (pη)",
+                       "ours (k = 1: Ma & Ying 2021's higher-moment argument)")
+    gm = _bounds.Bound("corollary_mls_sharp", _gm(mls2), c * w2 / (p * lr * _gm(x2)),
+                       "GM MLS² ≤ (1+√k)‖W₁‖₂² / (pη GM‖x‖²)",
+                       "ours (k = 1: Ma & Ying 2021's higher-moment argument)")
+    return qm, gm
+
+
+def _top_sq(model: nn.Module, X: Tensor, chunk: int) -> float:
+    """(1/n) Σ_i λ_max(J_i J_iᵀ)², from per-sample parameter Jacobians J_i [k, P]."""
+    tops = []
+    with torch.no_grad():
+        for J in curvature.per_sample_jacobians(model, X, chunk):
+            b = next(iter(J.values())).shape[0]
+            Jc = torch.cat([Jn.reshape(b, Jn.shape[1], -1) for Jn in J.values()], 2)
+            tops.append(torch.linalg.eigvalsh(Jc @ Jc.transpose(1, 2))[:, -1])
+    return float(torch.cat(tops).double().pow(2).mean())
+
+
+def _hypotheses(lr: float, eta_star: float, batch_size: int, n: int, k: int,
+                d: int) -> dict[str, Hypothesis]:
+    """The corollary's hypotheses: (H2′), B < n, a dense first layer, k ≤ d."""
+    return {
+        "stable": Hypothesis("stable", "η ≤ η*(B) (H2′: the mean-square condition, "
+                             "necessary for stability)", lr, eta_star, lr <= eta_star),
+        "batch": Hypothesis("batch", "B < n (p > 0)", float(batch_size), float(n),
+                            batch_size < n),
+        "dense_first": Hypothesis("dense_first", "first layer dense on the input",
+                                  1.0, 1.0, True),
+        "k_le_d": Hypothesis("k_le_d", "k ≤ d (r = k)", float(k), float(d), k <= d),
+    }
+
+
 def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size: int, *,
               z: float = 3.0, n_hvp: int = 90, seed: int = 0,
               q: _bounds.Quantities | None = None, chunk: int = 256) -> Corollary:
@@ -235,20 +345,19 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
     Args:
         model: an ``nn.Sequential`` whose first layer is dense on the flattened input.
         X, Y: the *training set* [n, …], [n, k] of the SGD run (n enters p; Y the targets,
-            for the interpolation hypothesis).
-        lr, batch_size: the SGD step η and batch B whose stability is claimed.
-        z, n_hvp, seed: the interpolation hypothesis — what the proof uses of it is
-            tr H = tr G (L1) — is measured as |t̂r H − tr G| ≤ z · se, with t̂r H ± se a
-            Hutch++ estimate of the full Hessian's trace (``n_hvp`` products, ``seed``;
-            :func:`flatbook.curvature.trace`). The tolerance is the estimator's own standard
-            error, so the check tightens as ``n_hvp`` grows.
+            for the interpolation check).
+        lr, batch_size: the SGD step η and batch B of (H2′).
+        z, n_hvp, seed: the interpolation check (H1, not a hypothesis of the corollary:
+            :attr:`Corollary.interpolation`) is |t̂r H − tr H_GN| ≤ z · se + 1e-9 tr H_GN,
+            with t̂r H ± se a Hutch++ estimate of the full Hessian's trace (``n_hvp``
+            products, ``seed``; :func:`flatbook.curvature.trace`) and a rounding floor for
+            se = 0.
         q: precomputed :func:`flatbook.bounds.quantities` of (model, X).
 
-    Hypotheses measured (:class:`Hypothesis`): ``interpolation`` (tr H = tr G within z
-    standard errors; the relative residual ‖f(X) − Y‖_F / ‖Y‖_F is in ``residual``),
-    ``stable`` (η ≤ η*(B)), ``batch`` (B < n, so p > 0), ``dense_first`` (a dense first layer
-    exists), ``k_le_d`` (k ≤ d, so r = k in T2). The bounds are returned whatever the
-    hypotheses say — a caller can watch them fail where a hypothesis fails.
+    Hypotheses measured (:class:`Hypothesis`): ``stable`` (H2′: η ≤ η*(B), computed from
+    Gauss–Newton quantities, meaningful at any θ), ``batch`` (B < n, so p > 0),
+    ``dense_first``, ``k_le_d`` (k ≤ d, so r = k in T2). The bounds are returned whatever the
+    hypotheses say — a caller can watch them fail where (H2′) fails.
     """
     lr = check_positive_float(lr, "lr")
     n = X.shape[0]
@@ -267,55 +376,43 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
         resid = float((model(X) - Y).norm() / Y.norm())
     tr_h = curvature.trace(model, "squared", X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
     trH, _, sum_hi = _bounds._ntk_terms(model, X, chunk)
-    hess_sq = float(sum_hi) / n
     eta_star = _bounds.mean_square_lr(model, X, batch_size, chunk)
 
-    lm, gw = q.layers[q.first], q.grad_w_sqnorm[q.first].double()
-    w2 = float(lm.weight_norm) ** 2
+    gw = q.grad_w_sqnorm[q.first].double()
+    w2 = float(q.layers[q.first].weight_norm) ** 2
     x2, j2 = q.x_sqnorm.double(), q.output.frob_sq.double()
     lvr_pow, mls2 = q.output.lvr_pow.double(), q.output.mls.double() ** 2
     trace = float(q.trace)
     ceiling = 2.0 * k / (p * lr)
     gm_x2 = _gm(x2)
-    r = q.output.r
 
     lvr = _bounds.Bound("corollary_lvr", _gm(lvr_pow), 2.0 * w2 / (p * lr * gm_x2),
                         "GM LVR^{2/k} ≤ 2‖W₁‖₂² / (pη GM‖x‖²)", "ours (T7 + T2 of the paper)")
     mls = _bounds.Bound("corollary_mls", _gm(mls2), 2.0 * k * w2 / (p * lr * gm_x2),
                         "GM MLS² ≤ 2k‖W₁‖₂² / (pη GM‖x‖²)", "ours (T7 + T3 of the paper)")
-    mls_sharp = _bounds.Bound("corollary_mls_sharp", _gm(mls2),
-                              2.0 * math.sqrt(k) * w2 / (p * lr * gm_x2),
-                              "GM MLS² ≤ 2√k‖W₁‖₂² / (pη GM‖x‖²)", "ours")
-    mls_qm = _bounds.Bound("corollary_mls_qm", float((x2 * mls2).pow(2).mean().sqrt()),
-                           2.0 * math.sqrt(k) * w2 / (p * lr),
-                           "sqrt(mean (‖x‖² MLS²)²) ≤ 2√k‖W₁‖₂² / (pη)", "ours")
+    mls_qm, mls_gm = mls_sharp(q, lr, batch_size, n)
     common = {
         "T7 (stability)": ceiling / trace,
         "L3 (other parameters)": trace / float(gw.mean()),
         "GM ≤ AM (samples)": float(gw.mean()) / _gm(gw),
         "L2 (alignment)": _gm(w2 * gw / (x2 * j2)),
     }
-    steps_lvr = {**common, "AM–GM (anisotropy)": _ratio(_gm(j2 / r), _gm(lvr_pow))}
+    steps_lvr = {**common, "AM–GM (anisotropy)": _ratio(_gm(j2 / q.output.r), _gm(lvr_pow))}
     steps_mls = {**common, "MLS ≤ Frobenius": _ratio(_gm(j2), _gm(mls2))}
-    hyp = {
-        "interpolation": Hypothesis(
-            "interpolation", "|t̂r H − tr G| ≤ z·se (L1 holds within the estimate's error)",
-            abs(tr_h.value - trace), z * tr_h.stderr,
-            abs(tr_h.value - trace) <= z * tr_h.stderr),
-        "stable": Hypothesis("stable", "η ≤ η*(B) (mean-square linear stability)",
-                             lr, eta_star, lr <= eta_star),
-        "batch": Hypothesis("batch", "B < n (p > 0)", float(batch_size), float(n),
-                            batch_size < n),
-        "dense_first": Hypothesis("dense_first", "first layer dense on the input",
-                                  1.0, 1.0, True),
-        "k_le_d": Hypothesis("k_le_d", "k ≤ d (r = k)", float(k), float(d), k <= d),
-    }
+    gap = abs(tr_h.value - trace)
+    # a rounding floor: where Hutch++ is exact (se = 0, e.g. a linear network whose Hessian
+    # its sketch captures) the two traces still differ by float rounding
+    tol = z * tr_h.stderr + _TRACE_RTOL * abs(trace)
+    interp = Hypothesis("interpolation", "|t̂r H − tr H_GN| ≤ z·se (H1: H = H_GN, L1)",
+                        gap, tol, gap <= tol)
     return Corollary(n=n, k=k, d=d, batch_size=batch_size, lr=lr, p=p, trace=trace,
-                     ceiling=ceiling, eta_star=eta_star, hess_sq=hess_sq,
+                     ceiling=ceiling, eta_star=eta_star, hess_sq=float(sum_hi) / n,
                      trace_jacrev=float(trH), trace_hessian=tr_h.value,
                      trace_hessian_se=tr_h.stderr, residual=resid, lvr=lvr, mls=mls,
-                     mls_sharp=mls_sharp, mls_qm=mls_qm, steps_lvr=steps_lvr,
-                     steps_mls=steps_mls, hypotheses=hyp)
+                     mls_sharp=mls_gm, mls_qm=mls_qm, steps_lvr=steps_lvr,
+                     steps_mls=steps_mls,
+                     hypotheses=_hypotheses(lr, eta_star, batch_size, n, k, d),
+                     top_sq=_top_sq(model, X, chunk), interpolation=interp)
 
 
 def budget(steps: Mapping[str, float]) -> float:

@@ -66,6 +66,7 @@ from flatbook._functional import (
     named_params,
     unflatten,
 )
+from flatbook.checks import check_tol
 
 if TYPE_CHECKING:
     from scipy.sparse.linalg import LinearOperator
@@ -127,9 +128,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = t
 
 
+def _from_numpy_hint(value: object, name: str) -> str:
+    """' (convert it with torch.from_numpy(name))' for a numpy array, else ''."""
+    return (f" (convert it with torch.from_numpy({name}))"
+            if isinstance(value, np.ndarray) else "")
+
+
 def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
     if not isinstance(X, Tensor):
-        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}")
+        raise TypeError(f"X must be a torch.Tensor of shape [n, ...]; got {type(X).__name__}"
+                        f"{_from_numpy_hint(X, 'X')}")
     if X.ndim == 0:
         raise ValueError("X must have shape [n, ...] (a leading sample axis); got a scalar")
     n = X.shape[0]
@@ -137,7 +145,8 @@ def _check_data(X: Tensor, Y: Tensor | None = None) -> int:
         raise ValueError("X is empty (n = 0 samples): curvature needs at least one sample")
     if Y is not None:
         if not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}")
+            raise TypeError(f"Y must be a torch.Tensor; got {type(Y).__name__}"
+                            f"{_from_numpy_hint(Y, 'Y')}")
         if Y.ndim == 0 or Y.shape[0] != n:
             raise ValueError(
                 f"X and Y must have the same number of samples; got X {tuple(X.shape)}, "
@@ -915,6 +924,14 @@ class SharpnessResult:
         """λ_max(H) = ``values[0]`` as a float."""
         return float(self.values[0])
 
+    @property
+    def error_bound(self) -> float:
+        """The certified error of λ_max: r = ``residuals[0]`` = ‖H v − λ v‖ for the unit Ritz
+        vector v, so some eigenvalue of the symmetric H lies in [λ − r, λ + r] (Weyl /
+        Bauer–Fike), and λ_max(H) ≥ λ (a Ritz value never exceeds λ_max). When converged,
+        r ≤ tol·|λ|."""
+        return float(self.residuals[0])
+
 
 _COLS = 1 << 16  # columns of Q per block in the Gram–Schmidt products (cache-sized)
 
@@ -1153,7 +1170,8 @@ def sharpness(
     Args:
         model, loss, X, Y: as in :func:`hvp_operator` (X [n, ...], Y [n, k] or [n]).
         k: number of top eigenvalues, 1 ≤ k ≤ P (k < P for ``solver="eigsh"``).
-        tol: relative residual tolerance (> 0).
+        tol: relative residual tolerance in (0, 1) (``ValueError`` otherwise); the result
+            carries the bound it certifies (:attr:`SharpnessResult.error_bound`).
         seed: seeds the start vector (same seed → bit-identical result).
         solver: ``"lanczos"`` (own thick-restart Lanczos with full reorthogonalisation, default)
             or ``"eigsh"`` (ARPACK via ``scipy.sparse.linalg.eigsh``, which='LA').
@@ -1177,8 +1195,7 @@ def sharpness(
         raise ValueError(f"unknown solver {solver!r}; allowed: {list(SOLVERS)}")
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer (number of eigenvalues); got {k!r}")
-    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive finite number; got {tol!r}")
+    tol = check_tol(tol)
     if int(max_hvp) != max_hvp or max_hvp < 1:
         raise ValueError(f"max_hvp must be a positive integer; got {max_hvp!r}")
     seed = _check_seed(seed)

@@ -29,6 +29,7 @@ import torch
 from flatbook import _io
 from flatbook import ensemble as _ens
 from flatbook import experiment as E
+from flatbook import store as _store
 from flatbook import train as _train
 
 MAX_MEMBERS = 64
@@ -109,14 +110,12 @@ def plan_groups(configs: Sequence[E.RunConfig], *, size: int | Callable[[E.RunCo
 
 def _open_member(config: E.RunConfig, rd: Path, fp: dict, overwrite: bool) -> E.Results | None:
     """Inside the member's lock, what :func:`flatbook.experiment.run` does before training:
-    start over if asked, return results finished meanwhile, drop a failed attempt and stale
-    temporary files, refuse a checkpoint of other numerics, write ``config.json``."""
+    return results finished meanwhile, drop a failed attempt and stale temporary files,
+    refuse a checkpoint of other numerics, write ``config.json``. A run started over
+    (``overwrite``) was moved aside before the lock was taken (:func:`_start_over`)."""
     res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
     prev = _io.previous_checkpoint(ckpt)
-    if overwrite:
-        for p in (res_path, ckpt, prev, cfg_path):
-            p.unlink(missing_ok=True)
-    elif res_path.is_file():
+    if not overwrite and res_path.is_file():
         _, doc = E._read_results(rd)
         if doc.get("status") in E.FINISHED:
             return E._load_finished(config, rd.parent)
@@ -242,6 +241,10 @@ def _train_group(configs: list[E.RunConfig], root: Path, measure_for: MeasureFor
     threads = E.resolve_threads(configs[0], device, n_params)
     fp = E.numerics_fingerprint(device, threads, configs[0].dtype, engine="ensemble")
     rds = [E.run_dir_for(c, root) for c in configs]
+    for c, again in zip(configs, flags, strict=True):
+        _store.check_run_folder(root, c.run_id, files=not again)
+        if again:  # never deleted: moved to stale/<run_id>-<reason>/, and said so
+            _store.say_moved(E.restart_aside(c, root))
     for rd in rds:
         _io.check_writable(rd, "run folder")
     done: dict[int, E.Results] = {}

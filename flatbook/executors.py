@@ -41,9 +41,14 @@ Not verified here: the Slurm executor is tested without a cluster (fake ``srun``
 in-process as Slurm would). It has not been run against a real Slurm installation in this
 project's CI.
 
-Files: ``<folder>`` (default ``<results_dir>/.submitit``) holds one sub-folder per job
-(``%j``: submitted pickle, stdout/stderr logs, result pickle) and ``jobs.json``. On Slurm both
-``results_dir`` and ``folder`` must be on a file system shared by the compute nodes.
+Files: ``<folder>`` holds one sub-folder per job (``%j``: submitted pickle, stdout/stderr
+logs, result pickle) and ``jobs.json``. It is kept *outside* the result store by default
+(:func:`default_folder`: ``$FLATBOOK_EXECUTOR_DIR`` or ``~/.cache/flatbook/submitit``, one
+sub-folder per store, created private to the user): pickles run code when loaded, and a store
+may be shared with other users. A result pickle is loaded only if :func:`trusted_pickle` finds
+it owned by this user and writable by nobody else (an untrusted one is named, not loaded). On
+Slurm both ``results_dir`` and ``folder`` must be on a file system shared by the compute nodes
+(home folders usually are; else pass ``--executor-folder``).
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ class ExecutorOptions:
         kind: ``"local"`` (subprocesses on this machine), ``"slurm"``, or ``"inline"``
             (one after the other in this process; no submitit).
         folder: submitit's folder (logs, pickles, ``jobs.json``); default
-            ``<results_dir>/.submitit``. One sub-folder per job.
+            :func:`default_folder` (outside the store). One sub-folder per job.
         time_min: time limit per job in minutes (Slurm ``--time``; local: submitit timeout).
             Default :data:`DEFAULT_SLURM_TIME_MIN` (Slurm), :data:`DEFAULT_LOCAL_TIME_MIN`
             (local).
@@ -157,14 +162,63 @@ class ExecutorOptions:
             )
 
     def resolved_folder(self, results_dir: str | Path) -> Path:
-        """``folder``, or ``<results_dir>/.submitit``."""
-        return Path(self.folder) if self.folder is not None else Path(results_dir) / ".submitit"
+        """``folder``, or :func:`default_folder` of ``results_dir`` (outside the store)."""
+        return Path(self.folder) if self.folder is not None else default_folder(results_dir)
 
     @property
     def resolved_time_min(self) -> int:
         if self.time_min is not None:
             return int(self.time_min)
         return DEFAULT_SLURM_TIME_MIN if self.kind == "slurm" else DEFAULT_LOCAL_TIME_MIN
+
+
+def default_folder(results_dir: str | Path) -> Path:
+    """The executor's folder for a store, outside it: ``$FLATBOOK_EXECUTOR_DIR`` (or
+    ``$XDG_CACHE_HOME/flatbook/submitit``, or ``~/.cache/flatbook/submitit``) ``/
+    <store name>-<hash of its absolute path>``, created with mode 0700 (its pickles cannot be
+    planted by a user who can write the store)."""
+    import hashlib
+
+    base = os.environ.get("FLATBOOK_EXECUTOR_DIR")
+    if not base:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = str(Path(cache) / "flatbook" / "submitit")
+    store = Path(results_dir).resolve()
+    key = hashlib.sha256(str(store).encode()).hexdigest()[:12]
+    folder = Path(base) / f"{store.name or 'store'}-{key}"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def trusted_pickle(path: str | Path, folder: str | Path) -> str | None:
+    """Why the pickle ``path`` (inside the executor folder ``folder``) must not be loaded, or
+    None if it may: it must be a regular file (not a link) owned by this user, and it and
+    every folder from it up to ``folder`` must be writable by no other user — unless
+    ``folder`` itself is closed to others (mode ``0o077`` clear), as :func:`default_folder`
+    makes it."""
+    import stat
+
+    p, top = Path(path), Path(folder)
+    try:
+        st = os.lstat(p)
+        top_st = os.stat(top)
+    except OSError as e:
+        return f"{p}: cannot be checked ({e.strerror or e})"
+    uid = os.getuid()
+    if not stat.S_ISREG(st.st_mode):
+        return f"{p} is not a regular file"
+    if st.st_uid != uid:
+        return f"{p} is owned by uid {st.st_uid}, not by this user"
+    if top_st.st_uid == uid and not top_st.st_mode & 0o077:
+        return None  # a private folder: nobody else can reach what is inside
+    node = p
+    while True:
+        nst = os.lstat(node)
+        if nst.st_uid != uid or nst.st_mode & 0o022:
+            return f"{node} can be written by another user"
+        if node == top or node.parent == node:
+            return None
+        node = node.parent
 
 
 def make_executor(options: ExecutorOptions, results_dir: str | Path) -> Any:
@@ -325,8 +379,8 @@ def store_dir(results_dir: str | Path, setting: str | None = None) -> Path:
 def run_study_one(config: Mapping[str, Any], results_dir: str | Path, setting: str) -> dict:
     """Job entry point for an experiment chapter's run: ``flatbook.analysis.obtain`` for one
     config (load it if its stored results are current — same config, flatbook version and
-    numeric code — else compute it with the chapters' measurement function, overwriting stale
-    results). Never raises for a failed run; returns the same summary dict as
+    numeric code — else compute it with the chapters' measurement function, after moving stale
+    results aside to ``stale/``). Never raises for a failed run; returns the same summary dict as
     :func:`flatbook.experiment.run_one`."""
     from flatbook import analysis
 
@@ -586,7 +640,7 @@ class Submission:
                 out.append({"run_id": rid, "status": "in_flight", "skipped": False,
                             "error": None, "final": {}})  # fmt: skip
                 continue
-            out.append(_store_summary(cfg, self.store, _job_error(job)))
+            out.append(_store_summary(cfg, self.store, _job_error(job, self.folder)))
         return out
 
     def describe(self) -> str:
@@ -608,10 +662,16 @@ def _ended(job: Any) -> bool:
     return job.paths.result_pickle.exists() or job.done()
 
 
-def _job_error(job: Any) -> str | None:
-    """The job's own error (from its result pickle), or None when it succeeded or left none."""
+def _job_error(job: Any, folder: Path | None = None) -> str | None:
+    """The job's own error (from its result pickle), or None when it succeeded or left none.
+    The pickle is loaded only if :func:`trusted_pickle` allows it (``folder``: the executor
+    folder; default the job's parent's parent)."""
     if not job.paths.result_pickle.exists():
         return f"job {job.job_id} ended without a result (killed?); log: {job.paths.stderr}"
+    why = trusted_pickle(job.paths.result_pickle,
+                         folder if folder is not None else job.paths.folder.parent)
+    if why is not None:
+        return f"job {job.job_id}: result file not loaded ({why}); log: {job.paths.stderr}"
     try:
         outcome, value = _load_pickle(job.paths.result_pickle)
     except Exception as e:  # noqa: BLE001 - a broken pickle is reported, not raised
@@ -780,7 +840,8 @@ def add_arguments(parser: Any) -> None:
         dest="executor_folder",
         type=Path,
         default=None,
-        help="job logs and pickles (default RESULTS_DIR/.submitit)",
+        help="job logs and pickles (default: outside the store, $FLATBOOK_EXECUTOR_DIR or "
+        "~/.cache/flatbook/submitit/<store>-<hash>, private to you)",
     )
     g.add_argument("--partition", default=None, help="Slurm partition")
     g.add_argument(

@@ -35,9 +35,12 @@ field); loading under another one is flagged (a warning and ``Results.numerics_m
 refused with ``numerics="refuse"``; :func:`check_numerics` refuses to mix fingerprints in one
 study.
 
-Concurrency and storage: one process trains a run id at a time — an exclusive ``flock`` on
-``results_dir/.locks/<run_id>.lock``, released by the kernel when the holder dies (so kill −9
-leaves nothing to clean up); a second start raises :class:`RunLockedError` saying who holds it.
+Concurrency and storage: one process trains a run id at a time — exclusive ``flock`` s on
+``results_dir/.locks/<run_id>.lock`` and on the run folder (:mod:`flatbook.locks`), released by
+the kernel when the holder dies (so kill −9 leaves nothing to clean up); a second start raises
+:class:`RunLockedError` saying who holds it. Nothing is deleted: a run started over
+(``overwrite=True``) is first moved to ``results_dir/stale/<run_id>-<reason>/``
+(:func:`flatbook.store.move_aside`).
 The run folder is proven writable before any training; a full disk raises
 :class:`~flatbook._io.NoSpaceError` ("no space left …") with the previous checkpoint kept.
 
@@ -66,8 +69,6 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import os
-import platform
 import time
 import traceback
 import warnings
@@ -79,9 +80,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatbook import __version__
+from flatbook import __version__, _validate, runspec
 from flatbook import data as _data
 from flatbook import models as _models
+from flatbook import store as _store
 from flatbook import train as _train
 from flatbook._io import RESTART_DEFAULT as _io_RESTART_DEFAULT
 from flatbook._io import (
@@ -97,13 +99,16 @@ from flatbook._io import (
     stable_hash,
     write_json,
 )
+from flatbook.locks import (  # noqa: F401 - the store's lock, part of this module's API
+    FOLDER_LOCK,
+    LOCK_TRIES,
+    RunLockedError,
+    lock_holder,
+    lock_path,
+    run_lock,
+)
 
-try:  # POSIX: advisory locks released by the kernel when the holder dies
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no locking
-    fcntl = None  # type: ignore[assignment]
-
-DEFAULT_STEPS = 30_000
+DEFAULT_STEPS = runspec.DEFAULT_STEPS
 DEFAULT_RESULTS_DIR = "results"
 FINISHED = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed")
@@ -117,9 +122,9 @@ NUMERICS_POLICIES = ("flag", "refuse", "ignore")
 RESTART = ("start the run over: add --restart to the command (in Python: "
            "flatbook.experiment.run(config, overwrite=True))")  # fmt: skip
 """The way out of a damaged run that always works (recomputes it)."""
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = runspec.DEVICES
 CHECKS = ("version", "code", "none")
-OPERATIONAL = frozenset({"device", "threads", "checkpoint_every", "progress", "data_dir"})
+OPERATIONAL = runspec.OPERATIONAL
 """Config fields that do not change the numbers: excluded from the config hash / run id."""
 
 SMALL_MODEL = 2_000_000
@@ -132,11 +137,23 @@ STALE_TMP_S = 600
 
 
 class StaleResultsError(ValueError):
-    """Stored results do not match the requested config or the running code version."""
+    """Stored results do not match the requested config or the running code version.
+
+    ``reason`` (a key of :data:`flatbook.store.REASONS`) names why, and is the suffix of the
+    folder the run is moved to when it is recomputed (``stale/<run_id>-<reason>/``)."""
+
+    reason = "config-mismatch"
+
+    def __init__(self, *args: Any, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
 
 
 class NumericsMismatchError(StoreProblem, StaleResultsError):
     """A run's numerics fingerprint differs from the one it would be resumed / mixed with."""
+
+    reason = "other-numerics"
 
 
 class NumericsWarning(UserWarning):
@@ -144,170 +161,24 @@ class NumericsWarning(UserWarning):
     refused: e.g. a GPU store rendered on a CPU)."""
 
 
-class RunLockedError(StoreProblem, RuntimeError):
-    """Another live process is training this run id."""
-
-    status = "running"
-
-
-@dataclass(frozen=True)
+@runspec.spec_class(runspec.PARAMS)
 class RunConfig:
     """Everything that defines one training run (defaults: the book's digits MLP run).
 
-    Data: ``dataset`` (``flatbook.data.DATASETS``), ``classes`` (labels to keep, or a count),
-    ``n_train`` / ``n_test`` (seeded subsets; None = all), ``standardize``, ``data_seed``
-    (split / subset / evaluation-subset seed, fixed across ``seed`` sweeps), ``data_dir``.
-
-    Model: ``model`` (``flatbook.models.MODELS``), ``model_kw`` (its options, e.g.
-    ``{"hidden": [64, 64]}``), ``dtype`` (``"float32"`` / ``"float64"``).
-
-    Optimisation: ``loss`` (``"squared"`` / ``"cross_entropy"``), ``optimizer`` (``"sgd"`` /
-    ``"adam"``), ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``batch_size`` (int or
-    ``"full"`` = gradient descent), ``steps`` *or* ``epochs`` (default ``DEFAULT_STEPS``
-    steps), ``seed`` (initialisation and batch order), ``label_noise`` (σ of label-noise SGD:
-    targets y + σξ, ξ ~ N(0, I) afresh each step; 0 = plain SGD; squared loss only),
-    ``divergence_threshold``.
-
-    Measurement: ``measure_every`` and ``schedule`` (``"linear"``, ``"late"``, ``"log"``; see
-    ``flatbook.train.measurement_steps``), ``measures`` (subset of ``("sharpness", "trace",
-    "report")``), ``eval_size`` (fixed training subset for curvature / geometry),
-    ``sharpness_tol``, ``target_loss`` (records the step at which train loss first drops
-    below it).
-
-    Operational (not hashed): ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``), ``threads``
-    (torch intra-op threads; None = 1 for small models on CPU, else torch's default),
-    ``checkpoint_every`` (steps), ``progress`` (tqdm bar).
-    """
-
-    model: str = "mlp"
-    model_kw: Mapping[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    classes: tuple[int, ...] | int | None = None
-    n_train: int | None = None
-    n_test: int | None = None
-    standardize: str = "channel"
-    data_seed: int = 0
-    loss: str = "squared"
-    optimizer: str = "sgd"
-    lr: float = 0.2
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    batch_size: int | str = 32
-    steps: int | None = None
-    epochs: float | None = None
-    seed: int = 0
-    label_noise: float = 0.0
-    dtype: str = "float32"
-    measure_every: int = 1000
-    schedule: str = "late"
-    measures: tuple[str, ...] = ("sharpness", "trace", "report")
-    eval_size: int = 256
-    sharpness_tol: float = 1e-3
-    target_loss: float = 1e-3
-    divergence_threshold: float = 1e6
-    device: str = "cpu"
-    threads: int | None = None
-    checkpoint_every: int | None = 2000
-    progress: bool = True
-    data_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        s = object.__setattr__
-        # names: canonical (aliases resolved) so that equal runs hash equally
-        s(self, "model", _models.canonical_name(self.model))
-        s(self, "dataset", _data.canonical_name(self.dataset))
-        if not isinstance(self.model_kw, Mapping):
-            _bad("model_kw", self.model_kw, "a mapping of model options")
-        unknown = sorted(set(self.model_kw) - set(_models.MODEL_OPTIONS[self.model]))
-        if unknown:
-            raise ValueError(
-                f"unknown model_kw {unknown} for model {self.model!r}; allowed: "
-                f"{list(_models.MODEL_OPTIONS[self.model])}"
-            )
-        s(self, "model_kw", {str(k): _plain(v) for k, v in sorted(self.model_kw.items())})
-        for k, v in self.model_kw.items():
-            _check_model_option(k, v)
-        # classes: None, a count, or a tuple of labels
-        c = self.classes
-        if c is not None and not isinstance(c, int | np.integer):
-            if isinstance(c, str) or not isinstance(c, Iterable):
-                _bad("classes", c, "None, a count ≥ 2, or a list of ≥ 2 distinct labels")
-            c = tuple(c)
-            if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in c):
-                _bad("classes", self.classes, "integer labels")
-            c = tuple(int(x) for x in c)
-            if len(c) < 2 or len(set(c)) != len(c) or min(c) < 0:
-                _bad("classes", self.classes, "≥ 2 distinct non-negative labels")
-        elif c is not None:
-            if isinstance(c, bool) or c < 2:
-                _bad("classes", c, "a count ≥ 2")
-            c = int(c)
-        s(self, "classes", c)
-        for name in ("n_train", "n_test"):
-            _train.check_positive_int(getattr(self, name), name, allow_none=True)
-        _train.check_choice(self.standardize, "standardize", _data.STANDARDIZE)
-        _train.check_seed(self.data_seed, "data_seed")
-        _train.check_choice(self.loss, "loss", _train.LOSS_NAMES)
-        _train.check_choice(self.optimizer, "optimizer", _train.OPTIMIZERS)
-        for name in ("lr", "sharpness_tol", "target_loss", "divergence_threshold"):
-            s(self, name, _train.check_positive_float(getattr(self, name), name))
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                _bad(name, v, "a number")
-            s(self, name, float(v))
-        if self.batch_size != "full":
-            if isinstance(self.batch_size, str):
-                _bad("batch_size", self.batch_size, "a positive integer or 'full'")
-            _train.check_positive_int(self.batch_size, "batch_size")
-            s(self, "batch_size", int(self.batch_size))
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError(
-                f"give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})"
-            )
-        if self.steps is None and self.epochs is None:
-            s(self, "steps", DEFAULT_STEPS)
-        if self.epochs is not None:
-            s(self, "epochs", _train.check_positive_float(self.epochs, "epochs"))
-        else:
-            _train.check_positive_int(self.steps, "steps")
-        _train.check_seed(self.seed)
-        s(self, "label_noise", _train.check_label_noise(self.label_noise, self.loss))
-        s(self, "dtype", str(_data.as_dtype(self.dtype)).replace("torch.", ""))
-        _train.check_positive_int(self.measure_every, "measure_every")
-        _train.check_choice(self.schedule, "schedule", _train.SCHEDULES)
-        if isinstance(self.measures, str):
-            _bad("measures", self.measures, f"a list drawn from {list(_train.MEASURES)}")
-        for m in self.measures:
-            _train.check_choice(m, "measure", _train.MEASURES)
-        s(self, "measures", tuple(self.measures))
-        _train.check_positive_int(self.eval_size, "eval_size")
-        _train.check_choice(self.device, "device", DEVICES)
-        _train.check_positive_int(self.threads, "threads", allow_none=True)
-        _train.check_positive_int(self.checkpoint_every, "checkpoint_every", allow_none=True)
-        if not isinstance(self.progress, bool):
-            _bad("progress", self.progress, "True or False")
-        # cross-field checks that need no data
-        _train.check_train_args(
-            loss=self.loss, optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, nesterov=self.nesterov,
-            steps=self.steps if self.steps is not None else self.measure_every,
-            measure_every=self.measure_every,
-            schedule=self.schedule, seed=self.seed, target_loss=self.target_loss,
-            divergence_threshold=self.divergence_threshold,
-            checkpoint_every=self.checkpoint_every, eval_size=self.eval_size,
-        )  # fmt: skip
+    The fields, their defaults, meaning and validation are declared once, in
+    :data:`flatbook.runspec.PARAMS` (listed below); a default that depends on another field
+    adapts to it (``eval_size`` and ``batch_size`` at most ``n_train``, ``measure_every`` at
+    most ``steps``, ``steps`` = ``DEFAULT_STEPS`` unless ``epochs``). Operational fields
+    (``OPERATIONAL``: device, threads, checkpoint frequency, progress bar, data folder) do not
+    enter the config hash. A bad value raises a one-line ValueError / TypeError naming the
+    field (its ``param`` attribute)."""
 
     # -- identity -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON-able values."""
-        d = dataclasses.asdict(self)
-        d["model_kw"] = dict(self.model_kw)
-        d["classes"] = list(self.classes) if isinstance(self.classes, tuple) else self.classes
-        d["measures"] = list(self.measures)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}  # fmt: skip
 
     def semantic_dict(self) -> dict[str, Any]:
         """The fields that determine the numbers (``to_dict`` minus ``OPERATIONAL``;
@@ -338,58 +209,16 @@ class RunConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"unknown RunConfig field(s) {unknown}; allowed: {names}")
-        kw = dict(d)
-        if isinstance(kw.get("classes"), list):
-            kw["classes"] = tuple(kw["classes"])
-        if isinstance(kw.get("measures"), list):
-            kw["measures"] = tuple(kw["measures"])
-        return cls(**kw)
+        return cls(**d)
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (validated again)."""
-        if changes.get("epochs") is not None and "steps" not in changes:
-            changes["steps"] = None
-        if changes.get("steps") is not None and "epochs" not in changes:
-            changes["epochs"] = None
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again); a default that was derived
+        from other fields is derived again, and ``steps`` / ``epochs`` unset each other."""
+        return RunConfig(**runspec.replaced(self, runspec.PARAMS, changes))
 
 
-MODEL_OPTION_KINDS: dict[str, str] = {
-    "hidden": "widths", "patch": "int", "dim": "int", "depth": "int", "heads": "int",
-    "width": "number", "mlp_ratio": "number", "bias": "bool", "batch_norm": "bool",
-    "activation": "str", "pool": "str",
-}  # fmt: skip
+MODEL_OPTION_KINDS = _validate.MODEL_OPTION_KINDS
 """Kind of each model option of ``flatbook.models.MODEL_OPTIONS`` (checked in RunConfig)."""
-
-
-def _check_model_option(name: str, v: Any) -> None:
-    kind = MODEL_OPTION_KINDS.get(name)
-    param = f"model_kw {name}"
-
-    def is_int(x: Any) -> bool:
-        return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
-
-    if kind == "widths" and not (is_int(v) or isinstance(v, list) and all(map(is_int, v))):
-        _bad(param, v, f"a list of positive integers (e.g. {name}=[64,64])")
-    if kind == "int" and not is_int(v):
-        _bad(param, v, "a positive integer")
-    if kind == "number" and (isinstance(v, bool) or not isinstance(v, int | float)
-                             or not math.isfinite(v) or v <= 0):  # fmt: skip
-        _bad(param, v, "a positive number")
-    if kind == "bool" and not isinstance(v, bool):
-        _bad(param, v, "true or false")
-    if kind == "str" and not isinstance(v, str):
-        _bad(param, v, "a name (string)")
-
-
-def _bad(param: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{param} must be {allowed}; got {value!r}")
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple | list):
-        return [_plain(x) for x in v]
-    return v
 
 
 # ------------------------------------------------------------------------------ results
@@ -489,11 +318,13 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def resolve_threads(config: RunConfig, device: torch.device, n_params: int) -> int:
-    """Intra-op threads a run of ``config`` uses: ``config.threads``; else 1 for a CPU model
-    below ``SMALL_MODEL`` parameters; else torch's current default."""
+def resolve_threads(config: RunConfig, device: torch.device, n_params: int,
+                    note: bool = False) -> int:
+    """Intra-op threads a run of ``config`` uses: ``config.threads`` capped at the cores
+    available (:func:`flatbook.runspec.cap_threads`; with ``note``, a warning says so); else 1
+    for a CPU model below ``SMALL_MODEL`` parameters; else torch's current default."""
     if config.threads is not None:
-        return int(config.threads)
+        return runspec.cap_threads(int(config.threads), note)
     if device.type == "cpu" and n_params < SMALL_MODEL:
         return 1
     return int(torch.get_num_threads())
@@ -618,7 +449,7 @@ def _check_format(doc: Mapping[str, Any], path: Path) -> None:
     if fmt > STORE_FORMAT:
         raise StaleResultsError(
             f"{path} has store format {fmt}, newer than this flatbook reads ({STORE_FORMAT}): "
-            f"upgrade flatbook (running {__version__}) to read this store"
+            f"upgrade flatbook (running {__version__}) to read this store", reason="newer-format"
         )
 
 
@@ -661,19 +492,31 @@ def _read_results(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise DamagedFileError(path, f"does not hold a valid run config ({e})", way_out) from None
     if not ok or cfg.run_id != run_dir.name:
         raise DamagedFileError(path, "its config, hash and folder name do not agree", way_out)
+    _store.check_results_doc(doc, path, way_out)
     return cfg, _migrate_results(doc)
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    """``"0.12.3"`` → ``(0, 12, 3)`` for ordering versions (non-digits end a part)."""
+    out = []
+    for part in v.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        out.append(int(digits) if digits else -1)
+    return tuple(out)
 
 
 def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
     if check == "none":
         return
-    prov = doc.get("provenance", {})
+    prov = doc.get("provenance") or {}
     v = str(prov.get("flatbook", "?"))
     if _major_minor(v) != _major_minor(__version__):
+        newer = _version_key(v) > _version_key(__version__)
         raise StaleResultsError(
             f"{where} was written by flatbook {v}, running {__version__} (major.minor must "
             f"match: a minor version bump means results may change); re-run it (add --restart "
-            f"to its command) or, to use these numbers anyway, pass check='none'"
+            f"to its command) or, to use these numbers anyway, pass check='none'",
+            reason="newer-flatbook" if newer else "older-flatbook",
         )
     if prov.get("code_hash") != code_hash():
         msg = (
@@ -681,7 +524,8 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
             f"{str(prov.get('code_hash'))[:10]} ≠ {code_hash()[:10]})"
         )
         if check == "code":
-            raise StaleResultsError(msg + "; re-run it or pass check='version'")
+            raise StaleResultsError(msg + "; re-run it or pass check='version'",
+                                    reason="other-code")
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
@@ -727,6 +571,8 @@ def load_results(
         FileNotFoundError: the run has no results yet (the message says how to produce them).
         StaleResultsError: config, version or (``check="code"``) code hash mismatch.
         DamagedFileError: ``results.json`` of the requested run is damaged.
+        flatbook.store.StoreFaultError: the run folder or one of its files is a symbolic
+            link (never followed out of the store), or not a regular file.
     """
     _train.check_choice(check, "check", CHECKS)
     _train.check_choice(numerics, "numerics", NUMERICS_POLICIES)
@@ -735,7 +581,7 @@ def load_results(
     root = Path(results_dir)
     if config is not None:
         cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-        rd = run_dir_for(cfg, root)
+        rd = _store.check_run_folder(root, cfg.run_id)  # no links out of the store
         if not (rd / "results.json").is_file():
             raise FileNotFoundError(
                 f"no results for run {cfg.run_id} in {root} (run it: flatbook.experiment.run("
@@ -751,7 +597,8 @@ def load_results(
         if doc["status"] not in status:
             raise StaleResultsError(
                 f"{rd}: status {doc['status']!r} not in {list(status)}"
-                + (f" (error: {doc.get('error')})" if doc.get("error") else "")
+                + (f" (error: {doc.get('error')})" if doc.get("error") else ""),
+                reason="failed" if doc["status"] == "failed" else "config-mismatch",
             )
         # the requested config's operational fields (device, threads) decide what "here" is
         return _flag_numerics(Results(rd, stored, doc), numerics, cfg)
@@ -759,6 +606,10 @@ def load_results(
     if not root.is_dir():
         return out
     for rd in sorted(p for p in root.iterdir() if (p / "results.json").is_file()):
+        if rd.is_symlink() or (rd / "results.json").is_symlink():
+            warnings.warn(f"left out {rd}: a symbolic link (not followed out of the store)",
+                          UserWarning, stacklevel=2)
+            continue
         try:
             stored, doc = _read_results(rd)
         except DamagedFileError as e:
@@ -804,128 +655,45 @@ class RunInfo:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def row(self) -> dict[str, Any]:
-        """Flat dict: run_id, status, step, steps, the final record, the config fields
-        (prefixed by nothing; record keys win), numerics fields (``numerics_*``), note."""
+        """Flat dict: run_id, status, step, steps, the config fields, the final record (a
+        record key that names a config field, e.g. the report's ``loss`` value, is kept as
+        ``record_<key>``: ``loss`` stays the loss function), numerics fields
+        (``numerics_*``), note."""
         out: dict[str, Any] = {"run_id": self.run_id, "status": self.status, "step": self.step,
                                "steps": self.steps}  # fmt: skip
         for k, v in (self.config or {}).items():
             out.setdefault(k, v)
         for k, v in self.final.items():
-            if k not in ("step",):
-                out[k] = v
+            if k == "step":
+                continue
+            out[f"record_{k}" if k in out or k in RunConfig.__dataclass_fields__ else k] = v
         for k, v in (self.numerics or {}).items():
             out[f"numerics_{k}"] = v
         out["note"] = self.note
         return out
 
 
-def lock_path(results_dir: str | Path, run_id: str) -> Path:
-    """The lock file of a run: ``results_dir/.locks/<run_id>.lock``."""
-    return Path(results_dir) / ".locks" / f"{run_id}.lock"
-
-
-def lock_holder(results_dir: str | Path, run_id: str) -> str | None:
-    """Who holds the run's lock (``"pid 123 on host since …"``), or None if nobody does."""
-    p = lock_path(results_dir, run_id)
-    if fcntl is None or not p.is_file():
-        return None
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return p.read_text(errors="replace").strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-LOCK_TRIES = 20
-"""Attempts (0.1 s apart) to take a run's lock before :class:`RunLockedError`."""
-
-
-@contextlib.contextmanager
-def run_lock(results_dir: str | Path, run_id: str) -> Any:
-    """Hold the exclusive lock of ``run_id`` for the body (``flock``; the kernel releases it
-    when the process ends, even by kill −9). Another holder: :class:`RunLockedError`."""
-    if fcntl is None:  # pragma: no cover
-        yield None
-        return
-    p = lock_path(results_dir, run_id)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        for attempt in range(LOCK_TRIES):  # a moment's grace (e.g. `show` probing the lock)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < LOCK_TRIES - 1:
-                    time.sleep(0.1)
-        else:
-            holder = p.read_text(errors="replace").strip() or "another process"
-            raise RunLockedError(
-                f"run {run_id} is being trained by {holder} (lock {p}); wait for it to finish "
-                f"or stop that process (a stopped or killed run releases the lock; the same "
-                f"command then resumes it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())  # fmt: skip
-        yield p
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> RunInfo | None:
     """What state a run folder is in (see :class:`RunInfo`); None if it is not a run folder
-    (no config.json, results.json or checkpoint). Every file read is verified."""
+    (no config.json, results.json or checkpoint). Every file read is verified, and whatever a
+    file holds, the run is returned (unreadable, a symbolic link, wrong types: ``damaged``,
+    the note naming the file)."""
     rd = Path(run_dir)
     root = Path(results_dir) if results_dir is not None else rd.parent
-    res, cfg_p, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
-    prev = previous_checkpoint(ckpt)
-    if not any(p.is_file() for p in (res, cfg_p, ckpt, prev)):
+    if not any(p.exists() or p.is_symlink() for p in (rd / n for n in _store.RUN_FILES)):
         return None
     info = RunInfo(rd.name, "interrupted", rd)
+    try:
+        _store.check_run_folder(root, rd.name)
+    except _store.StoreFaultError as e:
+        info.status, info.note = "damaged", str(e)
+        return info
     holder = lock_holder(root, rd.name)
     try:
-        if res.is_file():
-            stored, doc = _read_results(rd)
-            if cfg_p.is_file():
-                read_config_file(cfg_p)
-            info.status, info.config = doc["status"], stored.semantic_dict()
-            info.final = dict(doc.get("final") or {})
-            info.records = list(doc.get("records") or [])
-            info.step = info.final.get("step", doc.get("steps_done"))
-            info.steps = doc.get("steps")
-            info.numerics = doc.get("numerics")
-            info.note = str(doc.get("error") or "")
-            if holder is not None and doc["status"] == "failed":
-                info.status, info.note = "running", f"retried by {holder}"
-            return info
-        if cfg_p.is_file():
-            cdoc = read_config_file(cfg_p)
-            info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
-        if holder is not None:
-            info.status, info.note = "running", holder
-        state = load_checkpoint(ckpt, "cpu", restart=RESTART)
-        if state is not None:
-            recs = list(state.get("records") or [])
-            info.final = dict(recs[-1]) if recs else {}
-            info.records = recs
-            info.step = int(state.get("step", 0))
-            if info.numerics is None:
-                info.numerics = (state.get("meta") or {}).get("numerics")
+        if (rd / "results.json").is_file():
+            _inspect_finished(info, rd, holder)
         else:
-            info.step = 0
-        if info.config is not None and info.config.get("steps") is not None:
-            info.steps = int(info.config["steps"])
-        if info.status == "interrupted":
-            info.note = "resume: run the same command again"
+            _inspect_partial(info, rd, holder)
     except DamagedFileError as e:
         if holder is not None:
             info.status, info.note = "running", holder
@@ -933,7 +701,62 @@ def inspect_run(run_dir: str | Path, results_dir: str | Path | None = None) -> R
             info.status, info.note = "damaged", str(e)
     except StaleResultsError as e:
         info.status, info.note = "damaged", str(e)
+    except Exception as e:  # noqa: BLE001 - one bad run never hides the others
+        info.status, info.note = "damaged", f"{rd}: cannot be read ({type(e).__name__}: {e})"
     return info
+
+
+def _inspect_finished(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` from a verified ``results.json`` (and ``config.json`` if present)."""
+    stored, doc = _read_results(rd)
+    if (rd / "config.json").is_file():
+        read_config_file(rd / "config.json")
+    info.status, info.config = doc["status"], stored.semantic_dict()
+    info.final = dict(doc.get("final") or {})
+    info.records = list(doc.get("records") or [])
+    info.step = info.final.get("step", doc.get("steps_done"))
+    if doc["status"] == "diverged" and doc.get("diverged_at") is not None:
+        info.step = doc["diverged_at"]  # the last record may be long before the blow-up
+        info.note = f"diverged at step {doc['diverged_at']}"
+    info.steps = doc.get("steps")
+    info.numerics = doc.get("numerics")
+    if doc.get("error"):
+        info.note = str(doc["error"])
+    if holder is not None and doc["status"] == "failed":
+        info.status, info.note = "running", f"retried by {holder}"
+
+
+def _inspect_partial(info: RunInfo, rd: Path, holder: str | None) -> None:
+    """Fill ``info`` for a run without results: its config and newest good checkpoint."""
+    ckpt = rd / "checkpoint.pt"
+    if (rd / "config.json").is_file():
+        cdoc = read_config_file(rd / "config.json")
+        info.config, info.numerics = cdoc["config"], cdoc.get("numerics")
+    if holder is not None:
+        info.status, info.note = "running", holder
+    state = load_checkpoint(ckpt, "cpu", restart=RESTART)
+    if state is not None:
+        where = ckpt if ckpt.is_file() else previous_checkpoint(ckpt)
+        way = f"move it aside and run the same command again, or {RESTART}"
+        recs = state.get("records") or []
+        _store.check_records(recs, where, way)
+        step = state.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DamagedFileError(where, f"holds step {_store.printable(repr(step))[:40]}, "
+                                          f"not a step count", way)  # fmt: skip
+        info.final = dict(recs[-1]) if recs else {}
+        info.records = list(recs)
+        info.step = step
+        meta = state.get("meta")
+        if info.numerics is None and isinstance(meta, dict):
+            num = meta.get("numerics")
+            info.numerics = num if isinstance(num, dict) else None
+    else:
+        info.step = 0
+    if info.config is not None and info.config.get("steps") is not None:
+        info.steps = int(info.config["steps"])
+    if info.status == "interrupted":
+        info.note = "resume: run the same command again"
 
 
 def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
@@ -953,6 +776,13 @@ def inspect_store(results_dir: str | Path = DEFAULT_RESULTS_DIR, *,
         raise NotADirectoryError(f"{root} is a file, not a result store folder")
     out = []
     for rd in sorted(root.iterdir()):
+        if rd.name == _store.STALE_DIR:
+            continue  # runs moved aside: kept, never listed as runs (see stale_runs)
+        if rd.is_symlink():
+            out.append(RunInfo(rd.name, "damaged", rd, note=(
+                f"{rd} is a symbolic link: not followed (flatbook stays inside the store); "
+                f"replace it by the folder itself or remove it")))
+            continue
         if rd.is_dir() and not rd.name.startswith("."):
             info = inspect_run(rd, root)
             if info is not None:
@@ -975,24 +805,21 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _data_key(config: RunConfig) -> tuple:
-    return (config.dataset, config.classes, config.n_train, config.n_test, config.data_seed,
-            config.standardize, config.dtype, config.model == "mlp", config.data_dir)  # fmt: skip
+def _data_options(config: RunConfig) -> dict[str, Any]:
+    """The arguments of ``flatbook.data.load`` for ``config`` (also the key under which
+    :func:`validate` loads each distinct data set once)."""
+    return {"name": config.dataset, "classes": config.classes, "n_train": config.n_train,
+            "n_test": config.n_test, "seed": config.data_seed, "standardize": config.standardize,
+            "one_hot": True, "flatten": config.model == "mlp", "dtype": config.dtype,
+            "data_dir": config.data_dir}  # fmt: skip
+
+
+def _data_key(config: RunConfig) -> str:
+    return stable_hash(_data_options(config))
 
 
 def _load_data(config: RunConfig) -> _data.Dataset:
-    return _data.load(
-        config.dataset,
-        classes=config.classes,
-        n_train=config.n_train,
-        n_test=config.n_test,
-        seed=config.data_seed,
-        standardize=config.standardize,
-        one_hot=True,
-        flatten=config.model == "mlp",
-        dtype=config.dtype,
-        data_dir=config.data_dir,
-    )
+    return _data.load(**_data_options(config))
 
 
 def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
@@ -1003,7 +830,7 @@ def _resolve_steps(config: RunConfig, ds: _data.Dataset) -> int:
         )
     B = _train.resolve_batch_size(config.batch_size, ds.n_train)
     spe = max(1, ds.n_train // B)
-    steps = config.steps if config.steps is not None else max(1, round(config.epochs * spe))
+    steps = config.steps if config.steps is not None else int(config.epochs) * spe
     _train.measurement_steps(steps, config.measure_every, config.schedule)
     return int(steps)
 
@@ -1078,9 +905,13 @@ def run(
     One process trains a run id at a time (:func:`run_lock`); the run folder is proven
     writable before any training.
 
+    Store faults (a symbolic link for the run folder, ``.locks`` or a run file; a folder where
+    a file should be) raise :class:`flatbook.store.StoreFaultError` before anything is loaded.
+
     Args:
-        overwrite: start over (the CLI's ``--restart``): the run's results, checkpoints and
-            config are removed first.
+        overwrite: start over (the CLI's ``--restart``): the run's folder is first moved aside
+            to ``results_dir/stale/<run_id>-<reason>/`` (nothing is deleted; a
+            :class:`flatbook.store.MovedAsideWarning` names it and the reason).
         measure: override the measurement function (default: built from ``config.measures``).
     """
     if not isinstance(config, RunConfig):
@@ -1088,6 +919,7 @@ def run(
     rd = run_dir_for(config, results_dir)
     res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
     prev = previous_checkpoint(ckpt)
+    _store.check_run_folder(results_dir, config.run_id, files=not overwrite)
     if not overwrite and res_path.is_file():
         _, doc = _read_results(rd)  # verified: a damaged file is named, never reused
         if doc.get("status") in FINISHED:
@@ -1101,14 +933,13 @@ def run(
     t0 = time.perf_counter()
     ds, net, steps = prepare(config)  # data-dependent checks: before anything is written
     n_params = sum(p.numel() for p in net.parameters())
-    threads = resolve_threads(config, device, n_params)
+    threads = resolve_threads(config, device, n_params, note=True)
     fp = numerics_fingerprint(device, threads, config.dtype)
+    if overwrite:
+        _store.say_moved(restart_aside(config, results_dir))
     check_writable(rd, "run folder")
     with run_lock(results_dir, config.run_id):
-        if overwrite:
-            for p in (res_path, ckpt, prev, cfg_path):
-                p.unlink(missing_ok=True)
-        elif res_path.is_file():
+        if res_path.is_file():
             _, doc = _read_results(rd)
             if doc.get("status") in FINISHED:  # finished by another process meanwhile
                 return _load_finished(config, results_dir)
@@ -1154,36 +985,13 @@ def run(
                     batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
                 )  # fmt: skip
             result = _train.train(
-                net,
-                ds.X_train.to(device),
-                ds.Y_train.to(device),
-                ds.X_test.to(device),
-                ds.Y_test.to(device),
-                loss=config.loss,
-                optimizer=config.optimizer,
-                lr=config.lr,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-                nesterov=config.nesterov,
-                batch_size=config.batch_size,
-                steps=steps,
-                measure_every=config.measure_every,
-                schedule=config.schedule,
-                measure=measure,
-                eval_size=config.eval_size,
-                eval_seed=config.data_seed,
-                seed=config.seed,
-                label_noise=config.label_noise,
-                target_loss=config.target_loss,
-                divergence_threshold=config.divergence_threshold,
-                checkpoint_path=ckpt,
-                checkpoint_every=config.checkpoint_every,
+                net, ds.X_train.to(device), ds.Y_train.to(device), ds.X_test.to(device),
+                ds.Y_test.to(device), options=runspec.train_options(config, steps=steps),
+                measure=measure, checkpoint_path=ckpt, callback=callback,
                 checkpoint_meta={"run_id": config.run_id, "config_hash": config.config_hash,
-                                 "numerics": fp},  # fmt: skip
-                callback=callback,
-                progress=config.progress,
+                                 "numerics": fp},
                 desc=config.run_id[: config.run_id.rfind("-")],
-            )
+            )  # fmt: skip
         except KeyboardInterrupt:
             raise
         except _train.CheckpointMismatchError as e:
@@ -1222,6 +1030,38 @@ def run(
         write_json(res_path, seal(doc))
         prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
+
+
+def restart_aside(config: RunConfig, results_dir: str | Path) -> list[_store.MovedRun]:
+    """Move the stored run of ``config`` aside before it is started over (under its lock):
+    ``stale/<run_id>-<reason>/``, the reason being why it could not be reused (damaged, newer
+    format or flatbook, other code, failed) or ``restart``. Returns what moved (nothing when
+    the run has no files)."""
+    rd = run_dir_for(config, results_dir)
+    with run_lock(results_dir, config.run_id):
+        if not any((rd / n).exists() for n in _store.RUN_FILES):
+            return []
+        reason = _restart_reason(config, results_dir)
+        to = _store.move_aside(results_dir, config.run_id, reason)
+    return [_store.MovedRun(config.run_id, reason, to)]
+
+
+def _restart_reason(config: RunConfig, results_dir: str | Path) -> str:
+    """Why a stored run is started over (a key of :data:`flatbook.store.REASONS`): what is
+    wrong with it (damaged, stale, failed), else ``restart`` (asked for)."""
+    rd = run_dir_for(config, results_dir)
+    try:
+        try:
+            load_results(results_dir, config, check="code", status=STATUSES, numerics="ignore")
+        except FileNotFoundError:  # an interrupted run: are its config and checkpoint sound?
+            if (rd / "config.json").is_file():
+                read_config_file(rd / "config.json")
+            load_checkpoint(rd / "checkpoint.pt", "cpu", restart=RESTART)
+    except StaleResultsError as e:
+        return e.reason
+    except (DamagedFileError, _store.StoreFaultError, OSError):
+        return "damaged"
+    return "restart"
 
 
 def _unsealed(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,17 +44,31 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
-def small_text(fig: plt.Figure, min_pt: float = MIN_FONT_PT) -> list[str]:
+#: The book's content width in inches (~730 CSS px at 96 px/in): a wider figure is scaled down.
+CONTENT_WIDTH_IN = 7.6
+
+
+def small_text(fig: plt.Figure, min_pt: float = MIN_FONT_PT,
+               content_width_in: float | None = None) -> list[str]:
     """Visible texts of ``fig`` (labels, ticks, legends, annotations) smaller than ``min_pt``.
 
-    Returns ``"size pt: text"`` strings; empty when every text is legible. Used by the tests
-    and by the chapters' guard cells to keep the one style.
+    With ``content_width_in`` (e.g. :data:`CONTENT_WIDTH_IN`), sizes are as *rendered* in a
+    column that wide: a figure wider than the column is scaled down by
+    content_width_in / figure width, and so is its text. Returns ``"size pt: text"`` strings
+    (the rendered size); empty when every text is legible. Used by the tests and by the
+    chapters' guard cells to keep the one style.
     """
     fig.canvas.draw()
+    scale = 1.0
+    if content_width_in is not None:
+        if content_width_in <= 0:
+            raise ValueError(f"content_width_in must be > 0 inches; got {content_width_in!r}")
+        scale = min(1.0, content_width_in / float(fig.get_size_inches()[0]))
     out = []
     for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
-        if t.get_visible() and t.get_text().strip() and t.get_fontsize() < min_pt - 1e-9:
-            out.append(f"{t.get_fontsize():g} pt: {t.get_text()[:40]}")
+        size = t.get_fontsize() * scale
+        if t.get_visible() and t.get_text().strip() and size < min_pt - 1e-9:
+            out.append(f"{size:.3g} pt: {t.get_text()[:40]}")
     return out
 
 
@@ -220,42 +234,103 @@ def waterfall(
     return ax
 
 
-def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None = None) -> Axes:
+_LINE_IN = 0.2  #: line height of the roadmap's boxes, inches (10–11.5 pt text, mathtext)
+_BOX_PT = MIN_FONT_PT + 1  #: roadmap text size: ≥ 9 pt even in a 650 px column
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Wrap plain text; a mathtext string ($…$) is kept on one line."""
+    if text.startswith("$") or not text:
+        return [text] if text else []
+    return textwrap.wrap(text, width)
+
+
+def _box_height(lines: list[str]) -> float:
+    """Height (inches) of a roadmap box: 1 line per text line, more for mathtext lines."""
+    extra = sum(0.9 if ("\\sum" in t or "\\frac" in t) else 0.55
+                for t in lines if t.startswith("$"))
+    return (len(lines) + extra + 0.6) * _LINE_IN
+
+
+def _box_lines(lk: object, slacks: dict[str, float] | None, chars: int) -> list[str]:
+    """The text lines of one roadmap box: title and statement, hypothesis, whose, chapter."""
+    chapter = lk.chapter.split("_")[0].replace("ch0", "ch. ")
+    lines = [*_wrap(lk.title, chars), getattr(lk, "math", "") or lk.target]
+    lines += _wrap(f"if: {lk.hypothesis}", chars) + _wrap(f"{lk.whose} · {chapter}", chars)
+    if slacks is not None and lk.bound in slacks:
+        lines.append(f"measured slack ×{slacks[lk.bound]:.3g}")
+    return lines
+
+
+def _draw_box(ax: Axes, x: float, y_top: float, w: float, lk: object, lines: list[str],
+              dashed: bool) -> float:
+    """Draw one box (key tag + lines) with its top-left corner at (x, y_top), in inches;
+    returns its height."""
+    from matplotlib.patches import FancyBboxPatch
+
+    h = _box_height(lines)
+    ax.add_patch(FancyBboxPatch((x, y_top - h), w, h, boxstyle="round,pad=0,rounding_size=0.06",
+                                fc="white" if dashed else "0.95", ec="0.3",
+                                ls="--" if dashed else "-", lw=1.0))
+    ax.text(x + 0.08, y_top - 0.3 * _LINE_IN, lk.key, ha="left", va="top",
+            fontsize=_BOX_PT + 1, fontweight="bold", color="C3" if dashed else "C0")
+    y = y_top - 0.3 * _LINE_IN
+    for line in lines:
+        is_math, tall = line.startswith("$"), "\\sum" in line or "\\frac" in line
+        ax.text(x + 0.52, y - (0.1 * _LINE_IN if is_math else 0.0), line, ha="left",
+                va="top", fontsize=_BOX_PT + (1.5 if is_math or line is lines[0] else 0),
+                fontweight="bold" if line is lines[0] else "normal")
+        y -= (1.9 if tall else 1.55 if is_math else 1.0) * _LINE_IN
+    return h
+
+
+def roadmap(ax: Axes, links: Sequence[object], slacks: dict[str, float] | None = None,
+            width: float = 7.5) -> Axes:
     """The derivation chain as boxes and arrows (one box per :class:`flatbook.chain.Link`).
 
-    The main chain runs left to right (L1, T7, T1, T2/T3, T4, T5 in the order given); links
-    whose ``bound`` is ``None`` (no inequality: T6, shared weights) are drawn below as dashed
-    side branches, under the main link they qualify (``branch_of``). Each box shows the key,
-    the title, what it bounds, the hypothesis, whose result it is and the chapter; with
-    ``slacks`` (``{link.bound: slack}``) also the measured slack.
+    The main chain (links with a ``bound``: L1, T7, T1, T2, T3, T4, T5 in the order given) runs
+    top to bottom in a left column; links without an inequality (T6, shared weights) are dashed
+    side boxes in a right column, level with the main link they qualify (``branch_of``). Each
+    box shows the key, the title, the step in mathtext (``link.math``), its hypothesis, whose
+    result it is and the chapter; with ``slacks`` (``{link.bound: slack}``) also the measured
+    slack. Resizes the figure to ``width`` inches (≤ 7.6 in: the book's content width, so that
+    text is shown at ≥ 9 pt) and the height the boxes need, and fills it with ``ax``.
     """
+    if not 3.0 <= width <= 7.6:
+        raise ValueError(f"width must be in [3, 7.6] inches (the book's content width); "
+                         f"got {width!r}")
     main = [lk for lk in links if getattr(lk, "bound", None) is not None]
     side = [lk for lk in links if getattr(lk, "bound", None) is None]
-    ax.set_xlim(-0.5, len(main) - 0.5)
-    ax.set_ylim(-1.75, 0.75)
+    w_side = 0.35 * width if side else 0.0
+    w_main = width - w_side - (0.3 if side else 0.1)
+    chars_main, chars_side = int((w_main - 0.6) * 13.5), int((w_side - 0.6) * 13.5)
+    gap = 0.32                                   # vertical gap between main boxes (arrows)
+    blocks = [_box_lines(lk, slacks, chars_main) for lk in main]
+    heights = [_box_height(b) for b in blocks]
+    total = sum(heights) + gap * (len(main) - 1) + 0.1
+    fig = ax.figure
+    fig.set_size_inches(width, total)
+    ax.set_position([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, total)
     ax.axis("off")
-
-    def box(x: float, y: float, lk: object, dashed: bool = False) -> None:
-        lines = [f"{lk.key}: {lk.title}", f"→ {lk.target}", lk.hypothesis, lk.whose,
-                 lk.chapter.split("_")[0]]
-        if slacks is not None and lk.bound in slacks:
-            lines.append(f"slack ×{slacks[lk.bound]:.3g}")
-        text = "\n".join(textwrap.fill(t, 22) for t in lines)
-        ax.text(x, y, text, ha="center", va="center", fontsize=MIN_FONT_PT,
-                bbox={"boxstyle": "round,pad=0.4", "fc": "white" if dashed else "0.94",
-                      "ec": "0.3", "ls": "--" if dashed else "-"})
-
-    for i, lk in enumerate(main):
-        box(i, 0.0, lk)
-        if i:
-            ax.annotate("", xy=(i - 0.42, 0.0), xytext=(i - 0.58, 0.0),
-                        arrowprops={"arrowstyle": "->", "lw": 1.5})
-    keys = [lk.key for lk in main]
-    for j, lk in enumerate(side):
+    y, tops, keys = total - 0.05, {}, [lk.key for lk in main]
+    for lk, lines, h in zip(main, blocks, heights, strict=True):
+        _draw_box(ax, 0.05, y, w_main, lk, lines, dashed=False)
+        tops[lk.key] = (y, h)
+        if lk is not main[-1]:
+            ax.annotate("", xy=(0.3, y - h - gap + 0.02), xytext=(0.3, y - h - 0.02),
+                        arrowprops={"arrowstyle": "-|>", "lw": 1.3, "color": "0.2"})
+        y -= h + gap
+    x_side = width - w_side - 0.05
+    for lk in side:
         parent = getattr(lk, "branch_of", None)
-        x = keys.index(parent) if parent in keys else (len(main) - 1) * (j + 1) / (len(side) + 1)
-        box(x, -1.15, lk, dashed=True)
+        lines = _box_lines(lk, None, chars_side)
+        y0, h0 = tops.get(parent, (total - 0.05, 0.0))
+        _draw_box(ax, x_side, y0, w_side, lk, lines, dashed=True)
         if parent in keys:
-            ax.annotate("", xy=(x, -0.72), xytext=(x, -0.5),
-                        arrowprops={"arrowstyle": "->", "lw": 1.2, "ls": "--"})
+            ax.annotate("", xy=(x_side - 0.02, y0 - 0.5 * _LINE_IN),
+                        xytext=(0.05 + w_main + 0.02, y0 - 0.5 * _LINE_IN),
+                        arrowprops={"arrowstyle": "-|>", "lw": 1.1, "ls": "--",
+                                    "color": "C3"})
     return ax

@@ -60,192 +60,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from flatbook import curvature, losses
+from flatbook import checks, curvature, losses
 from flatbook._functional import batched_grad, grad_of_sum
+from flatbook.probe_data import DataSet, Fields, resolve_data, unpack
 
 __all__ = ["DataSet", "LayerResult", "Probe", "ProbedLayer", "resolve_data", "select_output"]
 
 OutputSelector = int | str | Callable[[Any], Tensor] | None
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class DataSet:
-    """A fixed evaluation set: X [n, …], Y [n, …] or ``None`` (then Y = f(X)); ``source`` says
-    what it was made from (``"tensors"``, ``"DataLoader"``, ``"Dataset"``, ``"iterable"``).
-
-    Dict inputs ``{name: Tensor[n, …]}`` are packed into one float64 tensor X [n, D] (fields in
-    key order, flattened; integers are exact up to 2^53); ``fields`` = ``((name, shape, dtype),
-    …)`` unpacks them (``None`` for tensor inputs)."""
-
-    X: Tensor
-    Y: Tensor | None
-    source: str
-    fields: tuple[tuple[str, tuple[int, ...], torch.dtype], ...] | None = None
-
-
-def _as_batch(item: object, where: str) -> tuple[Tensor, Tensor | None]:
-    if isinstance(item, Tensor):
-        return item, None
-    if isinstance(item, tuple | list) and len(item) == 2:
-        x, y = item
-        if isinstance(x, Mapping):
-            bad = [k for k, v in x.items() if not isinstance(v, Tensor)]
-            if bad:
-                raise TypeError(f"{where}: dict input fields {bad} are not tensors")
-            return x, (None if y is None else torch.as_tensor(y))  # type: ignore[return-value]
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: x must be a torch.Tensor; got {type(x).__name__}")
-        if y is not None and not isinstance(y, Tensor):
-            y = torch.as_tensor(y)
-        return x, y
-    if isinstance(item, Mapping):
-        raise TypeError(
-            f"{where}: a batch is a dict; give batches as (x, y) tuples with x a tensor (wrap "
-            "dict inputs in an nn.Module whose forward takes one tensor)"
-        )
-    raise TypeError(
-        f"{where}: each batch must be a tensor x or a pair (x, y) of tensors; got "
-        f"{type(item).__name__}"
-    )
-
-
-Fields = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
-
-
-def _pack(x: Mapping[str, Tensor], where: str) -> tuple[Tensor, Fields]:
-    """{name: [b, …]} → (float64 [b, D], fields) (see :class:`DataSet`)."""
-    keys = sorted(x)
-    if not keys:
-        raise ValueError(f"{where}: the dict input is empty")
-    b = x[keys[0]].shape[0] if x[keys[0]].ndim else 0
-    if any(x[k].ndim == 0 or x[k].shape[0] != b for k in keys):
-        raise ValueError(f"{where}: every field of a dict input needs the same leading batch axis; "
-                         f"got {[(k, tuple(x[k].shape)) for k in keys]}")
-    if any(x[k].is_complex() for k in keys):
-        raise TypeError(f"{where}: complex input fields are not supported")
-    fields = tuple((k, tuple(x[k].shape[1:]), x[k].dtype) for k in keys)
-    X = torch.cat([x[k].detach().reshape(b, -1).to(torch.float64) for k in keys], dim=1)
-    return X, fields
-
-
-def _unpack(X: Tensor, fields: Fields, float_dtype: torch.dtype) -> dict[str, Tensor]:
-    out, a = {}, 0
-    for k, shape, dt in fields:
-        m = math.prod(shape)
-        v = X[:, a : a + m].reshape(X.shape[0], *shape)
-        out[k] = v.to(float_dtype) if dt.is_floating_point else v.round().to(dt)
-        a += m
-    return out
-
-
-def _read(batches: Iterable[object], where: str) -> tuple[Tensor, Tensor | None, Fields | None]:
-    fields: Fields | None = None
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    has_y: bool | None = None
-    for i, item in enumerate(batches):
-        x, y = _as_batch(item, f"{where} batch {i}")
-        if isinstance(x, Mapping):
-            x, fb = _pack(x, f"{where} batch {i}")
-            if fields is not None and fb != fields:
-                raise ValueError(f"{where} batch {i}: dict fields {fb} differ from the first "
-                                 f"batch's {fields}")
-            fields = fb
-        elif fields is not None:
-            raise ValueError(f"{where} batch {i}: a tensor input after dict inputs")
-        if has_y is None:
-            has_y = y is not None
-        elif has_y != (y is not None):
-            raise ValueError(f"{where}: some batches have targets and some do not (batch {i})")
-        if x.ndim == 0:
-            raise ValueError(f"{where} batch {i}: x must have a leading batch axis; got a scalar")
-        xs.append(x.detach())
-        if y is not None:
-            ys.append(y.detach().reshape(x.shape[0], *y.shape[1:]) if y.ndim else y.reshape(1))
-    if not xs:
-        raise ValueError(f"{where} is empty (no batch): the report needs at least one sample")
-    X = torch.cat(xs)
-    Y = torch.cat(ys) if has_y else None
-    return X, Y, fields
-
-
-def _same(a: tuple[Tensor, Tensor | None, object], b: tuple[Tensor, Tensor | None, object]
-          ) -> bool:
-    if a[0].shape != b[0].shape or not torch.equal(a[0], b[0]):
-        return False
-    if (a[1] is None) != (b[1] is None):
-        return False
-    return a[1] is None or (a[1].shape == b[1].shape and torch.equal(a[1], b[1]))  # type: ignore[union-attr]
-
-
-def resolve_data(data: object, Y: object = None) -> DataSet:
-    """Read ``data`` into a fixed evaluation set (see the module docstring).
-
-    Args:
-        data: a tensor X [n, …] (with ``Y`` a tensor [n, …] or ``None``), a
-            ``torch.utils.data.DataLoader`` or any iterable of batches ``(x, y)`` (or ``x``),
-            or a ``torch.utils.data.Dataset`` of samples ``(x, y)``.
-        Y: targets when ``data`` is a tensor; must be ``None`` otherwise (the batches carry
-            them).
-
-    Raises:
-        TypeError: an unsupported type (the message names the parameter and what is allowed).
-        ValueError: a shuffling loader, or two passes over ``data`` that differ.
-    """
-    from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
-
-    if isinstance(data, Tensor):
-        if Y is not None and not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
-        return DataSet(data.detach(), None if Y is None else Y.detach(), "tensors")
-    if isinstance(data, Mapping) and all(isinstance(v, Tensor) for v in data.values()):
-        if Y is not None and not isinstance(Y, Tensor):
-            raise TypeError(f"Y must be a torch.Tensor or None; got {type(Y).__name__}")
-        Xp, fields = _pack(data, "X")  # type: ignore[arg-type]
-        return DataSet(Xp, None if Y is None else Y.detach(), "dict of tensors", fields)
-    if Y is not None:
-        raise ValueError(
-            "Y must be None when X is a DataLoader / Dataset / iterable of batches: the batches "
-            "carry the targets (pass (x, y) batches, or tensors X and Y)"
-        )
-    if isinstance(data, str | bytes | Mapping):
-        raise TypeError(
-            f"X must be a tensor [n, …], a DataLoader or iterable of (x, y) batches, or a "
-            f"Dataset of (x, y) samples; got {type(data).__name__}"
-        )
-    if isinstance(data, DataLoader):
-        if isinstance(data.sampler, RandomSampler):
-            raise ValueError(
-                "X is a shuffling DataLoader (shuffle=True / RandomSampler): curvature and the "
-                "bounds need a fixed evaluation set. Pass DataLoader(dataset, batch_size=…, "
-                "shuffle=False) (the order does not matter, the set does)"
-            )
-        source, batches = "DataLoader", data
-    elif isinstance(data, IterableDataset):
-        source, batches = "IterableDataset", DataLoader(data, batch_size=256)
-    elif isinstance(data, Dataset):  # samples (x, y), batched in order
-        source, batches = "Dataset", DataLoader(data, batch_size=256, shuffle=False)
-    elif isinstance(data, Iterable):
-        source, batches = "iterable", data
-    else:
-        raise TypeError(
-            f"X must be a tensor [n, …], a DataLoader or iterable of (x, y) batches, or a "
-            f"Dataset of (x, y) samples; got {type(data).__name__}"
-        )
-    first = _read(batches, f"X ({source})")
-    if iter(batches) is batches:  # a one-shot iterator cannot be read twice
-        return DataSet(first[0], first[1], source, first[2])
-    second = _read(batches, f"X ({source})")
-    if not _same(first, second):
-        raise ValueError(
-            f"X ({source}) gave different data on two passes (shuffling, random augmentation or "
-            "subsampling): the report needs a fixed evaluation set. Use a loader without "
-            "shuffle and without random transforms, or pass the tensors"
-        )
-    return DataSet(first[0], first[1], source, first[2])
 
 
 # ----------------------------------------------------------------------------- output
@@ -291,7 +112,7 @@ class _Call(nn.Module):
         self._float = float_dtype
 
     def forward(self, x: Tensor) -> Any:
-        inp: Any = x if self._fields is None else _unpack(x, self._fields, self._float)
+        inp: Any = x if self._fields is None else unpack(x, self._fields, self._float)
         if self._forward is None:
             return self.model(inp)
         return self._forward(self.model, inp)
@@ -431,6 +252,58 @@ def _param_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return dt, ps[0].device
 
 
+@dataclass
+class _Trace:
+    """What one hooked forward pass saw (:meth:`Probe._trace_forward`): module names and the
+    modules owning each parameter (by id), each ``nn.Linear``'s (input, output) per call, the
+    first module producing each tensor, call counts, the output F and the tensors kept alive
+    (their ids key ``produced``)."""
+
+    names: dict[int, str]
+    owners: dict[int, set[int]]
+    calls: dict[int, list[tuple[Tensor, Tensor]]]
+    produced: dict[int, str]
+    counts: dict[int, int]
+    F: Tensor | None = None
+    keep: list[Tensor] = field(default_factory=list)
+
+
+def _skip_reason(m: nn.Linear, tr: _Trace) -> str | None:
+    """Why the ``nn.Linear`` ``m`` is not a dense layer (frozen, tied, never called, called
+    more than once, token-wise), or ``None`` if it is one so far."""
+    c = tr.calls[id(m)]
+    w = m.weight
+    if not w.requires_grad:
+        return "not measured: frozen weight"
+    if len(tr.owners.get(id(w), ())) > 1:
+        return "shared weights: W is tied to another module's parameter"
+    if not c:
+        return ("not measured: never called in forward (its weight is used functionally, e.g. "
+                "MultiheadAttention.out_proj)" if tr.counts.get(id(m), 0) == 0
+                else "not measured")
+    if len(c) > 1:
+        return f"shared weights: called {len(c)} times per forward"
+    if c[0][0].ndim != 2:
+        return (f"shared weights: token-wise (input {tuple(c[0][0].shape)}, one weight at "
+                "every position)")
+    return None
+
+
+def _sequential_aliases(model: nn.Module, calls: Mapping[int, list[tuple[Tensor, Tensor]]]
+                        ) -> dict[int, str]:
+    """``{id(item): "l{j}"}`` for the top-level ``nn.Linear`` items of an ``nn.Sequential``
+    applied to one vector per sample ([b, p] input), j counting them in item order — frozen,
+    tied or unselected ones included, so that a key names the same item whatever is measured
+    (the numbering of :func:`flatbook.layers.dense_layers`). ``calls``: id(module) → its
+    hooked (input, output) pairs of one forward pass."""
+    alias: dict[int, str] = {}
+    for item in model:
+        c = calls.get(id(item), [])
+        if isinstance(item, nn.Linear) and id(item) not in alias and c and c[0][0].ndim == 2:
+            alias[id(item)] = f"l{len(alias) + 1}"
+    return alias
+
+
 class Probe:
     """A model and a fixed data set, resolved once (see the module docstring).
 
@@ -490,8 +363,9 @@ class Probe:
         self._select = layers
         self._chunk = chunk
         self._check = check
-        self.notes: list[str] = []
+        self.notes: list[str] = checks.mode_notes(model)
         self.dtype, self.device = _param_dtype(model)
+        checks.check_finite_weights(model)
         data = resolve_data(X, Y)
         self.source = data.source
         self.fields = data.fields
@@ -503,11 +377,17 @@ class Probe:
                 f"X holds dict inputs (fields {[f[0] for f in self.fields]}): pass "
                 "forward=lambda model, x: model(**x) (or any callable (model, x) -> output)"
             )
+        checks.check_finite(data.X, "X")  # before the cast: a cast may overflow to inf
+        if data.Y is not None:
+            checks.check_finite(data.Y, "Y")
+        if self.fields is None:
+            checks.check_input_scale(data.X, self.dtype)
         self.X = self._cast_x(data.X)
         self._Y_given = data.Y
         self.loss, self.loss_notes = losses.resolve(loss)
         self._ctx: contextlib.ExitStack | None = None
         self._layers: list[ProbedLayer] | None = None
+        self.measured: Measured | None = None  # the last sweep of :meth:`measure`
         self.skipped: dict[str, str] = {}
         self._base: nn.Module = (
             model if forward is None and self.fields is None
@@ -574,7 +454,7 @@ class Probe:
             self._ctx = None
 
     def _resolve(self) -> None:
-        x1 = self.X[:1]
+        x1 = self.X[:2]  # two samples: a model with batch statistics fails on one
         try:
             with torch.no_grad():
                 out = self._base(x1)
@@ -592,6 +472,10 @@ class Probe:
             select_output(out, self._output)  # raises a clear error for tuple/dict outputs
             self.fn = _Output(self._base, self._output)
         self.F = self.forward(self.X)
+        checks.check_finite(self.F, "the model output f(X)", hint=(
+            "inputs and weights are finite, so the forward pass overflows or divides by zero; "
+            "rescale the inputs or measure a float64 copy"))
+        checks.check_samples_independent(self.fn, self.X, self.F)
         if self._check:
             F2 = self.forward(self.X)
             eps = torch.finfo(self.dtype).eps
@@ -641,100 +525,93 @@ class Probe:
             return all(dt.is_floating_point for _, _, dt in self.fields)
         return self.X.is_floating_point()
 
-    def _discover(self) -> None:
+    def _trace_forward(self) -> _Trace:
+        """One forward pass on two samples with a hook on every module: each ``nn.Linear``'s
+        (input, output), the first module producing each tensor, and call counts."""
         model = self.model
         names = {id(m): (n or "model") for n, m in model.named_modules()}
         owners: dict[int, set[int]] = {}
         for mod in model.modules():
             for p in mod.parameters(recurse=False):
                 owners.setdefault(id(p), set()).add(id(mod))
-        top = {id(m): i for i, m in enumerate(model)} if self.is_sequential else {}
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in lin}
-        produced: dict[int, str] = {}  # id(output tensor) → first module producing it
-        keep: list[Tensor] = []
-        counts: dict[int, int] = {}
+        calls: dict[int, list[tuple[Tensor, Tensor]]] = {
+            id(m): [] for m in model.modules() if isinstance(m, nn.Linear)}
+        tr = _Trace(names=names, owners=owners, calls=calls, produced={}, counts={})
 
         def any_hook(mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
-            counts[id(mod)] = counts.get(id(mod), 0) + 1
+            tr.counts[id(mod)] = tr.counts.get(id(mod), 0) + 1
             if isinstance(out, Tensor):
-                keep.append(out)
-                produced.setdefault(id(out), names.get(id(mod), "?"))
+                tr.keep.append(out)
+                tr.produced.setdefault(id(out), names.get(id(mod), "?"))
             if id(mod) in calls and inp and isinstance(inp[0], Tensor):
                 calls[id(mod)].append((inp[0], out))
 
         x = self.X[:2].clone()
         if self.float_input:
             x.requires_grad_(True)
-        produced[id(x)] = "input"
+        tr.produced[id(x)] = "input"
+        tr.keep.append(x)
         handles = [m.register_forward_hook(any_hook) for m in model.modules()]
         try:
             with torch.enable_grad():
-                F = self.fn(x)
+                tr.F = self.fn(x)
         finally:
             for h in handles:
                 h.remove()
+        return tr
+
+    def _reach_only_through_call(self, order: list[nn.Linear], tr: _Trace) -> list[nn.Linear]:
+        """The layers whose W reaches f only through the hooked call: the gradient of r·f
+        (random r) rebuilt from that call, ∇_W = Σ_b g_bᵀ h_b, must equal autograd's."""
+        F = tr.F
+        if not order or F is None or not F.requires_grad:
+            return order
+        g = torch.Generator().manual_seed(0)
+        r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
+        zs = [tr.calls[id(m)][0][1] for m in order]
+        grads = grad_of_sum(F, r, zs + [m.weight for m in order])
+        ok = []
+        for i, m in enumerate(order):
+            gz, gw = grads[i], grads[len(order) + i]
+            if gz is None or gw is None:
+                self.skipped[tr.names[id(m)]] = "not measured: f does not depend on it"
+                continue
+            rebuilt = gz.T @ tr.calls[id(m)][0][0].detach()
+            tol = 1e3 * torch.finfo(F.dtype).eps * max(float(gw.norm()), 1e-300)
+            if float((rebuilt - gw).norm()) <= tol:
+                ok.append(m)
+            else:
+                self.skipped[tr.names[id(m)]] = ("shared weights: W is also used outside the "
+                                                 "module's forward call")
+        return ok
+
+    def _discover(self) -> None:
+        """Find the dense layers (see the module docstring): every ``nn.Linear`` is classified
+        by :func:`_skip_reason`, checked by :meth:`_reach_only_through_call`, and named by
+        qualified module name or its ``nn.Sequential`` alias (:func:`_sequential_aliases`)."""
+        model = self.model
+        tr = self._trace_forward()
         order: list[nn.Linear] = []
-        for m in lin:
-            qn = names[id(m)]
-            c = calls[id(m)]
-            w = m.weight
-            if not w.requires_grad:
-                self.skipped[qn] = "not measured: frozen weight"
-            elif len(owners.get(id(w), ())) > 1:
-                self.skipped[qn] = "shared weights: W is tied to another module's parameter"
-            elif not c:
-                self.skipped[qn] = ("not measured: never called in forward (its weight is used "
-                                    "functionally, e.g. MultiheadAttention.out_proj)"
-                                    if counts.get(id(m), 0) == 0 else "not measured")
-            elif len(c) > 1:
-                self.skipped[qn] = f"shared weights: called {len(c)} times per forward"
-            elif c[0][0].ndim != 2:
-                self.skipped[qn] = (f"shared weights: token-wise (input {tuple(c[0][0].shape)}, "
-                                    "one weight at every position)")
-            else:
-                order.append(m)
-        # W must reach f only through the hooked call: ∇_W (r·f) = Σ_b g_bᵀ h_b
-        if order and F.requires_grad:
-            g = torch.Generator().manual_seed(0)
-            r = torch.randn(F.shape, generator=g, dtype=F.dtype).to(F.device)
-            zs = [calls[id(m)][0][1] for m in order]
-            ws = [m.weight for m in order]
-            grads = grad_of_sum(F, r, zs + ws)
-            ok = []
-            for i, m in enumerate(order):
-                gz, gw = grads[i], grads[len(order) + i]
-                h = calls[id(m)][0][0].detach()
-                if gz is None or gw is None:
-                    self.skipped[names[id(m)]] = "not measured: f does not depend on it"
-                    continue
-                rebuilt = gz.T @ h
-                tol = 1e3 * torch.finfo(F.dtype).eps * max(float(gw.norm()), 1e-300)
-                if float((rebuilt - gw).norm()) <= tol:
-                    ok.append(m)
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                why = _skip_reason(m, tr)
+                if why is None:
+                    order.append(m)
                 else:
-                    self.skipped[names[id(m)]] = ("shared weights: W is also used outside the "
-                                                  "module's forward call")
-            order = ok
+                    self.skipped[tr.names[id(m)]] = why
+        order = self._reach_only_through_call(order, tr)
+        top = {id(m): i for i, m in enumerate(model)} if self.is_sequential else {}
+        alias = _sequential_aliases(model, tr.calls) if top else {}
         out: list[ProbedLayer] = []
-        n_top = 0
         for l, m in enumerate(order, start=1):
-            qn = names[id(m)]
-            idx = top.get(id(m))
-            if idx is not None:
-                n_top += 1
-                name = f"l{n_top}"
-            else:
-                name = qn
-            h = calls[id(m)][0][0]
+            qn = tr.names[id(m)]
             wname = next(n for n, p in self.fn.named_parameters() if p is m.weight)
-            prod = produced.get(id(h))
-            if prod not in (None, "input") and counts.get(id(self._module(prod)), 0) != 1:
+            prod = tr.produced.get(id(tr.calls[id(m)][0][0]))
+            if prod not in (None, "input") and tr.counts.get(id(self._module(prod)), 0) != 1:
                 prod = None  # a module called several times (a reused nn.ReLU): no single output
-            out.append(ProbedLayer(name=name, qualname=qn, module=m, weight_name=wname, l=l,
-                                   index=idx, producer=prod))
-        out = self._filter(out)
-        self._layers = out
+            out.append(ProbedLayer(name=alias.get(id(m), qn), qualname=qn, module=m,
+                                   weight_name=wname, l=l, index=top.get(id(m)), producer=prod))
+        self._layers = self._filter(out)
         for qn, why in self.skipped.items():
             self.notes.append(f"nn.Linear {qn!r}: {why}")
 
@@ -830,10 +707,13 @@ class Probe:
         ε_l [b, m] is added to every dense layer's output z_l and δ_l [b, p] to its input:
         G_l = ∂f/∂ε_l and J_l = ∂f/∂δ_l = G_l W_l come out of the same backward pass (autograd
         forms G_l W_l on its way to h_{l−1} anyway). Fills the lists and returns True; returns
-        False (lists untouched) if the samples of a chunk interact (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for
-        j ≠ 0) or autograd cannot batch the cotangents.
+        False (lists untouched) if autograd cannot batch the cotangents; raises
+        :class:`flatbook.checks.SampleMixingError` if the samples of a chunk interact
+        (∂f(x_0)/∂(x_j, ε_j) ≠ 0 for j ≠ 0: per-sample Jacobians are undefined).
         """
         fn, shape, with_x = self.fn, self.X.shape[1:], self.float_input
+        if not (with_x or layers or pnames):  # token ids and no dense layer: no Jacobian to take
+            return True
         zeta: dict[str, Tensor] = {}
 
         def post(name: str) -> Callable[..., Any]:
@@ -872,7 +752,10 @@ class Probe:
                         g0 = torch.autograd.grad(F[0].sum(), ins, retain_graph=True,
                                                  allow_unused=True)
                         if any(g is not None and bool(g[1:].abs().max() > 0) for g in g0):
-                            return False
+                            raise checks.SampleMixingError(
+                                "the model's output for sample 0 depends on the inputs or "
+                                "activations of other samples in its batch (∂f(x_0)/∂x_j ≠ 0 "
+                                f"for j ≠ 0); {checks.MIXING_CAUSES}")
                     k = F.shape[1]
                     eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(
                         k, b, k)
@@ -1001,6 +884,7 @@ class Probe:
             out.layers[L.name] = LayerResult(layer=L, H=H[L.name].reshape(self.n, -1), J=J,
                                              J_total=JT, skip=skip,
                                              G=torch.cat(Gl[L.name]) if batched else None)
+        self.measured = out
         return out
 
     def representation_jacobian(self, qualname: str) -> tuple[Tensor, Tensor]:

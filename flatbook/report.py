@@ -14,15 +14,20 @@ Data and fit
 Curvature
     ``lambda_max`` (λ_max(H), Lanczos, :func:`flatbook.curvature.sharpness`),
     ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged`` (1.0/0.0),
-    ``trace_gn`` ((1/n) Σ‖J_i‖_F² — tr H at interpolation, paper.md L1), ``trace_hessian``
-    and ``trace_hessian_stderr`` (only with ``hessian_trace=True``: Hutch++ estimate of tr H),
+    ``trace_gn`` (GN trace of the squared loss, (1/n) Σ‖J_i‖_F² — tr H at interpolation,
+    paper.md L1; the bounds' quantity for every loss), ``trace_ggn`` (loss other than squared
+    only: the loss's own Gauss–Newton trace (1/n) Σ tr(J_iᵀ Λ_i J_i), for cross-entropy the
+    Fisher/GN trace with Λ_i = diag p_i − p_i p_iᵀ; :mod:`flatbook.gn`), ``trace_hessian``
+    and ``trace_hessian_stderr`` (only with ``hessian_trace=True``: Hutch++ estimate of tr H
+    of the requested loss and its standard error),
     ``adaptive_sharpness`` (only with ``adaptive=True``: Σ_j θ_j² H_jj, GN diagonal).
 Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     ``log_lvr_mean``, ``log_lvr_median``, ``mls_mean``, ``mls_median``, ``ld_mean``,
     ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``log_lvr_finite_frac`` (fraction of samples
     whose J_x has full numerical rank; the others have log LVR = −inf, which makes
     ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
-    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
+    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation),
+    ``log_frob_sq_mean`` (mean over samples of log ‖J_x‖_F²; −inf where some J_x = 0).
 Per dense layer (prefix ``"{layer}_"``; layers keyed ``l1``, ``l2``, … for top-level items of an
 ``nn.Sequential``, else by qualified module name, e.g. ``"block.fc_mls_mean"``; see
 :mod:`flatbook.probe`). The measures are those of the *path* Jacobian J_l = ∂f/∂δ = G_l W_l (δ
@@ -73,7 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import bounds as _bounds
-from flatbook import curvature, losses
+from flatbook import checks, curvature, gn, losses
 from flatbook import geometry as _geometry
 from flatbook import layers as _layers
 
@@ -112,6 +117,8 @@ class Report:
         sharpness: the :class:`flatbook.curvature.SharpnessResult` (or ``None``).
         notes: caveats that apply to this model / data (interpolation, loss, architecture).
         aliases: ``{qualified module name: key in layers}`` (see :meth:`layer`).
+        loss: the measured loss (``"squared"``, ``"cross_entropy"`` or the callable): it
+            decides the label of each printed trace (``flatbook.gn.trace_label``).
     """
 
     scalars: dict[str, float]
@@ -122,6 +129,7 @@ class Report:
     sharpness: curvature.SharpnessResult | None = None
     notes: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
+    loss: object = "squared"
 
     def layer(self, name: str) -> dict[str, float]:
         """The entry of :attr:`layers` for ``name``: its key (``"l1"``, ``"block.fc"``) or the
@@ -174,18 +182,7 @@ class Report:
             f"  loss {s['loss']:.4g}   max |f−y| {s['max_residual']:.3g}   "
             f"interpolating: {'yes' if s['interpolating'] == 1.0 else 'no'}",
         ]
-        lm = s["lambda_max"]
-        if not math.isnan(lm):
-            lines.append(
-                f"  λ_max {lm:.6g} (residual {s['lambda_max_residual']:.2g}, "
-                f"{int(s['lambda_max_n_hvp'])} HVPs, "
-                f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
-            )
-        lines.append(f"  tr H (Gauss–Newton, = tr H at interpolation) {s['trace_gn']:.6g}")
-        if "trace_hessian" in s:
-            lines.append(
-                f"  tr H (Hutch++) {s['trace_hessian']:.6g} ± {s['trace_hessian_stderr']:.2g}"
-            )
+        lines += self._curvature_lines()
         if "adaptive_sharpness" in s:
             lines.append(f"  adaptive sharpness Σθ²H_jj {s['adaptive_sharpness']:.6g}")
         lines.append("")
@@ -198,17 +195,17 @@ class Report:
             lines.append("Dense layers (map h_{l−1} ↦ f; means over samples):")
             w = max(6, *(len(n) + 1 for n in self.layers))
             hdr = (
-                f"  {'layer':<{w}}{'item':>5}{'p':>6}{'MLS_l':>11}{'log LVR_l':>11}{'LD_l':>8}"
-                f"{'‖h‖²':>11}{'‖W‖₂':>9}{'κ_l':>11}{'PR(h)':>8}"
+                f"  {'layer':<{w}}{'item':>4}{'p':>5}{'MLS_l':>10}{'log LVR_l':>10}{'LD_l':>6}"
+                f"{'‖h‖²':>10}{'‖W‖₂':>9}{'κ_l':>10}{'PR(h)':>7}"
             )
             lines.append(hdr)
             for name, v in self.layers.items():
                 item = "—" if math.isnan(v["index"]) else str(int(v["index"]))
                 lines.append(
-                    f"  {name:<{w}}{item:>5}{int(v['width_in']):>6}"
-                    f"{v['mls_mean']:>11.4g}{v['log_lvr_mean']:>11.4g}{v['ld_mean']:>8.3g}"
-                    f"{v['h_sqnorm_mean']:>11.4g}{v['weight_norm']:>9.4g}{v['kappa']:>11.4g}"
-                    f"{v['pr']:>8.3g}"
+                    f"  {name:<{w}}{item:>4}{int(v['width_in']):>5}"
+                    f"{v['mls_mean']:>10.4g}{v['log_lvr_mean']:>10.4g}{v['ld_mean']:>6.3g}"
+                    f"{v['h_sqnorm_mean']:>10.4g}{v['weight_norm']:>9.4g}{v['kappa']:>10.4g}"
+                    f"{v['pr']:>7.3g}"
                 )
             for name, v in self.layers.items():
                 if v.get("skip") == 1.0:
@@ -226,23 +223,69 @@ class Report:
                 )
         lines.append("")
         lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
-        lines.append(f"  {'bound':<16}{'lhs':>12}{'rhs':>12}{'slack':>11}  holds  source")
+        lines.append(f"  {'bound':<13}{'lhs':>9}{'rhs':>9}{'slack':>9}  ok?  source")
         for name, b in self.bounds.items():
             if not b.applicable:
-                lines.append(f"  {name:<16}{'—':>12}{'—':>12}{'—':>11}  n/a    {b.note}")
+                lines.append(f"  {name:<13}{'—':>9}{'—':>9}{'—':>9}  n/a  {b.note}")
                 continue
             lhs, rhs, slack = b.worst()
             lines.append(
-                f"  {name:<16}{lhs:>12.4g}{rhs:>12.4g}{slack:>11.4g}  "
-                f"{'yes' if b.holds(1e-9) else 'NO ':<5}  {b.source}"
+                f"  {name:<13} {lhs:>8.3g} {rhs:>8.3g} {slack:>8.3g}  "
+                f"{'yes' if b.holds(1e-9) else 'NO ':<3}  {b.source}"
             )
         if self.notes:
             lines.append("")
             lines += [f"Note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(_wrap(line) for line in lines)
+
+    def _curvature_lines(self) -> list[str]:
+        """λ_max with its certified residual bound, then each trace labelled by its matrix."""
+        s, lines = self.scalars, []
+        lm = s["lambda_max"]
+        if not math.isnan(lm):
+            lines.append(
+                f"  λ_max {lm:.6g} ± {s['lambda_max_residual']:.2g} (residual bound, "
+                f"{int(s['lambda_max_n_hvp'])} HVPs, "
+                f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
+            )
+        for key in ("trace_gn", "trace_ggn"):
+            if key in s:
+                lines += _labelled_value(gn.trace_label(key, self.loss), f"{s[key]:.6g}")
+        if "trace_hessian" in s:
+            label = gn.trace_label("trace_hessian", self.loss)
+            lines.append(f"  {label}  {s['trace_hessian']:.6g} "
+                         f"± {s['trace_hessian_stderr']:.2g} (1 s.e.)")
+        return lines
 
     def _repr_pretty_(self, p, cycle: bool) -> None:  # noqa: ANN001 - IPython hook
         p.text(str(self) if not cycle else "Report(...)")
+
+
+PRINT_WIDTH = 80
+"""Characters per line of :meth:`Report.__str__` (a book page's code width); longer lines
+(notes, long layer names) wrap with a hanging indent."""
+
+
+def _labelled_value(label: str, value: str) -> list[str]:
+    """``label  value`` on one line; a label too long for :data:`PRINT_WIDTH` keeps its name
+    (up to its formula, which starts at " (1/n)") on the value's line and its formula on a
+    continuation line below, so the number never wraps away from its name."""
+    line = f"  {label}  {value}"
+    cut = label.find(" (1/n)")
+    if len(line) <= PRINT_WIDTH or cut < 0:
+        return [line]
+    return [f"  {label[:cut]}  {value}", f"        = {label[cut + 1:]}"]
+
+
+def _wrap(line: str) -> str:
+    """``line`` wrapped at :data:`PRINT_WIDTH`, continuation lines indented by 6 spaces."""
+    if len(line) <= PRINT_WIDTH:
+        return line
+    import textwrap
+
+    lead = len(line) - len(line.lstrip(" "))
+    return textwrap.fill(line.strip(), PRINT_WIDTH, initial_indent=" " * lead,
+                         subsequent_indent=" " * (lead + 6), break_on_hyphens=False)
 
 
 def report(
@@ -312,6 +355,7 @@ def report(
     """
     from flatbook.probe import Probe
 
+    tol = checks.check_tol(tol)
     notes: list[str] = []
     with Probe(model, X, Y, loss, output=output, layers=layers, forward=forward,
                chunk=chunk) as p:  # type: ignore[arg-type]
@@ -344,7 +388,9 @@ def report(
         if loss_fn is not losses.squared:
             notes.append(
                 "loss is not the squared loss: the bounds concern the Gauss–Newton trace "
-                "(1/n) Σ‖J_i‖_F² of the squared loss; λ_max is that of the requested loss"
+                "(1/n) Σ‖J_i‖_F² of the squared loss (trace_gn), not tr H of this loss; its own "
+                "Gauss–Newton trace is trace_ggn (cross-entropy: the Fisher trace); λ_max and "
+                "the Hutch++ tr H are those of the requested loss"
             )
         elif scalars["interpolating"] != 1.0:
             notes.append(
@@ -374,6 +420,8 @@ def report(
                 lambda_max_converged=1.0 if sharp.converged else 0.0,
             )
         scalars["trace_gn"] = _f(q.trace)
+        if loss_fn is not losses.squared:
+            scalars["trace_ggn"] = gn.ggn_trace(p, getattr(p, "measured", None))
         if hessian_trace:
             tr = curvature.trace(fn, loss_spec, X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
             scalars["trace_hessian"] = float(tr.value)
@@ -384,7 +432,9 @@ def report(
         o = q.output
         for key, v in (("log_lvr", o.log_lvr), ("mls", o.mls), ("ld", o.ld)):
             _stats("", key, v, scalars)
+        notes += checks.measurement_notes(scalars, o.frob_sq)
         scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
+        scalars["log_frob_sq_mean"] = _f(o.frob_sq.double().log().mean())  # mean_i log‖J_i‖_F²
         scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
         scalars["r"] = float(o.r)
         scalars["pr_output"] = _f(_geometry.participation_ratio(F)) if q.n > 1 else math.nan
@@ -453,4 +503,5 @@ def report(
         sharpness=sharp,
         notes=notes,
         aliases={r.qualname: r.name for r in p.layers()},
+        loss=loss_spec,
     )

@@ -32,14 +32,13 @@ re-running with the same checkpoint path resumes bit-identically.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import math
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flatbook import _io, losses
+from flatbook import _io, _validate, losses
 from flatbook._validate import (  # noqa: F401 - re-exported (experiment, executors)
     BadDataError,
     _fail,
@@ -58,11 +57,16 @@ from flatbook._validate import (  # noqa: F401 - re-exported (experiment, execut
     check_positive_int,
     check_seed,
 )
+from flatbook.curvature import eval_mode  # the one implementation (train.eval_mode: alias)
+from flatbook.runspec import (  # noqa: F401 - re-exported: the names users know
+    LOSS_NAMES,
+    MEASURES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAIN_PARAMS,
+    TrainOptions,
+)
 
-LOSS_NAMES = tuple(losses.LOSSES)
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("linear", "late", "log")
-MEASURES = ("sharpness", "trace", "report")
 CHECKPOINT_FORMAT = 1
 
 MeasureFn = Callable[[nn.Module, Tensor, Tensor, str, int], Mapping[str, float]]
@@ -261,17 +265,6 @@ def evaluate(
     return total / n, correct / n
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the body (BatchNorm/dropout deterministic), then restore."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 # ------------------------------------------------------------------------------ result
 
 
@@ -372,73 +365,36 @@ def eval_subset(n: int, size: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:size])
 
 
-def _make_optimizer(
-    name: str, params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool
-) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
-        )
-    return torch.optim.Adam(
-        params, lr=lr, betas=(momentum or 0.9, 0.999), weight_decay=weight_decay
-    )
+def _make_optimizer(o: TrainOptions, params: Any) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (momentum, weight decay, Nesterov) or ``torch.optim.Adam`` with
+    β = (0.9, 0.999) (``momentum`` is an SGD option: refused with Adam by the options)."""
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                               weight_decay=o.weight_decay, nesterov=o.nesterov)  # fmt: skip
+    return torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), weight_decay=o.weight_decay)
 
 
-def check_train_args(
-    *,
-    loss: str,
-    optimizer: str,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    nesterov: bool,
-    steps: int,
-    measure_every: int,
-    schedule: str,
-    seed: int,
-    target_loss: float | None,
-    divergence_threshold: float,
-    checkpoint_every: int | None,
-    eval_size: int | None,
-) -> None:
-    """Validate the scalar training arguments (one-line ValueErrors naming the parameter)."""
-    check_choice(loss, "loss", LOSS_NAMES)
-    check_choice(optimizer, "optimizer", OPTIMIZERS)
-    check_positive_float(lr, "lr")
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float):
-        _fail("momentum", momentum, "a number in [0, 1)")
-    if not 0.0 <= momentum < 1.0:
-        _fail("momentum", momentum, "in [0, 1)")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float):
-        _fail("weight_decay", weight_decay, "a number ≥ 0")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        _fail("weight_decay", weight_decay, "a finite number ≥ 0")
-    if not isinstance(nesterov, bool):
-        _fail("nesterov", nesterov, "True or False")
-    if nesterov and (optimizer != "sgd" or momentum == 0):
-        raise ValueError("nesterov=True needs optimizer='sgd' and momentum > 0")
-    measurement_steps(steps, measure_every, schedule)  # checks steps, measure_every, schedule
-    check_seed(seed)
-    if target_loss is not None:
-        check_positive_float(target_loss, "target_loss")
-    check_positive_float(divergence_threshold, "divergence_threshold")
-    check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
-    check_positive_int(eval_size, "eval_size", allow_none=True)
+def check_train_args(options: TrainOptions | None = None, **params: Any) -> TrainOptions:
+    """The validated :class:`~flatbook.runspec.TrainOptions`: ``options`` (default: all
+    defaults) with ``params`` changed; an unknown keyword is a TypeError listing the allowed
+    ones, a bad value a one-line ValueError naming the parameter."""
+    allowed = [p.name for p in TRAIN_PARAMS]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"train() got unknown parameter(s) {unknown}; allowed: {allowed} "
+                        "(and model, data, options, measure, measure_at, checkpoint_path, "
+                        "checkpoint_meta, callback, desc, chunk, handle_signals)")  # fmt: skip
+    if options is None:
+        return TrainOptions(**params)
+    if not isinstance(options, TrainOptions):
+        raise TypeError(f"options must be a TrainOptions; got {type(options).__name__}")
+    return options.replace(**params) if params else options
 
 
 def check_label_noise(label_noise: float, loss: str) -> float:
     """Validate σ of label-noise SGD: a finite number ≥ 0, and only with the squared loss
     (the noise is added to the one-hot / real targets)."""
-    if isinstance(label_noise, bool) or not isinstance(label_noise, int | float):
-        _fail("label_noise", label_noise, "a number ≥ 0 (σ of the target noise)")
-    if not (math.isfinite(label_noise) and label_noise >= 0):
-        _fail("label_noise", label_noise, "a finite number ≥ 0 (σ of the target noise)")
-    if label_noise > 0 and loss != "squared":
-        raise ValueError(
-            f"label_noise={label_noise} needs loss='squared' (noise is added to the targets); "
-            f"got loss={loss!r}"
-        )
-    return float(label_noise)
+    return _validate.label_noise(label_noise, "label_noise", {"loss": loss})
 
 
 def _label_noise(yb: Tensor, seed: int, step: int) -> Tensor:
@@ -478,113 +434,89 @@ def train(
     X_test: Tensor | None = None,
     Y_test: Tensor | None = None,
     *,
-    loss: str = "squared",
-    optimizer: str = "sgd",
-    lr: float = 0.1,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-    batch_size: int | str | None = 32,
-    steps: int = 1000,
-    measure_every: int = 100,
-    schedule: str = "linear",
-    measure_at: Sequence[int] | None = None,
+    options: TrainOptions | None = None,
     measure: MeasureFn | None = default_measure,
-    eval_size: int | None = 256,
-    eval_seed: int = 0,
-    seed: int = 0,
-    label_noise: float = 0.0,
-    target_loss: float | None = 1e-3,
-    divergence_threshold: float = 1e6,
+    measure_at: Sequence[int] | None = None,
     checkpoint_path: str | Path | None = None,
-    checkpoint_every: int | None = None,
     checkpoint_meta: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
-    progress: bool = True,
     desc: str | None = None,
     chunk: int = 4096,
     handle_signals: bool = True,
+    **params: Any,
 ) -> TrainResult:
     """Train ``model`` in place and record measurements along the way.
+
+    The loop's parameters — loss, optimizer, η, batch size, steps, measurement schedule,
+    evaluation subset, seed, label noise, … — are the :class:`~flatbook.runspec.TrainOptions`
+    declared in :data:`flatbook.runspec.PARAMS` (listed below with this function's defaults):
+    give them as keywords (``train(net, X, Y, lr=0.1, steps=500)``) or as ``options=`` (a
+    ``TrainOptions``, e.g. :func:`flatbook.runspec.train_options` of a run config; keywords
+    override it). Their meaning in the loop: ``optimizer="sgd"`` follows ``torch.optim.SGD``
+    (``momentum``, ``weight_decay``, ``nesterov``), ``"adam"`` is ``torch.optim.Adam`` with
+    β = (0.9, 0.999); ``batch_size="full"`` (or None) is gradient descent; ``measure_every`` and
+    ``schedule`` place the records (:func:`measurement_steps`); ``eval_size``/``eval_seed``
+    pick the fixed evaluation subset (:func:`eval_subset`) on which ``measure`` runs; ``seed``
+    orders the batches and seeds ``measure``; ``label_noise`` σ trains each minibatch on
+    y + σξ (ξ ~ N(0, I) from a generator seeded by (seed, step), so a resumed run draws the
+    same noise; records use the clean y); ``target_loss`` sets ``target_step``; a minibatch
+    loss above ``divergence_threshold`` (or any non-finite loss or parameter) ends the run as
+    ``"diverged"``; ``checkpoint_every`` also checkpoints every this many steps (None: at
+    the end and on interrupt only); ``progress`` shows a tqdm bar.
 
     Args:
         model: the network (its dtype/device must match the data).
         X_train, Y_train: training inputs [n, ...] and targets ([n, k] one-hot / probabilities;
             [n] labels allowed for cross-entropy).
         X_test, Y_test: optional test set (test_loss / test_acc in each record).
-        loss: ``"squared"`` (½‖f − y‖², mean over samples) or ``"cross_entropy"``.
-        optimizer: ``"sgd"`` (plain by default) or ``"adam"`` (β₁ = momentum or 0.9).
-        lr: learning rate η > 0.
-        momentum, weight_decay, nesterov: SGD options (``torch.optim.SGD`` semantics).
-        batch_size: B (1 ≤ B ≤ n) or ``"full"`` for full-batch gradient descent.
-        steps: number of optimizer steps.
-        measure_every, schedule: measurement schedule, see :func:`measurement_steps`;
-            ``measure_at`` overrides it with explicit steps (0 and ``steps`` are always added).
+        options: the loop's parameters as a record (see above).
         measure: ``measure(model, X_eval, Y_eval, loss, seed) -> {name: float}`` or None
             (then records hold only losses/accuracies). Default :data:`default_measure`.
-        eval_size, eval_seed: the fixed evaluation subset of the training set
-            (:func:`eval_subset`) on which ``measure`` runs.
-        seed: batch-order seed (and the seed passed to ``measure``).
-        label_noise: σ ≥ 0 of *label-noise SGD* (Blanc et al. 2020): every minibatch is
-            trained on the targets y + σξ, ξ ~ N(0, I) drawn afresh at each step (a generator
-            seeded by (seed, step), so a resumed run draws the same noise); squared loss only.
-            Records (train loss/accuracy, every measure) use the clean targets y.
-        target_loss: record ``target_step``, the first measured step with train loss below it.
-        divergence_threshold: a minibatch loss above this (or any non-finite loss or
-            parameter) ends the run as ``"diverged"``.
+        measure_at: explicit record steps, instead of ``measure_every``/``schedule`` (0 and
+            ``steps`` are always added).
         checkpoint_path: where to keep the resumable state (``.pt``); if the file exists and
             matches ``checkpoint_meta``, training resumes from it.
-        checkpoint_every: also checkpoint every this many steps (None: only at the end and on
-            interrupt).
         checkpoint_meta: JSON-able identity (e.g. the config hash) stored in the checkpoint and
             required to match on resume.
         callback: ``callback(step, model, record_or_None)`` after every step; raising
             KeyboardInterrupt there checkpoints and stops (used to simulate a kill).
-        progress: show a tqdm progress bar.
+        desc: the progress bar's label.
         chunk: samples per forward pass when evaluating full-set loss/accuracy.
         handle_signals: defer SIGINT/SIGTERM to the next step boundary (main thread only).
+        **params: the loop's parameters as keywords (see above).
 
     Returns:
         :class:`TrainResult`. Raises KeyboardInterrupt (after checkpointing) when interrupted.
     """
     if measure_at is not None:  # explicit steps: measure_every / schedule are not used
-        check_positive_int(steps, "steps")
         if isinstance(measure_at, str) or not isinstance(measure_at, Sequence):
             _fail("measure_at", measure_at, "a list of integer steps")
-    check_train_args(
-        loss=loss, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        nesterov=nesterov, steps=steps,
-        measure_every=measure_every if measure_at is None else 1,
-        schedule=schedule if measure_at is None else "linear",
-        seed=seed, target_loss=target_loss, divergence_threshold=divergence_threshold,
-        checkpoint_every=checkpoint_every, eval_size=eval_size,
-    )  # fmt: skip
+        params.setdefault("measure_every", 1)
+        params.setdefault("schedule", "linear")
+    o = check_train_args(options, **params)
     check_positive_int(chunk, "chunk")
-    label_noise = check_label_noise(label_noise, loss)
-    _check_data(X_train, Y_train, "train", loss, model)
+    _check_data(X_train, Y_train, "train", o.loss, model)
     has_test = X_test is not None and Y_test is not None
     if has_test:
-        _check_data(X_test, Y_test, "test", loss, model)  # type: ignore[arg-type]
+        _check_data(X_test, Y_test, "test", o.loss, model)  # type: ignore[arg-type]
     n = int(X_train.shape[0])
-    B = resolve_batch_size(batch_size, n)
-    full_batch = B == n and (batch_size is None or batch_size == "full")
+    B = resolve_batch_size(o.batch_size, n)
+    full_batch = B == n and (o.batch_size is None or o.batch_size == "full")
     spe = max(1, n // B)
     if measure_at is not None:
-        bad = [s for s in measure_at if not isinstance(s, int | np.integer) or not 0 <= s <= steps]
+        bad = [s for s in measure_at
+               if not isinstance(s, int | np.integer) or not 0 <= s <= o.steps]  # fmt: skip
         if bad:
-            raise ValueError(f"measure_at entries must be integers in 0..{steps}; got {bad}")
-        schedule_pts = sorted(set(int(s) for s in measure_at) | {0, steps})
+            raise ValueError(f"measure_at entries must be integers in 0..{o.steps}; got {bad}")
+        schedule_pts = sorted(set(int(s) for s in measure_at) | {0, o.steps})
     else:
-        schedule_pts = measurement_steps(steps, measure_every, schedule)
+        schedule_pts = measurement_steps(o.steps, o.measure_every, o.schedule)
     to_measure = set(schedule_pts)
-    eval_idx = eval_subset(n, eval_size, eval_seed)
+    eval_idx = eval_subset(n, o.eval_size, o.eval_seed)
     eval_t = torch.as_tensor(eval_idx, device=X_train.device)
     X_eval, Y_eval = X_train[eval_t], Y_train[eval_t]
-    loss_fn = losses.get(loss)
-    opt = _make_optimizer(
-        optimizer, [p for p in model.parameters() if p.requires_grad], lr, momentum,
-        weight_decay, nesterov,
-    )  # fmt: skip
+    loss_fn = losses.get(o.loss)
+    opt = _make_optimizer(o, [p for p in model.parameters() if p.requires_grad])
 
     records: list[dict[str, Any]] = []
     step = 0
@@ -629,12 +561,12 @@ def train(
     def take_record(t: int) -> dict[str, Any]:
         nonlocal target_step
         rec: dict[str, Any] = {"step": t, "epoch": t / spe}
-        rec["train_loss"], rec["train_acc"] = evaluate(model, X_train, Y_train, loss, chunk)
+        rec["train_loss"], rec["train_acc"] = evaluate(model, X_train, Y_train, o.loss, chunk)
         if has_test:
-            rec["test_loss"], rec["test_acc"] = evaluate(model, X_test, Y_test, loss, chunk)  # type: ignore[arg-type]
+            rec["test_loss"], rec["test_acc"] = evaluate(model, X_test, Y_test, o.loss, chunk)  # type: ignore[arg-type]
         if measure is not None and math.isfinite(rec["train_loss"]):
             with eval_mode(model):
-                extra = call_measure(measure, model, X_eval, Y_eval, loss, seed, t)
+                extra = call_measure(measure, model, X_eval, Y_eval, o.loss, o.seed, t)
             for k, v in extra.items():
                 if k in rec:
                     continue
@@ -642,7 +574,7 @@ def train(
                     rec[k] = float(v)
                 except (TypeError, ValueError):
                     raise TypeError(f"measure returned {k}={v!r}; values must be floats") from None
-        if target_loss is not None and target_step is None and rec["train_loss"] < target_loss:
+        if o.target_loss is not None and target_step is None and rec["train_loss"] < o.target_loss:
             target_step = t
         records.append(rec)
         return rec
@@ -655,7 +587,7 @@ def train(
     pending: list[Tensor] = []  # minibatch losses not yet checked (avoids a sync per step)
     first_pending = step
     consistent = True
-    bar = _progress(steps, step, desc, progress)
+    bar = _progress(o.steps, step, desc, o.progress)
     postfix: dict[str, str] = {}
     perm_epoch, perm = -1, torch.empty(0, dtype=torch.long)
     sync_every = 25
@@ -665,7 +597,7 @@ def train(
         nonlocal diverged_at, first_pending
         if pending:
             vals = torch.stack(pending).detach().double().cpu()
-            bad = ~torch.isfinite(vals) | (vals.abs() > divergence_threshold)
+            bad = ~torch.isfinite(vals) | (vals.abs() > o.divergence_threshold)
             pending.clear()
             if bool(bad.any()):
                 diverged_at = first_pending + int(bad.nonzero()[0, 0])
@@ -685,19 +617,19 @@ def train(
                 rec = take_record(0)
                 if not math.isfinite(rec["train_loss"]):
                     status, diverged_at = "diverged", 0
-            while status == "completed" and step < steps:
+            while status == "completed" and step < o.steps:
                 consistent = False
                 if full_batch:
                     xb, yb = X_train, Y_train
                 else:
                     epoch, pos = divmod(step, spe)
                     if epoch != perm_epoch:
-                        perm = _epoch_perm(seed, epoch, n).to(X_train.device)
+                        perm = _epoch_perm(o.seed, epoch, n).to(X_train.device)
                         perm_epoch = epoch
                     idx = perm[pos * B : (pos + 1) * B]
                     xb, yb = X_train[idx], Y_train[idx]
-                if label_noise:
-                    yb = yb + label_noise * _label_noise(yb, seed, step)
+                if o.label_noise:
+                    yb = yb + o.label_noise * _label_noise(yb, o.seed, step)
                 opt.zero_grad(set_to_none=True)
                 lb = loss_fn(model(xb), yb)
                 lb.backward()
@@ -706,10 +638,10 @@ def train(
                 step += 1
                 bar.update(1)
                 rec = None
-                ckpt_due = checkpoint_every is not None and step % checkpoint_every == 0
+                ckpt_due = o.checkpoint_every is not None and step % o.checkpoint_every == 0
                 if (
                     step in to_measure
-                    or step == steps
+                    or step == o.steps
                     or len(pending) >= sync_every
                     or ckpt_due
                     or stop.requested is not None
@@ -749,7 +681,7 @@ def train(
         records=records,
         status=status,
         steps_done=step if status == "completed" else int(diverged_at or 0),
-        steps=steps,
+        steps=o.steps,
         diverged_at=diverged_at,
         target_step=target_step,
         steps_per_epoch=spe,

@@ -90,7 +90,26 @@ PRINT_TAGS = {"hide-input": "remove-input", "hide-output": "remove-output",
               "hide-cell": "remove-cell"}
 
 
-def convert(md: Path, dest: Path, inject: bool = True, for_print: bool = False) -> None:
+def copy_outputs(nb: nbformat.NotebookNode, executed: Path) -> None:
+    """Give ``nb`` the outputs of its executed twin ``executed`` (same code cells, same order,
+    as written by ``scripts/nbval_save.py``); SystemExit naming the chapter if the twin is
+    missing, was not executed to the end, or has other code."""
+    if not executed.is_file():
+        sys.exit(f"error: {executed} does not exist: run the chapters under nbval first "
+                 "(scripts/test.sh does) or build without --executed")
+    done = nbformat.read(executed, as_version=4)
+    mine = [c for c in nb.cells if c.cell_type == "code"]
+    theirs = [c for c in done.cells if c.cell_type == "code"]
+    if [c.source for c in mine] != [c.source for c in theirs]:
+        sys.exit(f"error: {executed} holds other code than its chapter: re-run the chapters")
+    if any(c.get("execution_count") is None for c in theirs):
+        sys.exit(f"error: {executed} was not executed to the end (a cell failed under nbval)")
+    for a, b in zip(mine, theirs, strict=True):
+        a.outputs, a.execution_count = b.outputs, b.execution_count
+
+
+def convert(md: Path, dest: Path, inject: bool = True, for_print: bool = False,
+            executed: Path | None = None) -> None:
     nb = jupytext.read(md)
     for cell in nb.cells:  # papermill expects a tags list on every cell
         cell.metadata.setdefault("tags", [])
@@ -105,6 +124,8 @@ def convert(md: Path, dest: Path, inject: bool = True, for_print: bool = False) 
         if not tagged:
             sys.exit(f"error: {md} declares test_parameters but has no cell tagged 'parameters'")
         nb = parameterize_notebook(nb, params, report_mode=False, comment="fast test parameters")
+    if executed is not None:
+        copy_outputs(nb, executed)
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest)
 
@@ -120,7 +141,14 @@ def main() -> None:
                     help="for the PDF: hidden (collapsed) cell parts are removed instead")
     ap.add_argument("--cache", default=None,
                     help="execute through the Jupyter Book cache under this folder")
+    ap.add_argument("--no-execute", action="store_true",
+                    help="write the config with execution off (the notebooks are executed "
+                         "elsewhere: under nbval with scripts/nbval_save.py)")
+    ap.add_argument("--executed", default=None,
+                    help="folder of a prepared book whose notebooks were executed (by nbval): "
+                         "copy their outputs, execution off")
     args = ap.parse_args()
+    executed = None if args.executed is None else (ROOT / args.executed).resolve()
     out = (ROOT / args.out).resolve()
     if out.exists():
         shutil.rmtree(out)
@@ -129,6 +157,8 @@ def main() -> None:
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     cfg["exclude_patterns"] = [p for p in cfg.get("exclude_patterns", []) if "ipynb" not in p]
     cfg = edition_config(cfg, args.edition, None if args.cache is None else ROOT / args.cache)
+    if args.no_execute or executed is not None:
+        cfg["execute"] = {**cfg.get("execute", {}), "execute_notebooks": "off"}
     if args.for_print:  # the single-page HTML builder needs every node's html handlers
         cfg["sphinx"]["local_extensions"] = {**cfg["sphinx"].get("local_extensions", {}),
                                              "print_support": "_ext"}
@@ -136,6 +166,7 @@ def main() -> None:
     for name in ["_toc.yml", "references.bib"]:
         shutil.copy2(ROOT / name, out / name)
     shutil.copytree(ROOT / "_ext", out / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "_static", out / "_static")  # the book's CSS (e.g. print rules)
     # static assets referenced by pages (images, data shipped with the book)
     for extra in (ROOT / "book").rglob("*"):
         if extra.is_file() and extra.suffix not in {".md", ".ipynb"}:
@@ -153,14 +184,17 @@ def main() -> None:
             sys.exit(f"error: _toc.yml lists {f!r} but {src} does not exist")
         rel = src.relative_to(ROOT)
         if is_notebook(src):
+            twin = None if executed is None else (executed / rel).with_suffix(".ipynb")
             convert(src, (out / rel).with_suffix(".ipynb"), inject=args.params == "fast",
-                    for_print=args.for_print)
+                    for_print=args.for_print, executed=twin)
             n_nb += 1
         else:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out / rel)
+    how = (", outputs of " + str(executed) if executed else ", not executed" if args.no_execute
+           else ", cached" if args.cache else "")
     print(f"[prepare] {n_nb} notebooks -> {out} ({args.edition} edition, {args.params} "
-          f"parameters{', cached' if args.cache else ''})")
+          f"parameters{how})")
 
 
 if __name__ == "__main__":

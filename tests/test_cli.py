@@ -241,12 +241,116 @@ def test_help_gives_every_option_a_line_and_its_default(
     def block(opt: str) -> str:  # the option's help text, joined over its lines
         return " ".join(out.split("\n  " + opt, 1)[1].split("\n  -", 1)[0].split())
 
-    for opt, default in (("--lr LR", "0.2"), ("--batch-size BATCH_SIZE", "32"),
-                         ("--measure-every MEASURE_EVERY", "1000"),
-                         ("--eval-size EVAL_SIZE", "256"), ("--n-train N_TRAIN", "all"),
+    for opt, default in (("--lr LR", "0.2"),
+                         ("--batch-size BATCH_SIZE", "32, or n_train if smaller"),
+                         ("--measure-every MEASURE_EVERY", "1000, or steps if smaller"),
+                         ("--eval-size EVAL_SIZE", "256, or n_train if smaller"),
+                         ("--n-train N_TRAIN", "all"),
                          ("--checkpoint-every CHECKPOINT_EVERY", "2000")):  # fmt: skip
         assert f"(default: {default})" in block(opt), (opt, block(opt))
     options = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  --")]
     assert len(options) > 25
     for o in options:  # each option has help text (argparse puts it on the same or next line)
         assert "default" in block(o), o
+
+
+# ------------------------------------------------------------------------- run flags
+# (the run parameters' flags are generated from flatbook.runspec.PARAMS)
+
+
+def test_every_run_parameter_has_its_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from flatbook import runspec
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    flags = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  --")}
+    assert {p.flag for p in runspec.PARAMS if p.cli is not None} <= flags
+    assert {"--optimizer", "--momentum", "--threads", "--label-noise"} <= flags
+
+
+def test_run_n_train_200_with_every_other_flag_at_its_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run --n-train 200``: the defaults that depend on n_train adapt (eval_size 256 → 200)
+    and the run starts training (stopped after 2 steps here: a default run is 30000 steps)."""
+    real, seen = ex.run, []
+
+    def run_two_steps(cfg: ex.RunConfig, results_dir: Path, overwrite: bool = False) -> Any:
+        seen.append(cfg)
+
+        def stop(step: int, model: object, rec: object) -> None:
+            if step == 2:
+                raise KeyboardInterrupt("stopped by the test")
+
+        return real(cfg, results_dir, overwrite=overwrite, callback=stop)
+
+    monkeypatch.setattr(ex, "run", run_two_steps)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--n-train", "200", "--results-dir", str(tmp_path)])
+    assert e.value.code == 130 and "stopped by the test" in capsys.readouterr().err
+    (cfg,) = seen
+    assert cfg == ex.RunConfig(n_train=200) and cfg.eval_size == 200
+    assert (tmp_path / cfg.run_id / "checkpoint.pt").is_file()  # it trained
+
+
+def test_more_threads_than_cores_run_capped_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flatbook import runspec
+
+    cores = runspec.available_cores()
+    with pytest.warns(runspec.CoresWarning) as notes:  # the CLI prints it as one line
+        assert main(["run", *TINY, "--batch-size", "8", "--threads", "1000", "--results-dir",
+                     str(tmp_path)]) == 0  # fmt: skip
+    note = str(notes[0].message)
+    assert f"threads=1000 exceeds the {cores} CPU core(s)" in note and f"using {cores}" in note
+    (doc,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")]
+    assert doc["numerics"]["threads"] == cores
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "says"),
+    [
+        (["--lr", "1e-320"], "--lr", "below 1e-08"),
+        (["--lr", "nan"], "--lr", "positive finite"),
+        (["--lr", "-0.5"], "--lr", "positive finite"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum", "--optimizer sgd"),
+        (["--optimizer", "adam", "--momentum", "0"], "--momentum", "--optimizer sgd"),
+        (["--optimizer", "adam", "--nesterov"], "--nesterov", "--optimizer sgd"),
+        (["--epochs", "1e-9"], "--epochs", "whole number"),
+        (["--epochs", "2.5"], "--epochs", "whole number"),
+        (["--steps", "1.5"], "--steps", "invalid int"),
+        (["--sharpness-tol", "1"], "--sharpness-tol", "(0, 1)"),
+        (["--sharpness-tol", "0"], "--sharpness-tol", "(0, 1)"),
+        (["--seed", "-1"], "--seed", "0..2**63-1"),
+        (["--n-train", "200", "--eval-size", "300"], "--eval-size", "n_train=200"),
+        (["--n-train", "20", "--batch-size", "32"], "--batch-size", "n_train=20"),
+        (["--label-noise", "0.1", "--loss", "cross_entropy"], "--label-noise", "squared"),
+        (["--label-noise", "-1"], "--label-noise", "≥ 0"),
+        (["--weight-decay", "inf"], "--weight-decay", "finite"),
+        (["--divergence-threshold", "0"], "--divergence-threshold", "positive"),
+        (["--target-loss", "-1"], "--target-loss", "positive"),
+        (["--steps", "100", "--measure-every", "200"], "--measure-every", "exceeds steps"),
+        (["--dataset", "imagenet"], "--dataset", "allowed"),
+        (["--classes", "1"], "--classes", "count ≥ 2"),
+        (["--classes", "3", "3"], "--classes", "distinct"),
+        (["--n-test", "0"], "--n-test", "positive integer"),
+        (["--standardize", "zscore"], "--standardize", "allowed"),
+        (["--data-seed", "-2"], "--data-seed", "0..2**63-1"),
+        (["--loss", "hinge"], "--loss", "allowed"),
+        (["--dtype", "float16"], "--dtype", "allowed"),
+        (["--schedule", "cosine"], "--schedule", "allowed"),
+        (["--device", "tpu"], "--device", "allowed"),
+        (["--model-kw", "hidden=[0]"], "--model-kw", "positive integers"),
+    ],
+)
+def test_run_flags_are_checked_against_their_meaning(
+    args: list[str], flag: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", *args, "--results-dir", str(tmp_path), "--no-progress"])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in last and says in last and "error" in last, last
+    assert not any(tmp_path.iterdir())  # nothing was started

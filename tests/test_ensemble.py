@@ -223,3 +223,15 @@ def test_sparse_hidden_profile_is_the_same_in_both_engines(tmp_path: Path) -> No
         extra = [set(r) - set(res.records[1]) for r in res.records]
         assert [bool(x) for x in extra] == [True, False, True, False, True]   # steps 0, 10, 20
     assert [r.keys() for r in solo.records] == [r.keys() for r in ens.records]
+
+
+def test_starting_a_member_over_moves_its_stored_run_aside(tmp_path: Path) -> None:
+    cfgs = _cfgs()[:2]
+    R.run_ensemble(cfgs, tmp_path)
+    old = (E.run_dir_for(cfgs[0], tmp_path) / "results.json").read_bytes()
+    with pytest.warns(UserWarning):
+        R.run_ensemble(cfgs, tmp_path, overwrite=[True, False])
+    aside = list((tmp_path / "stale").glob(f"{cfgs[0].run_id}-*/results.json"))
+    assert len(aside) == 1 and aside[0].read_bytes() == old   # kept byte for byte
+    assert not list((tmp_path / "stale").glob(f"{cfgs[1].run_id}-*"))
+    assert (E.run_dir_for(cfgs[0], tmp_path) / "results.json").is_file()   # recomputed

@@ -85,6 +85,14 @@ def _same_numbers(a: list[dict], b: list[dict]) -> None:
             assert ra[k] == pytest.approx(rb[k], rel=1e-12, abs=0), k
 
 
+@pytest.fixture(autouse=True)
+def executor_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Executor state of every test in its own folder (never the user's ~/.cache)."""
+    d = tmp_path / "executor-state"
+    monkeypatch.setenv("FLATBOOK_EXECUTOR_DIR", str(d))
+    return d
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 4 runs, uninterrupted, in this process (no executor)."""
@@ -149,7 +157,7 @@ def test_local_sweep_kill_requeue_resubmit(
     # every run, interrupted or not, has the numbers of the uninterrupted run
     for cfg in CONFIGS:
         _same_numbers(_records(root, cfg), _records(reference, cfg))
-    ledger = json.loads((root / ".submitit" / "jobs.json").read_text())["jobs"]
+    ledger = json.loads((exe.default_folder(root) / "jobs.json").read_text())["jobs"]
     assert set(ledger) == set(jid) and ledger[a]["job_id"] == jid[a] != ledger[b]["job_id"]
 
 
@@ -343,7 +351,7 @@ def test_options_validation() -> None:
     with pytest.raises(ValueError, match="wait=False"):
         exe.sweep(CONFIGS, "unused", exe.ExecutorOptions("local"), wait=False)
     assert exe.ExecutorOptions("slurm").resolved_time_min == exe.DEFAULT_SLURM_TIME_MIN
-    assert exe.ExecutorOptions("local").resolved_folder("r") == Path("r") / ".submitit"
+    assert exe.ExecutorOptions("local").resolved_folder("r") == exe.default_folder("r")
 
 
 STUDY_ARGS = (
@@ -378,3 +386,52 @@ def test_setting_runs_land_where_the_chapters_read_them(
     _same_numbers(ra.records, rb.records)
     assert main(["sweep", *STUDY_ARGS, "--results-dir", str(b), "--executor", "inline"]) == 0
     assert "0 job(s) submitted, 1 finished run(s) skipped" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ trust
+
+
+class _Planted:
+    """A pickle that runs code when loaded (touches a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_executor_state_lives_outside_the_store_and_planted_pickles_are_not_loaded(
+    tmp_path: Path, executor_dir: Path
+) -> None:
+    import pickle
+
+    store = tmp_path / "results"
+    folder = exe.ExecutorOptions("local").resolved_folder(store)
+    assert executor_dir in folder.parents and store not in folder.parents
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0  # private to this user
+    assert exe.default_folder(store) == folder  # the same store → the same folder (ledger)
+    assert exe.default_folder(tmp_path / "other") != folder
+    # a result pickle planted in a folder others can write (e.g. a shared store) is refused
+    shared = store / ".submitit"
+    (shared / "7").mkdir(parents=True)
+    shared.chmod(0o777)
+    (shared / "7").chmod(0o777)
+    marker = tmp_path / "code-ran"
+    planted = shared / "7" / "7_result.pkl"
+    planted.write_bytes(pickle.dumps(("error", _Planted(marker))))
+    job = SimpleNamespace(job_id="7", paths=SimpleNamespace(
+        result_pickle=planted, folder=shared / "7", stderr=shared / "7" / "7_log.err"))
+    err = exe._job_error(job, shared)
+    assert err is not None and "not loaded" in err and "written by another user" in err
+    assert not marker.exists()
+    link = shared / "7" / "link_result.pkl"
+    link.symlink_to(planted)
+    assert "not a regular file" in str(exe.trusted_pickle(link, shared))
+    # the same file in the private default folder is trusted (its own job wrote it)
+    (folder / "7").mkdir()
+    own = folder / "7" / "7_result.pkl"
+    own.write_bytes(pickle.dumps(("error", "RuntimeError: boom")))
+    assert exe.trusted_pickle(own, folder) is None
+    job.paths = SimpleNamespace(result_pickle=own, folder=folder / "7", stderr="log")
+    assert "failed: RuntimeError: boom" in str(exe._job_error(job, folder))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatbook import __version__, train
+from flatbook import __version__, runspec, train
 from flatbook import experiment as ex
 from flatbook._io import DamagedFileError, atomic_write, dumps, read_json, seal, write_json
 
@@ -44,8 +44,8 @@ def test_config_hash_is_semantic() -> None:
     assert a.config_hash != tiny(lr=0.2).config_hash != tiny(seed=1).config_hash
     assert a.run_id.startswith("mlp-digits-lr0.1-b8-s0-") and a.run_id.endswith(a.config_hash[:10])
     assert ex.RunConfig().steps == ex.DEFAULT_STEPS
-    e = ex.RunConfig().replace(epochs=2.5)
-    assert e.steps is None and e.epochs == 2.5 and e.replace(steps=5000).epochs is None
+    e = ex.RunConfig().replace(epochs=2)
+    assert e.steps is None and e.epochs == 2.0 and e.replace(steps=5000).epochs is None
 
 
 def test_grid_is_a_cartesian_product() -> None:
@@ -56,6 +56,119 @@ def test_grid_is_a_cartesian_product() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown grid axis 'learning_rate'"):
         ex.grid(tiny(), learning_rate=[0.1])
+
+
+# ------------------------------------------------------------------------- run specification
+
+RUN_IDS = {  # computed by the code before the run specification (flatbook.runspec) existed
+    "mlp-digits-lr0.2-b32-s0-9e6d237d08": {},
+    "mlp-digits-lr0.1-b8-s0-69d5348536": {**TINY, "classes": [0, 1, 2], "measures": [
+        "sharpness", "trace"]},
+    "mlp-digits-lr0.05-bfull-s0-ce5f9b213d": {"steps": None, "epochs": 3.0, "batch_size": "full",
+                                              "lr": 0.05},
+    "mlp-digits-lr0.2-b32-ln0.1-s7-157ab27b9f": {"label_noise": 0.1, "seed": 7, "data_seed": 3},
+    "mlp-digits-lr0.001-b32-s0-a23dd02f7f": {"optimizer": "adam", "lr": 1e-3, "classes": 4,
+                                             "loss": "cross_entropy", "weight_decay": 1e-4},
+    "mlp-digits-lr0.2-b32-s0-3f2125cc73": {"momentum": 0.9, "nesterov": True, "measures": [],
+                                           "target_loss": 1e-4, "sharpness_tol": 1e-4},
+    "lenet5-digits-lr0.2-b32-s0-238baf5596": {"model": "lenet5", "dtype": "float64",
+                                              "model_kw": {"activation": "relu"},
+                                              "divergence_threshold": 1e5},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("run_id", list(RUN_IDS))
+def test_run_ids_are_those_of_the_code_before_the_run_specification(run_id: str) -> None:
+    cfg = ex.RunConfig.from_dict(RUN_IDS[run_id])
+    assert cfg.run_id == run_id
+    assert ex.RunConfig.from_dict(cfg.to_dict()) == cfg  # a stored config reads back equal
+
+
+def test_the_declaration_generates_the_config_the_training_options_and_the_flags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RunConfig's fields, TrainOptions and the CLI flags all come from runspec.PARAMS; a new
+    Param appears in each of them."""
+    import argparse
+    import dataclasses
+
+    names = [p.name for p in runspec.PARAMS]
+    assert [f.name for f in dataclasses.fields(ex.RunConfig)] == names
+    assert ex.OPERATIONAL == {"device", "threads", "checkpoint_every", "progress", "data_dir"}
+    opts = runspec.train_options(tiny(), steps=30)
+    assert (opts.lr, opts.batch_size, opts.eval_seed, opts.measure_every) == (0.1, 8, 0, 10)
+    extra = runspec.Param("warmup", "int", 0, "warm-up steps", runspec.V.seed, "optimisation",
+                          runspec.Flag(type=int), runspec.TrainUse())
+    params = (*runspec.PARAMS, extra)
+    Config = runspec.spec_class(params)(type("Config", (), {}))
+    assert Config().warmup == 0 and Config(warmup=5).warmup == 5 and "warmup" in Config.__doc__
+    with pytest.raises(ValueError, match="warmup"):
+        Config(warmup=-1)
+    train_params = tuple(runspec._train_param(p) for p in params if p.train is not None)
+    assert train_params[-1].name == "warmup"
+    parser = argparse.ArgumentParser()
+    monkeypatch.setattr(runspec, "PARAMS", params)
+    runspec.add_arguments(parser)
+    assert "--warmup" in parser.format_help() and "(default: 0)" in parser.format_help()
+
+
+def test_no_second_list_of_the_run_parameters_in_the_package() -> None:
+    """No call or function signature in flatbook/ (outside runspec) spells out the run
+    parameters one by one (as RunConfig's fields, the CLI and train() used to)."""
+    import ast
+
+    pkg = Path(runspec.__file__).parent
+    names = set(runspec.BY_NAME) | {p.name for p in runspec.TRAIN_PARAMS}
+    for path in sorted(pkg.rglob("*.py")):
+        if path.name == "runspec.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                used = {k.arg for k in node.keywords} & names
+            elif isinstance(node, ast.FunctionDef):
+                a = node.args
+                used = {x.arg for x in (*a.args, *a.kwonlyargs)} & names
+            elif isinstance(node, ast.ClassDef):
+                used = {t.target.id for t in node.body if isinstance(t, ast.AnnAssign)
+                        and isinstance(t.target, ast.Name)} & names  # fmt: skip
+            else:
+                continue
+            # a few related ones together are normal (data.load's options); the old lists
+            # held 14-32 of them
+            assert len(used) <= 10, f"{path.name}:{node.lineno} lists {sorted(used)}"
+
+
+def test_defaults_that_depend_on_another_parameter_adapt_to_it() -> None:
+    small = ex.RunConfig(n_train=200)
+    assert (small.eval_size, small.batch_size, small.steps) == (200, 32, ex.DEFAULT_STEPS)
+    assert ex.RunConfig(n_train=20).batch_size == 20
+    assert ex.RunConfig(steps=500).measure_every == 500
+    assert ex.RunConfig(n_train=300).config_hash == ex.RunConfig(n_train=300,
+                                                                 eval_size=256).config_hash
+    assert small.replace(n_train=100).eval_size == 100  # derived again
+    assert small.replace(n_train=1000).eval_size == 256
+    fixed = ex.RunConfig(n_train=200, eval_size=150)
+    assert fixed.replace(n_train=400).eval_size == 150  # given: kept
+    with pytest.raises(ValueError, match=r"eval_size=256 exceeds the training set \(n_train=200"):
+        ex.RunConfig(n_train=200, eval_size=256)  # given explicitly: not silently changed
+    assert ex.RunConfig(steps=None, epochs=2).steps is None
+
+
+def test_momentum_is_an_sgd_option() -> None:
+    adam = ex.RunConfig(optimizer="adam", lr=1e-3)
+    assert adam.momentum == 0.0 and runspec.train_options(adam).optimizer == "adam"
+    with pytest.raises(ValueError, match=r"momentum=0.9 is an option of optimizer='sgd', not "
+                                         r"used with optimizer='adam'"):
+        adam.replace(momentum=0.9)
+
+
+def test_more_threads_than_cores_are_capped_with_a_note() -> None:
+    cores = runspec.available_cores()
+    cfg = tiny(threads=1000)
+    assert cfg.threads == 1000  # the config keeps what was asked (not hashed)
+    with pytest.warns(runspec.CoresWarning, match=f"threads=1000 exceeds the {cores} CPU"):
+        got = ex.resolve_threads(cfg, torch.device("cpu"), 10, note=True)
+    assert got == cores
+    assert ex.resolve_threads(tiny(threads=1), torch.device("cpu"), 10, note=True) == 1
 
 
 # ------------------------------------------------------------------------- bad parameters
@@ -100,6 +213,22 @@ BAD = [
     ({"checkpoint_every": -10}, "checkpoint_every"),
     ({"model_kw": {"depth": 3}}, "model_kw"),
     ({"progress": "yes"}, "progress"),
+    # each parameter against its meaning
+    ({"lr": 1e-320}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"optimizer": "adam", "momentum": 0.9}, "momentum"),
+    ({"optimizer": "adam", "nesterov": True}, "nesterov"),
+    ({"steps": None, "epochs": 1e-9}, "epochs"),
+    ({"steps": None, "epochs": 2.5}, "epochs"),
+    ({"steps": 12.0}, "steps"),
+    ({"sharpness_tol": 1.0}, "sharpness_tol"),
+    ({"sharpness_tol": 0.0}, "sharpness_tol"),
+    ({"seed": 2**64}, "seed"),
+    ({"batch_size": 49}, "batch_size"),  # > n_train=48
+    ({"eval_size": 49}, "eval_size"),
+    ({"label_noise": 0.1, "loss": "cross_entropy"}, "label_noise"),
+    ({"nesterov": 1}, "nesterov"),
+    ({"data_dir": 3}, "data_dir"),
 ]
 
 
@@ -109,13 +238,14 @@ def test_bad_parameters_give_one_line_errors_naming_them(kwargs: dict, param: st
         tiny(**kwargs)
     msg = str(e.value)
     assert param in msg and "\n" not in msg
+    assert e.value.param in runspec.BY_NAME  # the field it is about (the CLI names its flag)
     assert len({p for _, p in BAD}) >= 20
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"batch_size": 49}, r"batch_size=49 is larger than the training set \(n_train=48\)"),
+        ({"n_train": None, "eval_size": 2000}, r"eval_size=2000 exceeds the training set"),
         ({"n_train": 5000}, r"n_train=5000 exceeds"),
         ({"classes": [4, 11]}, r"classes \[11\] out of range"),
         ({"model": "vit", "model_kw": {"patch": 3}}, r"patch \(3\) must divide"),

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatbook import _io, train
+from flatbook import _io, locks, train
 from flatbook import experiment as ex
 from flatbook._io import DamagedFileError, NoSpaceError, read_json, write_json
+from flatbook.store import MovedAsideWarning
 
 TINY = dict(
     n_train=48, n_test=24, classes=[0, 1, 2], model_kw={"hidden": [8]}, steps=30,
@@ -136,9 +137,12 @@ def test_a_damaged_file_is_named_and_its_way_out_gives_the_same_numbers(
     assert numbers(res) == reference
     assert ex.inspect_run(rd).status == "completed"  # type: ignore[union-attr]
     assert ex.read_config_file(rd / "config.json")["config_hash"] == cfg.config_hash
-    # the other way out: --restart
+    # the other way out: --restart, which moves the run aside (nothing is deleted)
     damage(rd / name) if (rd / name).exists() else None  # type: ignore[operator]
-    assert numbers(ex.run(cfg, tmp_path, overwrite=True)) == reference
+    with pytest.warns(MovedAsideWarning, match=rf"{cfg.run_id}: .* moved to .*stale"):
+        assert numbers(ex.run(cfg, tmp_path, overwrite=True)) == reference
+    (kept,) = (tmp_path / "stale").iterdir()
+    assert (kept / f"{name}.damaged").is_file() and kept.name.startswith(cfg.run_id)
 
 
 def test_a_checkpoint_that_only_loads_unsafely_never_runs_code(
@@ -270,7 +274,7 @@ def test_one_run_id_trains_once_at_a_time_and_kill_9_releases_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny()
-    monkeypatch.setattr(ex, "LOCK_TRIES", 1)
+    monkeypatch.setattr(locks, "LOCK_TRIES", 1)
     code = (f"import sys, time; from flatbook import experiment as ex\n"
             f"with ex.run_lock({str(tmp_path)!r}, {cfg.run_id!r}):\n"
             f"    print('locked', flush=True); time.sleep(120)\n")  # fmt: skip

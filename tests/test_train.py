@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatbook import curvature, data, models, train
+from flatbook import curvature, data, models, runspec, train
 from flatbook._io import dumps
 
 
@@ -306,6 +306,10 @@ def test_checkpoint_of_another_run_is_refused(digits: data.Dataset, tmp_path: Pa
         ({"checkpoint_every": 0}, "checkpoint_every"),
         ({"eval_size": 0}, "eval_size"),
         ({"measure_at": [3, 99]}, "measure_at"),
+        ({"lr": 1e-320}, "lr"),
+        ({"optimizer": "adam", "momentum": 0.9}, "momentum"),
+        ({"steps": 10.0}, "steps"),
+        ({"eval_seed": -1}, "eval_seed"),
     ],
 )
 def test_bad_arguments_one_line_errors(digits: data.Dataset, kwargs: dict, param: str) -> None:
@@ -370,3 +374,41 @@ def test_label_noise_needs_the_squared_loss(digits: data.Dataset) -> None:
     with pytest.raises(ValueError, match="label_noise=0.1 needs loss='squared'"):
         train.train(small_net(), digits.X_train, digits.labels_train, loss="cross_entropy",
                     steps=2, measure_every=1, progress=False, label_noise=0.1)
+
+
+# ----------------------------------------------------------------------------- options record
+
+
+def test_options_record_and_keywords_train_identically(digits: data.Dataset) -> None:
+    """The loop's parameters given as keywords or as a TrainOptions record (keywords
+    overriding it) are the same run."""
+    kw = dict(lr=0.05, batch_size=8, steps=12, measure_every=6, seed=3, progress=False,
+              momentum=0.5)  # fmt: skip
+    a = train.train(small_net(), digits.X_train, digits.Y_train, measure=None, **kw)
+    opts = runspec.TrainOptions(**{**kw, "lr": 0.3})
+    b = train.train(small_net(), digits.X_train, digits.Y_train, measure=None, options=opts,
+                    lr=0.05)  # fmt: skip
+    assert same(a.records, b.records) and len(a.records) == 3
+    assert opts.replace(steps=24).measure_every == 6  # given: kept
+    with pytest.raises(ValueError, match="measure_every=6 exceeds steps=4"):
+        opts.replace(steps=4)
+    assert runspec.TrainOptions(steps=40).measure_every == 40  # default 100 adapts to steps
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['learning_rate'\]"):
+        train.train(small_net(), digits.X_train, digits.Y_train, learning_rate=0.1)
+    with pytest.raises(TypeError, match="options must be a TrainOptions"):
+        train.train(small_net(), digits.X_train, digits.Y_train, options={"lr": 0.1})
+
+
+def test_adam_uses_its_own_betas_and_refuses_momentum(digits: data.Dataset) -> None:
+    """Adam is torch.optim.Adam with β = (0.9, 0.999): one step equals a hand-built one."""
+    net, ref = small_net(seed=2), small_net(seed=2)
+    train.train(net, digits.X_train, digits.Y_train, optimizer="adam", lr=0.01,
+                batch_size="full", steps=2, measure=None, progress=False)  # fmt: skip
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01, betas=(0.9, 0.999))
+    for _ in range(2):
+        opt.zero_grad()
+        train.losses.get("squared")(ref(digits.X_train), digits.Y_train).backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), ref.parameters(), strict=True))
+    with pytest.raises(ValueError, match="momentum=0.9 is an option of optimizer='sgd'"):
+        train.check_train_args(optimizer="adam", momentum=0.9)

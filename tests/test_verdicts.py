@@ -1,5 +1,6 @@
-"""Verdicts as calibrated statistics: the unit-level tests, the claim parts, and their
-behaviour on studies with no effect (simulated and shuffled in time) and with a planted one."""
+"""The building blocks of the descriptive statistics (unit tests, bootstrap-t, co-movement,
+fitted changes). The plan's decision rules are tested in tests/test_rules.py and calibrated
+under the nulls N1–N6 in tests/test_calibration.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import pytest
 from scipy import stats
 
 from flatbook import analysis as A
-from flatbook.analysis import calibration as K
-from flatbook.analysis import claims as C
 
 R, X, I, T = A.REPRODUCED, A.CONTRADICTED, A.INCONCLUSIVE, A.NOT_TESTED
 
@@ -103,100 +102,3 @@ def test_fraction_test_is_a_binomial_test() -> None:
     assert A.fraction_test(12, 22, 0.5).verdict == I
     with pytest.raises(ValueError):
         A.fraction_test(13, 12)
-
-
-# --------------------------------------------------------------------------- calibration
-N_NULL_STUDIES = 1000
-N_EFFECT_STUDIES = 300
-MAX_NULL_RATE = 0.064          # nominal 5% two-sided, + ~2 Monte Carlo standard errors
-MIN_POWER = 0.80
-SIM = {"n_runs": 12, "n_measure": 16, "onset": 1, "sd_within": 0.25}
-"""Shape of the simulated studies: the default store's (12 independent runs, 16 measurements,
-interpolation from the second on) with within-run noise a quarter of the between-run spread."""
-
-
-def _trend_verdicts(study: K.RunSet, seed: int, n_boot: int = 400) -> dict[str, str]:
-    """The three trend claims through the claim functions evaluate_claims uses."""
-    out = {}
-    parts, _ = C.claim_late_fall(study, n_boot=n_boot, seed=seed, n_null=60)
-    out["late_fall"] = A.combine([p.verdict for p in parts], [p.essential for p in parts])
-    parts, _ = C.claim_ld_differs(study, n_boot=n_boot, seed=seed)
-    out["ld_differs"] = parts[0].verdict
-    parts, _ = C.claim_test_sharpness_rises(study, n_boot=n_boot, seed=seed)
-    out["test_sharpness_rises"] = A.combine([p.verdict for p in parts])
-    return out
-
-
-def test_vectorised_calibration_path_matches_the_claim_functions() -> None:
-    """The calibration below runs the claims vectorised over studies; on single studies the
-    run-level effects are those of the claim functions and the verdicts agree."""
-    agree = total = 0
-    for s in range(12):
-        arr = K.simulate_arrays(1, seed=s, effect=0.3 * (s % 3), comove=0.3, **SIM)
-        rows = K.trend_verdicts_rows(arr, SIM["onset"])
-        st = K.simulated_study(seed=s, effect=0.3 * (s % 3), comove=0.3, **SIM)
-        parts, _ = C.claim_late_fall(st, n_boot=400, seed=0, n_null=60)
-        assert parts[0].effect == pytest.approx(float(rows["late_fall"]["parts"][0]["effect"][0]))
-        assert parts[1].effect == pytest.approx(float(rows["late_fall"]["parts"][1]["effect"][0]))
-        one = _trend_verdicts(st, seed=0)
-        for k, v in one.items():
-            agree += v == rows[k]["verdict"][0]
-            total += 1
-    assert agree / total >= 0.9, (agree, total)     # bootstrap draws differ, not the rule
-
-
-def test_no_effect_decides_at_most_the_nominal_rate() -> None:
-    arr = K.simulate_arrays(N_NULL_STUDIES, seed=1, **SIM)
-    rows = K.trend_verdicts_rows(arr, SIM["onset"], seed=1)
-    votes = {k: list(v["verdict"]) for k, v in rows.items()}
-    other = K.simulate_arrays(N_NULL_STUDIES, seed=2, **SIM)
-    votes["label_noise_flatter"] = list(K.paired_verdicts_rows(arr, other, SIM["onset"]))
-    for k, r in K.decision_rates(votes).items():
-        assert r[R] + r[X] <= MAX_NULL_RATE, (k, r)
-
-
-def test_planted_effect_is_found() -> None:
-    arr = K.simulate_arrays(N_EFFECT_STUDIES, seed=3, effect=0.5, comove=0.5, **SIM)
-    rows = K.trend_verdicts_rows(arr, SIM["onset"], seed=3)
-    votes = {k: list(v["verdict"]) for k, v in rows.items()}
-    noise = K.simulate_arrays(N_EFFECT_STUDIES, seed=4, effect=0.5, **SIM)
-    plain = K.simulate_arrays(N_EFFECT_STUDIES, seed=5, **SIM)
-    votes["label_noise_flatter"] = list(K.paired_verdicts_rows(plain, noise, SIM["onset"]))
-    for k, r in K.decision_rates(votes).items():
-        assert r[R] >= MIN_POWER and r[X] == 0.0, (k, r)
-
-
-def test_shuffle_keeps_values_and_order_columns() -> None:
-    st = K.simulated_study(seed=5, effect=2.0, **SIM)
-    sh = K.shuffle_late_phase(st, seed=1)
-    for a, b in zip(st.trajectories, sh.trajectories, strict=True):
-        assert np.array_equal(a["step"], b["step"]) and np.array_equal(a["train_loss"],
-                                                                        b["train_loss"])
-        assert np.array_equal(np.sort(a["trace_gn"]), np.sort(b["trace_gn"]))
-        assert not np.array_equal(a["trace_gn"], b["trace_gn"])
-    # a strong planted trend is reproduced before and not after shuffling
-    assert _trend_verdicts(st, 0)["ld_differs"] == R
-    assert _trend_verdicts(sh, 0)["ld_differs"] != R
-
-
-# --------------------------------------------------------------------------- a real store
-@pytest.fixture(scope="module")
-def small_real_study(tmp_path_factory: pytest.TempPathFactory) -> A.Study:
-    """A small real sweep of the default setting: 8 independent runs of the digits MLP on 150
-    points, 12 measurements each (about a minute on 2 cores)."""
-    store = tmp_path_factory.mktemp("store")
-    return A.load_study("digits-mlp", lrs=[0.25, 0.5], batch_sizes=[16, 64], seeds=[0, 1],
-                        steps=440, measure_every=40, n_train=150, results_dir=store,
-                        loss_threshold=0.05)
-
-
-def test_shuffle_in_time_on_a_real_store_rarely_decides(small_real_study: A.Study) -> None:
-    st = small_real_study
-    assert len(st.interpolating) >= 6 and len(set(A.claims.run_units(st, st.finished))) == 8
-    decided: dict[str, int] = {}
-    n = 40
-    for r in range(n):
-        for k, v in A.trend_claims(K.shuffle_late_phase(st, seed=r), n_boot=300, seed=r).items():
-            decided[k] = decided.get(k, 0) + (v in A.DECIDED)
-    for k, d in decided.items():
-        assert d <= 0.15 * n, (k, d)      # the acceptance rate of a shuffle null (nominal 5%)

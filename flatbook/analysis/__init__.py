@@ -15,6 +15,15 @@ One idea per module:
   co-movement against a shuffle null, unit-level tests with effect sizes and MDEs, binomial
   tests;
 - :mod:`.verdicts` — the four verdict words and how parts combine;
+- :mod:`.plan` — the analysis plan as data: every claim, its rows, kinds, flags, version,
+  hash and change log (frozen before a study is scored);
+- :mod:`.window` — the late window (loss ≤ 1e-3, ≥ 10 measurements) and run-level statistics;
+- :mod:`.rules` — the decision rules (sign-flip, run-mismatch coupling, stratified factor,
+  correlation, TOST, k of n, Holm), vectorised over draws;
+- :mod:`.scoring` — the plan scored on a study (parts, MDE, power, sensitivity);
+- :mod:`.mechanism` — the exact decomposition of the late-phase volume change (R5);
+- :mod:`.nulls` — the calibration nulls N1–N6, planted effects and power;
+- :mod:`.fixture` — the compact fixture of real runs the calibration tests use;
 - :mod:`.claims` — :data:`CLAIMS`, :func:`evaluate_claims`, :func:`theorem_checks`;
 - :mod:`.calibration` — simulated studies with and without an effect (the tests' nulls);
 - :mod:`.tables` — labels and Markdown tables.
@@ -26,6 +35,7 @@ independent units (see :mod:`.claims`).
 """
 
 # ruff: noqa: F401  (re-exports: the public API of flatbook.analysis)
+from flatbook.analysis import mechanism, nulls, plan, rules, scoring, window
 from flatbook.analysis.calibration import shuffle_late_phase, simulated_study
 from flatbook.analysis.claims import (
     CLAIMS,
@@ -38,12 +48,26 @@ from flatbook.analysis.claims import (
     theorem_checks,
     trend_claims,
 )
+from flatbook.analysis.mechanism import decompose, mechanism_sentence
+from flatbook.analysis.nulls import power_table
 from flatbook.analysis.phases import (
     interpolation_start,
     late_phase,
     phase_start,
     plateau_start,
 )
+from flatbook.analysis.plan import (
+    CHANGE_LOG,
+    CLAIM_SPECS,
+    FROZEN,
+    HEADLINE,
+    PLAN_HASH,
+    PLAN_VERSION,
+    PRIMARY_THRESHOLD,
+    THRESHOLDS,
+    frozen_line,
+)
+from flatbook.analysis.scoring import score_some, sensitivity
 from flatbook.analysis.settings import (
     DEFAULT_SETTING,
     DIGITS_LABEL_NOISE,
@@ -110,5 +134,6 @@ from flatbook.analysis.verdicts import (
     VERDICTS,
     combine,
 )
+from flatbook.analysis.window import Panel, panel
 
 __all__ = [n for n in dir() if not n.startswith("_")]

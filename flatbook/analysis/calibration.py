@@ -4,6 +4,9 @@
   noise — no effect (``effect=0``) or a planted drift of ``effect`` × the between-run standard
   deviation, in the claimed direction of every trend claim, plus (``comove``) a common noise
   component shared by log tr H and log LVR.
+The nulls of the analysis plan (R6: N1–N6) and the rules run on many draws at once are in
+:mod:`.nulls`.
+
 - :func:`shuffle_late_phase`: a real study with every measured quantity shuffled in time
   inside each run's interpolation phase (step, training loss and accuracy kept in order) —
   which destroys every late-phase trend and co-movement with time while keeping each run's
@@ -17,7 +20,6 @@ Both return objects with the interface :func:`flatbook.analysis.evaluate_claims`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -120,60 +122,6 @@ def simulated_study(n_runs: int = 12, n_measure: int = 16, onset: int = 1,
     return RunSet(summaries, trajs)
 
 
-def trend_verdicts_rows(arr: Mapping[str, np.ndarray], onset: int, n_boot: int = 400,
-                        seed: int = 0, n_null: int = 60) -> dict[str, dict[str, np.ndarray]]:
-    """The trend claims of :func:`flatbook.analysis.claims.evaluate_claims` (``late_fall``,
-    ``ld_differs``, ``test_sharpness_rises``) on many simulated studies at once — the same
-    run-level summaries (:func:`.stats.late_change_rows`, :func:`.stats.comovement_rows`),
-    unit tests (:func:`.stats.unit_tests_rows`) and combination rule as the claim functions,
-    vectorised over studies. Returns, per claim, ``verdict`` [S] and per part its test arrays.
-    """
-    from flatbook.analysis.stats import comovement_rows, late_change_rows, unit_tests_rows
-    from flatbook.analysis.verdicts import combine
-
-    t = arr["step"][onset:]
-    S, Rn, _ = arr["trace_gn"].shape
-
-    def change(key: str, log: bool) -> np.ndarray:
-        return late_change_rows(t, arr[key][..., onset:].reshape(S * Rn, -1), log).reshape(S, Rn)
-
-    def test(U: np.ndarray, expected: int, k: int, n_parts: int = 1) -> dict[str, np.ndarray]:
-        return unit_tests_rows(U, expected, n_boot=n_boot, seed=seed + k, n_parts=n_parts)
-
-    la = np.log(arr["trace_gn"][..., onset:]).reshape(S * Rn, -1)
-    lb = arr["log_lvr_median"][..., onset:].reshape(S * Rn, -1)
-    ll = np.log(arr["train_loss"][..., onset:]).reshape(S * Rn, -1)
-    stat, null = comovement_rows(la, lb, ll, n_null=n_null, seed=seed)
-    parts = {
-        "late_fall": [test(change("trace_gn", True), -1, 0, 3),
-                      test(change("log_lvr_median", False), -1, 1, 3),
-                      test((stat - null).reshape(S, Rn), +1, 2, 3)],
-        "ld_differs": [test(change("ld_median", False), +1, 3)],
-        "test_sharpness_rises": [
-            test(change("test_lambda_max", True), +1, 4, 3),
-            test(change("test_lambda_max", True) - change("lambda_max", True), +1, 5, 3),
-            test(change("test_log_lvr_median", False), -1, 6, 3)],
-    }
-    out = {}
-    for k, ps in parts.items():
-        verdict = np.array([combine([p["verdict"][j] for p in ps]) for j in range(S)])
-        out[k] = {"verdict": verdict, "parts": ps}  # type: ignore[dict-item]
-    return out
-
-
-def paired_verdicts_rows(plain: Mapping[str, np.ndarray], noise: Mapping[str, np.ndarray],
-                         onset: int, n_boot: int = 400, seed: int = 0) -> np.ndarray:
-    """``label_noise_flatter`` on many simulated pairs of studies at once: per pair of runs,
-    the change of log tr H over the common late phase, noise minus plain; verdict [S]."""
-    from flatbook.analysis.stats import late_change_rows, unit_tests_rows
-
-    t = plain["step"][onset:]
-    S, Rn, _ = plain["trace_gn"].shape
-    d = [late_change_rows(t, a["trace_gn"][..., onset:].reshape(S * Rn, -1), True)
-         for a in (noise, plain)]
-    return unit_tests_rows((d[0] - d[1]).reshape(S, Rn), -1, n_boot=n_boot, seed=seed)["verdict"]
-
-
 def shuffle_late_phase(study: Any, seed: int = 0,
                        keep: tuple[str, ...] = KEEP_IN_ORDER) -> RunSet:
     """The study with, inside each interpolating run's interpolation phase, the measurements
@@ -195,11 +143,3 @@ def shuffle_late_phase(study: Any, seed: int = 0,
             t[key] = w
     setting = getattr(study, "setting", SimpleNamespace(independent=True))
     return RunSet([dict(s) for s in study.summaries], trajs, setting)
-
-
-def decision_rates(verdicts: Mapping[str, list[str]]) -> dict[str, dict[str, float]]:
-    """For each claim key, the fraction of studies with each verdict word."""
-    from flatbook.analysis.verdicts import VERDICTS
-
-    return {k: {w: float(np.mean([x == w for x in v])) for w in VERDICTS}
-            for k, v in verdicts.items()}

@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flatbook import store as move_store
 from flatbook.analysis.settings import Setting, default_results_dir
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 """Bump when :func:`make_measure` changes what it records (a new store folder is used)."""
 TEST_TRACE_HVPS = 30
 """Hessian-vector products of the Hutch++ estimate of the test-loss Hessian trace."""
@@ -119,8 +120,10 @@ def obtain(
     Stored results are accepted only if their config hash equals the requested one, the
     flatbook major.minor version matches and the numeric code hash matches
     (``load_results(check="code")``). A missing or refused run is computed when
-    ``compute_missing`` is True (the refused one overwritten), else the error is raised — use
-    that to *only* read results produced elsewhere (e.g. on a GPU machine).
+    ``compute_missing`` is True, else the error is raised — use that to *only* read results
+    produced elsewhere (e.g. on a GPU machine). A refused run is never deleted: it is moved to
+    ``<store>/stale/<run_id>-<reason>/`` first (:func:`flatbook.store.move_aside`), and the
+    moved runs are printed (id, reason, new folder: the chapter shows them).
 
     Missing runs are computed on ``workers`` processes (:func:`resolve_workers`; 1 = in this
     process) by ``engine`` (:func:`resolve_engine`): ``"ensemble"`` (default) trains the
@@ -137,6 +140,7 @@ def obtain(
     store = store_for(results_dir, setting)
     out: list[object] = []
     todo: list[tuple[int, object, bool]] = []
+    moved: list[move_store.MovedRun] = []
     for i, c in enumerate(configs):
         try:
             out.append(E.load_results(store, c, check="code"))
@@ -145,11 +149,14 @@ def obtain(
                 raise
             out.append(None)
             todo.append((i, c, False))
-        except E.StaleResultsError:
+        except E.StaleResultsError as e:
             if not compute_missing:
                 raise
+            moved.append(_move_stale(store, c, e.reason))
             out.append(None)
-            todo.append((i, c, True))
+            todo.append((i, c, False))
+    if moved:
+        print("flatbook: " + move_store.moved_message(moved), flush=True)
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
         jobs = _jobs(todo, resolve_engine(engine, out), resolve_workers(workers, len(todo)))
@@ -167,6 +174,16 @@ def obtain(
                 out[i] = E.load_results(store, c, check="code")
     E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
     return out
+
+
+def _move_stale(store: Path, config: object, reason: str) -> object:
+    """Move a refused run aside under its lock (:func:`flatbook.store.move_aside`)."""
+    from flatbook import experiment as E
+
+    run_id = config.run_id  # type: ignore[attr-defined]
+    with E.run_lock(store, run_id):
+        to = move_store.move_aside(store, run_id, reason)
+    return move_store.MovedRun(run_id, reason, to)
 
 
 def resolve_workers(workers: int | None, n_jobs: int) -> int:
