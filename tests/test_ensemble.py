@@ -174,19 +174,20 @@ def test_powered_digits_design_is_balanced_new_and_paired() -> None:
     from flatbook.analysis import settings as S
 
     plain, noisy = S.POWERED_DIGITS["digits-mlp"], S.POWERED_DIGITS["digits-mlp-label-noise"]
-    assert S.SETTINGS["digits-mlp"] is not plain          # not the default before R9's freeze
+    assert S.SETTINGS["digits-mlp"] is plain              # the default since R9's freeze
+    assert S.SETTINGS["digits-mlp-label-noise"] is noisy
     assert len(plain.lrs) == 3 and len(plain.batch_sizes) == 2 and len(plain.seeds) == 6
     assert plain.loss_threshold == 1e-3 and plain.base["eval_size"] == plain.base["n_train"]
     assert noisy.paired_with == "digits-mlp" and noisy.profile == "curvature"
-    old = {c.seed for c in S.study_configs("digits-mlp")} | \
-        {c.seed for c in S.study_configs("digits-mlp", seeds=range(6))}
+    pilot = S.PILOT_DIGITS["digits-mlp"]   # the 12-run store analysed before the plan
     try:
-        S.SETTINGS.update({f"powered-{k}": v for k, v in S.POWERED_DIGITS.items()})
-        new = S.study_configs("powered-digits-mlp")
-        twins = S.study_configs("powered-digits-mlp-label-noise")
+        S.SETTINGS["pilot-digits-mlp"] = pilot
+        old = {c.seed for c in S.study_configs("pilot-digits-mlp")} | \
+            {c.seed for c in S.study_configs("pilot-digits-mlp", seeds=range(6))}
     finally:
-        for k in S.POWERED_DIGITS:
-            S.SETTINGS.pop(f"powered-{k}")
+        S.SETTINGS.pop("pilot-digits-mlp")
+    new = S.study_configs("digits-mlp")
+    twins = S.study_configs("digits-mlp-label-noise")
     assert len(new) == 36 and len({(c.seed, c.data_seed) for c in new}) == 36
     assert not {c.seed for c in new} & old
     assert [(c.lr, c.batch_size, c.seed) for c in new] == \
