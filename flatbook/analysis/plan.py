@@ -376,7 +376,8 @@ def plan_hash() -> str:
 PLAN_HASH = plan_hash()
 """Content hash of the plan (R9), printed with its freezing commit."""
 
-FROZEN: dict[str, str | None] = {"commit": None, "plan_hash": None}
+FROZEN: dict[str, str | None] = {"commit": "6134c5f43c4f7797400cfe72ffa0274bf7e7bb83",
+                                  "plan_hash": "8b59ad4e65d9e6ea"}
 """The freeze (R9): ``commit`` is the git commit that froze the plan before the powered
 study's first run and ``plan_hash`` the :data:`PLAN_HASH` at that commit. The lead fills both
 in, in the commit after the freeze; ``None`` while not yet frozen. The tests check that the
