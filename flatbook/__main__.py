@@ -476,7 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - recorded in results.json
         parser.exit(1, f"flatbook {ns.command}: run failed: {type(e).__name__}: {e}\n")
     try:
-        if ns.executor != "inline" or ns.setting:
+        if executors.uses_ensembles(ns):
+            summaries = executors.obtain_from_args(configs, ns)
+        elif ns.executor != "inline" or ns.setting:
             summaries = executors.run_from_args(configs, ns, ex_options)
             if summaries is None:  # --no-wait: submitted; the same command gathers later
                 return 0

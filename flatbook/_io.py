@@ -45,6 +45,7 @@ NUMERIC_MODULES = (
     "models.py",
     "data.py",
     "train.py",
+    "ensemble.py",
     "curvature.py",
     "layers.py",
     "geometry.py",

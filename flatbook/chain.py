@@ -247,6 +247,10 @@ class Corollary:
         return all(h.ok for h in self.hypotheses.values())
 
 
+#: relative rounding floor of the interpolation check (two float64 traces of one matrix)
+_TRACE_RTOL = 1e-9
+
+
 def _gm(x: Tensor) -> float:
     return float(torch.exp(torch.log(x.double()).mean()))
 
@@ -344,9 +348,10 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
             for the interpolation check).
         lr, batch_size: the SGD step η and batch B of (H2′).
         z, n_hvp, seed: the interpolation check (H1, not a hypothesis of the corollary:
-            :attr:`Corollary.interpolation`) is |t̂r H − tr H_GN| ≤ z · se, with t̂r H ± se a
-            Hutch++ estimate of the full Hessian's trace (``n_hvp`` products, ``seed``;
-            :func:`flatbook.curvature.trace`).
+            :attr:`Corollary.interpolation`) is |t̂r H − tr H_GN| ≤ z · se + 1e-9 tr H_GN,
+            with t̂r H ± se a Hutch++ estimate of the full Hessian's trace (``n_hvp``
+            products, ``seed``; :func:`flatbook.curvature.trace`) and a rounding floor for
+            se = 0.
         q: precomputed :func:`flatbook.bounds.quantities` of (model, X).
 
     Hypotheses measured (:class:`Hypothesis`): ``stable`` (H2′: η ≤ η*(B), computed from
@@ -395,8 +400,11 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
     steps_lvr = {**common, "AM–GM (anisotropy)": _ratio(_gm(j2 / q.output.r), _gm(lvr_pow))}
     steps_mls = {**common, "MLS ≤ Frobenius": _ratio(_gm(j2), _gm(mls2))}
     gap = abs(tr_h.value - trace)
+    # a rounding floor: where Hutch++ is exact (se = 0, e.g. a linear network whose Hessian
+    # its sketch captures) the two traces still differ by float rounding
+    tol = z * tr_h.stderr + _TRACE_RTOL * abs(trace)
     interp = Hypothesis("interpolation", "|t̂r H − tr H_GN| ≤ z·se (H1: H = H_GN, L1)",
-                        gap, z * tr_h.stderr, gap <= z * tr_h.stderr)
+                        gap, tol, gap <= tol)
     return Corollary(n=n, k=k, d=d, batch_size=batch_size, lr=lr, p=p, trace=trace,
                      ceiling=ceiling, eta_star=eta_star, hess_sq=float(sum_hi) / n,
                      trace_jacrev=float(trH), trace_hessian=tr_h.value,

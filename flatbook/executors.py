@@ -828,6 +828,14 @@ def add_arguments(parser: Any) -> None:
         "--lr/--batch-size/--seed and other options override the setting's",
     )
     g.add_argument(
+        "--engine",
+        choices=("ensemble", "solo"),
+        default="ensemble",
+        help="with --setting and --executor inline|local: ensemble (default) trains compatible "
+        "runs together, one batched SGD step for all (flatbook.ensemble_runs; each run is "
+        "measured and stored as its solo run); solo: one run at a time",
+    )
+    g.add_argument(
         "--executor-folder",
         dest="executor_folder",
         type=Path,
@@ -929,6 +937,35 @@ def options_from_args(ns: Any) -> ExecutorOptions:
         parallelism=ns.parallelism, job_name=ns.job_name, signal_delay_s=ns.signal_delay_s,
         max_requeue=ns.max_requeue, setup=tuple(ns.setup), slurm_extra=dict(ns.slurm_extra),
     )  # fmt: skip
+
+
+def uses_ensembles(ns: Any) -> bool:
+    """Whether a parsed ``sweep`` runs through :func:`obtain_from_args` (a ``--setting`` with
+    ``--engine ensemble`` on the inline or local executor)."""
+    return bool(ns.setting) and getattr(ns, "engine", "solo") == "ensemble" and \
+        ns.executor in ("inline", "local")
+
+
+def obtain_from_args(configs: Sequence[_ex.RunConfig], ns: Any,
+                     out: Callable[[str], None] = print) -> list[dict]:
+    """The ``sweep --setting S --engine ensemble`` command: ``flatbook.analysis.obtain`` of the
+    configs (compatible missing runs trained as ensembles; ``--executor local`` on
+    ``--array-parallelism`` workers, default every core; inline: this process). Returns the
+    ``run_one`` summaries."""
+    from flatbook import analysis
+
+    s = analysis.get_setting(ns.setting)
+    store = store_dir(ns.results_dir, ns.setting)
+    before = {c.run_id for c in configs
+              if _finished_summary(c, store, current=True) is not None}
+    workers = 1 if ns.executor == "inline" else ns.parallelism
+    n_todo = len({c.run_id for c in configs} - before)
+    out(f"{ns.executor} executor: {n_todo} job(s) submitted, {len(before)} finished run(s) "
+        f"skipped; ensemble engine (compatible runs trained together, each stored as its "
+        f"solo run)")
+    results = analysis.obtain(configs, s, ns.results_dir, workers=workers, engine="ensemble")
+    return [{"run_id": c.run_id, "status": r.status, "skipped": c.run_id in before,
+             "error": None, "final": r.final} for c, r in zip(configs, results, strict=True)]
 
 
 def run_from_args(

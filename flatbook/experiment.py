@@ -330,11 +330,23 @@ def resolve_threads(config: RunConfig, device: torch.device, n_params: int,
     return int(torch.get_num_threads())
 
 
-def numerics_fingerprint(device: torch.device, threads: int, dtype: str) -> dict[str, Any]:
-    """``{"device", "threads", "dtype", "torch"}``: what, besides the config, decides the
-    numbers of a run (``device`` names the GPU model on CUDA)."""
-    return {"device": _device_name(device), "threads": int(threads), "dtype": str(dtype),
-            "torch": str(torch.__version__)}  # fmt: skip
+ENGINES = ("solo", "ensemble")
+"""Training engines: the solo loop (:func:`flatbook.train.train`) and the batched ensemble
+(:mod:`flatbook.ensemble`). They agree to rounding, not bit for bit, so the engine is part of
+the numerics fingerprint (absent = ``"solo"``, as every run before the ensemble engine)."""
+
+
+def numerics_fingerprint(device: torch.device, threads: int, dtype: str,
+                         engine: str = "solo") -> dict[str, Any]:  # fmt: skip
+    """``{"device", "threads", "dtype", "torch"}`` (+ ``"engine"`` when not ``"solo"``):
+    what, besides the config, decides the numbers of a run (``device`` names the GPU model
+    on CUDA)."""
+    _train.check_choice(engine, "engine", ENGINES)
+    fp = {"device": _device_name(device), "threads": int(threads), "dtype": str(dtype),
+          "torch": str(torch.__version__)}  # fmt: skip
+    if engine != "solo":
+        fp["engine"] = engine
+    return fp
 
 
 def expected_numerics(config: RunConfig, n_params: int) -> dict[str, Any]:
@@ -350,18 +362,24 @@ def expected_numerics(config: RunConfig, n_params: int) -> dict[str, Any]:
     return fp
 
 
-def numerics_diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> list[str]:
+def numerics_diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, *,
+                  engine: bool = True) -> list[str]:  # fmt: skip
     """Fields in which two fingerprints differ, as ``"threads: 1 ≠ 2"`` (empty: the same;
-    a fingerprint that is missing compares equal — nothing to compare)."""
+    a fingerprint that is missing compares equal — nothing to compare). ``engine``: also
+    compare the training engine (a fingerprint without one is ``"solo"``)."""
     if not a or not b:
         return []
-    return [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in NUMERICS if a.get(k) != b.get(k)]
+    out = [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in NUMERICS if a.get(k) != b.get(k)]
+    ea, eb = a.get("engine", "solo"), b.get("engine", "solo")
+    if engine and ea != eb:
+        out.append(f"engine: {ea} ≠ {eb}")
+    return out
 
 
 def check_numerics(results: Sequence[Results]) -> None:
     """Refuse to mix numerics fingerprints in one study: every run (with a known
-    fingerprint) must have been computed under the same device, thread count, dtype and torch
-    version.
+    fingerprint) must have been computed under the same device, thread count, dtype, torch
+    version and training engine (solo loop or ensemble: they agree only to rounding).
 
     Raises:
         NumericsMismatchError: naming the first two runs that differ and the fields.
@@ -514,7 +532,7 @@ def _check_version(doc: Mapping[str, Any], where: Path, check: str) -> None:
 def _flag_numerics(res: Results, policy: str, requested: RunConfig,
                    stacklevel: int = 3) -> Results:  # fmt: skip
     n_params = int(res.data.get("n_params") or 0)
-    diff = numerics_diff(res.numerics, expected_numerics(requested, n_params))
+    diff = numerics_diff(res.numerics, expected_numerics(requested, n_params), engine=False)
     res.numerics_mismatch = diff
     if diff and policy != "ignore":
         msg = (f"{res.run_dir}: computed under other numerics than this process would use "

@@ -189,6 +189,7 @@ def output_stage(p: Any, q: _bounds.Quantities, scalars: dict[str, float]) -> li
         _stats(key, v, scalars)
     notes = checks.measurement_notes(scalars, o.frob_sq)
     scalars["frob_sq_mean"] = _f(o.frob_sq.mean())
+    scalars["log_frob_sq_mean"] = _f(o.frob_sq.double().log().mean())  # mean_i log‖J_i‖_F²
     scalars["log_lvr_finite_frac"] = _finite_frac(o.log_lvr)
     scalars["r"] = float(o.r)
     scalars["pr_output"] = _f(_geometry.participation_ratio(p.F)) if q.n > 1 else math.nan

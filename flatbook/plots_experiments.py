@@ -17,6 +17,11 @@ from numpy.typing import ArrayLike
 
 from flatbook import plots as _plots  # noqa: F401  (applies the book's one figure style)
 
+FIG_WIDTH_IN = 7.5
+"""Width (inches) of every multi-panel figure: at most the book's content width
+(:data:`flatbook.plots.CONTENT_WIDTH_IN`), so nothing is scaled down and text keeps the
+style's 9 pt as rendered."""
+
 PHASE_STYLE = {"color": "0.4", "ls": "--", "lw": 1.0}
 
 
@@ -117,15 +122,17 @@ def heatmap(
     if m.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"matrix shape {m.shape} does not match labels "
                          f"({len(row_labels)}, {len(col_labels)})")
-    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=Normalize(-1, 1), aspect="auto")
-    im.cmap.set_bad("0.85")
+    import matplotlib as mpl
+
+    cm = mpl.colormaps[cmap].with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, norm=Normalize(-1, 1), aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
     mk = np.zeros_like(m, dtype=bool) if marks is None else np.asarray(marks, dtype=bool)
     if annotate:
         for (i, j), v in np.ndenumerate(m):
             txt = "–" if not np.isfinite(v) else f"{v:+.2f}" + ("*" if mk[i, j] else "")
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+            ax.text(j, i, txt, ha="center", va="center",
                     color="w" if np.isfinite(v) and abs(v) > 0.6 else "k")
     if title:
         ax.set_title(title)
@@ -167,7 +174,7 @@ def verdict_bar(ax: Axes, labels: Sequence[str], verdicts: Sequence[str]) -> Axe
     y = np.arange(len(labels))[::-1]
     ax.barh(y, np.ones(len(labels)), color=[VERDICT_COLORS.get(v, "0.7") for v in verdicts])
     for yi, v in zip(y, verdicts, strict=True):
-        ax.text(0.5, yi, v, ha="center", va="center", fontsize=8)
+        ax.text(0.5, yi, v, ha="center", va="center")
     ax.set_yticks(y, list(labels))
     ax.set_xticks([])
     ax.set_xlim(0, 1)
@@ -199,13 +206,13 @@ def claims_forest(ax: Axes, claims: Sequence[Mapping[str, object]],
         ax.plot([e], [yi], "o", color=col, ms=5)
         xmax = max(xmax, abs(lo), abs(hi), abs(e))
         ax.text(1.02, yi, fmt.format(float(p["effect"]), float(p["lo"]), float(p["hi"])),
-                transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+                transform=ax.get_yaxis_transform(), va="center")
     ax.axvline(0, color="k", lw=0.8)
     for v in (-1, 1):
         ax.axvline(v, color="0.5", ls=":", lw=0.8)
     ax.set_yticks(y, [r[0] for r in rows])
     ax.set_xlim(-1.1 * xmax, 1.1 * xmax)
-    ax.set_xlabel("effect / MDE (claimed direction → right; dotted: ±1 MDE)")
+    ax.set_xlabel("effect / MDE (claimed direction →)")
     return ax
 
 
@@ -214,19 +221,24 @@ def late_comparison_figure(
     keys: Sequence[str],
     labels: Sequence[str],
     log: Sequence[bool],
-    size: float = 2.8,
+    size: float = 2.6,
 ) -> object:
     """The interpolation phase only, every run: for each key a panel of the change since the
     onset (log ratio for positive quantities, difference otherwise) against the steps since
     the onset, one colour per group (e.g. plain vs label-noise SGD), thin lines per run and
     the group mean bold. The y-range is the late phase's own. ``groups[name]`` holds the
-    late-phase trajectories (:meth:`flatbook.analysis.Study.late_trajectories`)."""
+    late-phase trajectories (:meth:`flatbook.analysis.Study.late_trajectories`). Panels in
+    two columns, :data:`FIG_WIDTH_IN` wide, ``size`` inches high per row."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(size * 1.15 * len(keys), size),
-                             squeeze=False)
+    ncols = min(len(keys), 2)
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(FIG_WIDTH_IN, size * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[len(keys):]:
+        ax.set_visible(False)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
-    for ax, k, lab, lg in zip(axes[0], keys, labels, log, strict=True):
+    for ax, k, lab, lg in zip(flat, keys, labels, log, strict=False):
         for (name, trajs), col in zip(groups.items(), colors, strict=False):
             curves = []
             for t in trajs:
@@ -245,8 +257,8 @@ def late_comparison_figure(
                         label=f"{name} (mean of {len(curves)})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xlabel("steps since the onset")
-        ax.set_ylabel(("Δ log " if lg else "Δ ") + lab)
-    axes[0][0].legend(fontsize=7, frameon=False)
+        ax.set_ylabel((r"$\Delta\log$ " if lg else r"$\Delta$ ") + lab)
+    flat[0].legend(frameon=False)
     fig.tight_layout()
     return fig
 
@@ -275,10 +287,11 @@ BOUND_PAIRS = (("t2_gm", "T2 volume (GM)"), ("t3_weighted", "T3 MLS"), ("t4_nmls
 """Bounds drawn in the late-phase figure: (report key prefix, legend label)."""
 
 
-def bounds_panel(ax: Axes, traj: Mapping[str, ArrayLike], phase_start: float | None = None
-                 ) -> Axes:
+def bounds_panel(ax: Axes, traj: Mapping[str, ArrayLike], phase_start: float | None = None,
+                 legend: bool = True) -> Axes:
     """Both sides of the aggregated bounds along training: right-hand side solid, left-hand
-    side dashed, same colour per bound (log y)."""
+    side dashed, same colour per bound (log y); ``legend=False`` leaves the legend to the
+    caller (the handles carry the bounds' names)."""
     steps = np.asarray(traj["step"], dtype=float)
     for (key, name), c in zip(BOUND_PAIRS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
         if f"{key}_rhs" not in traj:
@@ -286,12 +299,13 @@ def bounds_panel(ax: Axes, traj: Mapping[str, ArrayLike], phase_start: float | N
         for side, ls in (("rhs", "-"), ("lhs", "--")):
             v = np.asarray(traj[f"{key}_{side}"], dtype=float)
             v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
-            ax.plot(steps, v, ls=ls, color=c, label=f"{name} {side}" if side == "rhs" else None)
+            ax.plot(steps, v, ls=ls, color=c, label=name if side == "rhs" else None)
     mark_phase(ax, phase_start, label=None)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("bound: rhs (solid), lhs (dashed)")
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_ylabel("bounds: rhs —, lhs - -")
+    if legend:
+        ax.legend(frameon=False)
     return ax
 
 
@@ -304,7 +318,7 @@ def late_phase_figure(
     loss_threshold: float,
     hidden_ld_keys: Sequence[str] = (),
     hidden_pr_keys: Sequence[str] = (),
-    size: float = 3.0,
+    size: float = 2.7,
     late_zoom: bool = True,
 ) -> object:
     """The nine panels of the late-phase chapter for one run: train loss (log) with the
@@ -312,42 +326,46 @@ def late_phase_figure(
     hidden layers), global PR, and both sides of the bounds. The interpolation onset is the
     dashed vertical line in every panel. With ``late_zoom`` the panels of λ_max … PR take
     their y-range from the interpolation phase (the drop before it runs off the axis), so
-    the late-phase movement is visible. Returns the figure."""
+    the late-phase movement is visible. :data:`FIG_WIDTH_IN` wide, ``size`` inches high per
+    row. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 3, figsize=(3 * size * 1.1, 3 * size * 0.85))
+    fig, axes = plt.subplots(3, 3, figsize=(FIG_WIDTH_IN, 3 * size))
     a = list(axes.ravel())
     s = traj["step"]
     time_course(a[0], s, traj["train_loss"], "train loss", phase_start, logy=True)
     a[0].axhline(loss_threshold, color="k", ls=":", lw=1, label="threshold")
-    a[0].legend(fontsize=7, frameon=False)
+    a[0].legend(frameon=False)
     time_course(a[1], s, traj["train_acc"], "accuracy", phase_start, label="train")
     time_course(a[1], s, traj["test_acc"], "accuracy", phase_start, label="test")
-    a[1].legend(fontsize=7, frameon=False)
+    a[1].legend(frameon=False)
     time_course(a[2], s, traj["lambda_max"], r"$\lambda_{\max}(H)$", phase_start)
     a[2].axhline(gd_ceiling, color="k", ls=":", lw=1.2, label=r"$2/\eta$")
-    a[2].legend(fontsize=7, frameon=False)
+    a[2].legend(frameon=False)
     time_course(a[3], s, traj["trace_gn"], r"$\mathrm{tr}\,H$ (GN)", phase_start, logy=True)
     if np.isfinite(sgd_ceiling):
         a[3].axhline(sgd_ceiling, color="k", ls=":", lw=1.2, label=r"$2k/(p\eta)$")
-        a[3].legend(fontsize=7, frameon=False)
+        a[3].legend(frameon=False)
     time_course(a[4], s, traj["log_lvr_median"], r"$\log\mathrm{LVR}$ (output, median)",
                 phase_start)
     time_course(a[5], s, traj["mls_median"], "MLS (output, median)", phase_start)
-    time_course(a[6], s, traj["ld_median"], "LD", phase_start, label="output (median)")
+    time_course(a[6], s, traj["ld_median"], "LD", phase_start, label="output")
     for i, k in enumerate(hidden_ld_keys):
-        time_course(a[6], s, traj[k], "LD", phase_start, label=f"hidden {i + 1} (mean)")
-    a[6].legend(fontsize=7, frameon=False)
-    time_course(a[7], s, traj["pr_output"], "global PR", phase_start, label="output")
-    for i, k in enumerate(hidden_pr_keys):
-        time_course(a[7], s, traj[k], "global PR", phase_start, label=f"hidden {i + 1}")
-    a[7].legend(fontsize=7, frameon=False)
-    bounds_panel(a[8], traj, phase_start)
+        time_course(a[6], s, traj[k], "LD", phase_start, label=f"hidden {i + 1}")
+    time_course(a[7], s, traj["pr_output"], "global PR", phase_start)
+    for k in hidden_pr_keys:
+        time_course(a[7], s, traj[k], "global PR", phase_start)
+    bounds_panel(a[8], traj, phase_start, legend=False)
     if late_zoom and phase_start is not None and np.isfinite(phase_start):
         late = np.asarray(s, dtype=float) >= float(phase_start)
         for ax in a[2:8]:
             _zoom_to(ax, late)
-    fig.tight_layout()
+    # the layers' colours (LD, PR) and the bounds' colours in two legends under the grid
+    fig.tight_layout(rect=(0, 0.045, 1, 1))
+    fig.legend(*a[6].get_legend_handles_labels(), loc="lower left", ncol=3, frameon=False,
+               title=None, bbox_to_anchor=(0.0, 0.0))
+    fig.legend(*a[8].get_legend_handles_labels(), loc="lower right", ncol=3, frameon=False,
+               bbox_to_anchor=(1.0, 0.0))
     return fig
 
 
@@ -369,10 +387,24 @@ def _zoom_to(ax: Axes, mask: np.ndarray, margin: float = 0.15) -> None:
         lo, hi = np.log(v.min()), np.log(v.max())
         pad = margin * (hi - lo)
         ax.set_ylim(np.exp(lo - pad), np.exp(hi + pad))
+        plain_log_y(ax)
     else:
         pad = margin * np.ptp(v)
         ax.set_ylim(v.min() - pad, v.max() + pad)
-    ax.set_title("y: late phase (earlier values off-scale)", fontsize=7)
+    ax.set_title("y: late phase only", loc="right")
+
+
+def plain_log_y(ax: Axes) -> None:
+    """On a log y-axis spanning under a decade, a few plainly written ticks (126, 128, …)
+    instead of minor labels like 1.3×10²; no-op otherwise."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() != "log" or not 0 < lo < hi or hi / lo >= 10:
+        return
+    ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def trend_dots(ax: Axes, values: Sequence[ArrayLike], labels: Sequence[str],
@@ -403,18 +435,18 @@ def sweep_figure(
     ceilings: Mapping[str, tuple[str, str]] | None = None,
     logy: Sequence[str] = (),
     ncols: int = 3,
-    size: float = 3.0,
+    size: float = 2.5,
 ) -> object:
     """One panel per key: the runs' value of ``prefix + key`` against ``x`` (log axis), one
     line per value of ``group`` (seeds as dots). ``ceilings[key] = (summary key, label)``
     draws that per-run ceiling (e.g. ``"gd_ceiling"``, 2/η) as dotted lines in the group's
-    colour. Returns the figure."""
+    colour. :data:`FIG_WIDTH_IN` wide, ``size`` inches high per row. Returns the figure."""
     import matplotlib.pyplot as plt
 
     n = len(keys)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(size * 1.15 * min(n, ncols),
-                                                            size * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(FIG_WIDTH_IN, size * nrows),
+                             squeeze=False)
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -440,9 +472,10 @@ def sweep_figure(
                 if same:
                     break
         _lr_ticks(ax, xs[np.isfinite(xs)])
-    flat[0].legend(fontsize=7, frameon=False)
+        plain_log_y(ax)
+    flat[0].legend(frameon=False)
     for ax, k in zip(flat, keys, strict=False):
         if ceilings and k in ceilings:
-            ax.legend(fontsize=7, frameon=False)
+            ax.legend(frameon=False)
     fig.tight_layout()
     return fig

@@ -12,7 +12,8 @@ from flatbook.analysis.mechanism import TERMS
 __all__ = ["mechanism_figure"]
 
 TITLES = {"total": "ΔA (volume)", "trace": "Δlog tr H", "weight": "Δlog ‖W₁‖₂²",
-          "slack": "−Δlog T1 slack", "aggregation": "Δ aggregation", "isotropy": "Δ isotropy",
+          "slack": "−Δlog T1 slack", "aggregation": "Δ aggregation", "spread": "Δ spread of ‖J‖²",
+          "isotropy": "Δ isotropy",
           "bound": "Δlog T2 right side"}
 """Panel titles (plain text: matplotlib's mathtext is not needed for these)."""
 
@@ -34,7 +35,7 @@ def mechanism_figure(d: Mapping[str, np.ndarray], width: float = 7.0) -> object:
         v = np.asarray(d[k], float)[ok]
         ax.axhline(0, color="0.5", lw=0.8)
         ax.plot(rng.uniform(-0.25, 0.25, v.size), v, "o", ms=3, alpha=0.6,
-                color="tab:red" if k in ("isotropy", "aggregation") else "tab:blue")
+                color="tab:red" if k in ("isotropy", "aggregation", "spread") else "tab:blue")
         if v.size:
             ax.hlines(float(np.mean(v)), -0.4, 0.4, color="k", lw=2)
         ax.set_title(TITLES[k], fontsize=9)

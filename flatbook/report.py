@@ -26,7 +26,8 @@ Output-level measures of x ↦ f (J_x ∈ R^{k×d}, r = min(k, d))
     ``ld_median``, ``frob_sq_mean`` (‖J_x‖_F²), ``log_lvr_finite_frac`` (fraction of samples
     whose J_x has full numerical rank; the others have log LVR = −inf, which makes
     ``log_lvr_mean`` −inf: use the median), ``r``, ``pr_output`` (global participation
-    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation).
+    ratio of f over the data), ``nmls`` and ``nvr`` (T4 left-hand sides; our normalisation),
+    ``log_frob_sq_mean`` (mean over samples of log ‖J_x‖_F²; −inf where some J_x = 0).
 Per dense layer (prefix ``"{layer}_"``; layers keyed ``l1``, ``l2``, … for top-level items of an
 ``nn.Sequential``, else by qualified module name, e.g. ``"block.fc_mls_mean"``; see
 :mod:`flatbook.probe`). The measures are those of the *path* Jacobian J_l = ∂f/∂δ = G_l W_l (δ
@@ -100,7 +101,7 @@ class Report:
         notes: caveats that apply to this model / data (interpolation, loss, architecture).
         aliases: ``{qualified module name: key in layers}`` (see :meth:`layer`).
         loss: the measured loss (``"squared"``, ``"cross_entropy"`` or the callable): it
-            decides the label of each printed trace (:func:`flatbook.gn.trace_label`).
+            decides the label of each printed trace (``flatbook.gn.trace_label``).
     """
 
     scalars: dict[str, float]
@@ -216,14 +217,14 @@ class Report:
         bounds that do not apply)."""
         lines = [""]
         lines.append("Bounds (lhs ≤ rhs; per-sample bounds at their tightest sample):")
-        lines.append(f"  {'bound':<10}{'lhs':>9}{'rhs':>9}{'slack':>8}  ok?  source")
+        lines.append(f"  {'bound':<13}{'lhs':>9}{'rhs':>9}{'slack':>9}  ok?  source")
         for name, b in self.bounds.items():
             if not b.applicable:
-                lines.append(f"  {name:<10}{'—':>9}{'—':>9}{'—':>8}  n/a  {b.note}")
+                lines.append(f"  {name:<13}{'—':>9}{'—':>9}{'—':>9}  n/a  {b.note}")
                 continue
             lhs, rhs, slack = b.worst()
             lines.append(
-                f"  {name:<10}{lhs:>9.4g}{rhs:>9.4g}{slack:>8.4g}  "
+                f"  {name:<13} {lhs:>8.3g} {rhs:>8.3g} {slack:>8.3g}  "
                 f"{'yes' if b.holds(1e-9) else 'NO ':<3}  {b.source}"
             )
         return lines
@@ -238,12 +239,12 @@ class Report:
                 f"{int(s['lambda_max_n_hvp'])} HVPs, "
                 f"{'converged' if s['lambda_max_converged'] == 1.0 else 'NOT converged'})"
             )
-        loss = self.loss
-        lines.append(f"  {gn.trace_label('trace_gn', loss)}  {s['trace_gn']:.6g}")
-        if "trace_ggn" in s:
-            lines.append(f"  {gn.trace_label('trace_ggn', loss)}  {s['trace_ggn']:.6g}")
+        for key in ("trace_gn", "trace_ggn"):
+            if key in s:
+                lines += _labelled_value(gn.trace_label(key, self.loss), f"{s[key]:.6g}")
         if "trace_hessian" in s:
-            lines.append(f"  {gn.trace_label('trace_hessian', loss)}  {s['trace_hessian']:.6g} "
+            label = gn.trace_label("trace_hessian", self.loss)
+            lines.append(f"  {label}  {s['trace_hessian']:.6g} "
                          f"± {s['trace_hessian_stderr']:.2g} (1 s.e.)")
         return lines
 
@@ -254,6 +255,17 @@ class Report:
 PRINT_WIDTH = 80
 """Characters per line of :meth:`Report.__str__` (a book page's code width); longer lines
 (notes, long layer names) wrap with a hanging indent."""
+
+
+def _labelled_value(label: str, value: str) -> list[str]:
+    """``label  value`` on one line; a label too long for :data:`PRINT_WIDTH` keeps its name
+    (up to its formula, which starts at " (1/n)") on the value's line and its formula on a
+    continuation line below, so the number never wraps away from its name."""
+    line = f"  {label}  {value}"
+    cut = label.find(" (1/n)")
+    if len(line) <= PRINT_WIDTH or cut < 0:
+        return [line]
+    return [f"  {label[:cut]}  {value}", f"        = {label[cut + 1:]}"]
 
 
 def _wrap(line: str) -> str:

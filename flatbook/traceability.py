@@ -61,43 +61,49 @@ LABELS: dict[str, tuple[str, ...]] = {
     # ch02 — linear stability
     "thm-gd-stability": ("flatbook.bounds.t7_gd", "flatbook.curvature.sharpness"),
     "lem-batch-moment": ("flatbook.curvature.gauss_newton_matrix", "flatbook.bounds.sgd_p"),
-    "thm-sgd-stability": ("flatbook.bounds.t7_sgd", "flatbook.bounds.mean_square_lr"),
+    "thm-sgd-stability": ("flatbook.bounds.t7_sgd", "flatbook.bounds.mean_square_lr",
+                          "flatbook.tight.isotropic_linear"),
     # ch03 — from parameters to inputs
-    "lem-multiplicative": ("flatbook.bounds.l2_identity", "flatbook.bounds.l2_bound"),
-    "lem-block": ("flatbook.bounds.l3_bound",),
+    "lem-multiplicative": ("flatbook.bounds.l2_identity", "flatbook.bounds.l2_bound",
+                           "flatbook.tight.orthogonal_deep_linear"),
+    "lem-block": ("flatbook.bounds.l3_bound", "flatbook.tight.orthogonal_deep_linear"),
     "thm-t1-smoothness": ("flatbook.bounds.t1_per_sample", "flatbook.bounds.t1_weighted",
-                          "flatbook.bounds.t1_min"),
+                          "flatbook.bounds.t1_min", "flatbook.tight.isotropic_linear"),
     # ch04 — from smoothness to volume
-    "lem-amgm": ("flatbook.geometry.measures",),
+    "lem-amgm": ("flatbook.geometry.measures", "flatbook.tight.equal_spectrum_jacobians"),
     "thm-t2-volume": ("flatbook.bounds.t2_per_sample", "flatbook.bounds.t2_min",
-                      "flatbook.bounds.t2_gm"),
+                      "flatbook.bounds.t2_gm", "flatbook.tight.isotropic_linear"),
     # ch05 — MLS and the network-wide bounds
     "thm-t3-mls": ("flatbook.bounds.quantities", "flatbook.bounds.t1_per_sample",
                    "flatbook.bounds.t3_weighted", "flatbook.bounds.t3_min",
-                   "flatbook.bounds.t3_gm"),
+                   "flatbook.bounds.t3_gm", "flatbook.tight.isotropic_linear"),
     "thm-t4-network": ("flatbook.bounds.t4_nmls", "flatbook.bounds.t4_nvr",
-                       "flatbook.bounds.l2_bound", "flatbook.bounds.l3_bound"),
+                       "flatbook.bounds.l2_bound", "flatbook.bounds.l3_bound",
+                       "flatbook.tight.orthogonal_deep_linear"),
     # ch06 — local dimensionality
-    "lem-ld-link": ("flatbook.geometry.measures", "flatbook.geometry.local_dim"),
+    "lem-ld-link": ("flatbook.geometry.measures", "flatbook.geometry.local_dim",
+                    "flatbook.tight.equal_spectrum_jacobians", "flatbook.tight.rank_one_jacobians"),
     "thm-t6-ld": ("flatbook.bounds.t6_construction", "flatbook.geometry.local_dim",
                   "flatbook.curvature.dense_hessian"),
     # ch07 — reparametrisation-invariant sharpness
     "thm-t5-kappa": ("flatbook.bounds.relative_flatness", "flatbook.bounds.kappa",
                      "flatbook.bounds.t5_identity", "flatbook.bounds.t5_mls",
-                     "flatbook.bounds.t5_lvr"),
+                     "flatbook.bounds.t5_lvr", "flatbook.tight.scalar_output"),
     "lem-rescale": ("flatbook.models.rescale_layers", "flatbook.curvature.jacobian_sqnorms",
                     "flatbook.bounds.kappa", "flatbook.bounds.quantities"),
-    "lem-adaptive": ("flatbook.bounds.adaptive_sharpness", "flatbook.geometry.input_jacobian"),
+    "lem-adaptive": ("flatbook.bounds.adaptive_sharpness", "flatbook.geometry.input_jacobian",
+                     "flatbook.tight.equal_units"),
     # ch08 — shared weights
     "lem-shared": ("flatbook.bounds.shared_weight_terms", "flatbook.curvature.jacobian_sqnorms",
-                   "flatbook.geometry.input_jacobian"),
+                   "flatbook.geometry.input_jacobian", "flatbook.tight.tied_tokens"),
     "thm-shared-counterexample": ("flatbook.curvature.dense_hessian",
                                   "flatbook.curvature.gn_trace",
                                   "flatbook.geometry.output_measures"),
     # ch09 — capstone
     "thm-capstone": ("flatbook.chain.corollary", "flatbook.bounds.mean_square_lr",
                      "flatbook.bounds.t2_gm", "flatbook.bounds.t3_gm",
-                     "flatbook.chain.mls_sharp"),
+                     "flatbook.chain.mls_sharp", "flatbook.tight.isotropic_linear",
+                     "flatbook.tight.sharp_mls_case"),
 }
 
 _DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{prf:(?P<kind>[a-z]+)\}\s*(?P<title>.*)$")

@@ -167,6 +167,16 @@ def curvature_measure(
     return out
 
 
+def call_measure(measure: MeasureFn, model: nn.Module, X: Tensor, Y: Tensor, loss: str,
+                 seed: int, step: int) -> Mapping[str, float]:
+    """``measure(model, X, Y, loss, seed)``; a measure with ``takes_step = True`` also gets
+    ``step=`` (the record's step: e.g. a profile that measures some quantities at some
+    records only)."""
+    if getattr(measure, "takes_step", False):
+        return measure(model, X, Y, loss, seed, step=step)  # type: ignore[call-arg]
+    return measure(model, X, Y, loss, seed)
+
+
 def report_available() -> bool:
     """True when ``flatbook.report`` (geometry measures and bounds in one call) is installed."""
     return importlib.util.find_spec("flatbook.report") is not None
@@ -556,7 +566,7 @@ def train(
             rec["test_loss"], rec["test_acc"] = evaluate(model, X_test, Y_test, o.loss, chunk)  # type: ignore[arg-type]
         if measure is not None and math.isfinite(rec["train_loss"]):
             with eval_mode(model):
-                extra = measure(model, X_eval, Y_eval, o.loss, o.seed)
+                extra = call_measure(measure, model, X_eval, Y_eval, o.loss, o.seed, t)
             for k, v in extra.items():
                 if k in rec:
                     continue

@@ -48,6 +48,7 @@ def test_markdown_pages_are_not_notebooks_by_accident() -> None:
             assert "{code-cell}" not in p.read_text(), f"{p.name} has code cells but no kernelspec"
 
 
+@pytest.mark.built
 def test_built_html_has_no_external_scripts() -> None:
     html = Path(os.environ.get("FLATBOOK_FAST_HTML", ROOT / "_build" / "fast" / "_build" / "html"))
     if not (html / "index.html").is_file():

@@ -48,6 +48,8 @@ from browser.harness import (  # noqa: E402
 )
 from prepare_fast_book import toc_files  # noqa: E402
 
+pytestmark = pytest.mark.built  # needs the fast book built by scripts/test.sh
+
 TOC_PAGES = toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
 SCREENSHOTS = ROOT / "_build" / "artifacts" / "screenshots"
 SKIP = os.environ.get("FLATBOOK_SKIP_BROWSER", "") == "1"

@@ -212,3 +212,17 @@ def test_sensitivity_table_and_mechanism_on_real_runs(real: tuple) -> None:
     # the recorded T1 slack agrees with the one the identity uses (float32 store rounding)
     assert np.allclose(d["slack"][ok], -d["slack_recorded"][ok], atol=1e-4)
     assert A.mechanism_sentence(d).startswith("Over the late window")
+
+
+def test_chapters_score_the_plan_rows_as_the_report_does(real: tuple) -> None:
+    """score_some (the experiment chapters' verdicts) gives the same parts and verdicts as
+    evaluate_claims (the report) for the same claims: no chapter has its own rule."""
+    st, _ = real
+    full = {c["key"]: c for c in A.evaluate_claims(st, sensitivity=False)}
+    keys = ["late_fall", "lr_sharpness", "volume_after_plateau", "test_data"]   # old key too
+    for c in A.score_some(st, keys):
+        ref = full[c["key"]]
+        assert c["verdict"] == ref["verdict"] and c["n_late"] == ref["n_late"]
+        for q, r in zip(c["parts"], ref["parts"], strict=True):
+            assert (q["name"], q["verdict"], q["n"]) == (r["name"], r["verdict"], r["n"])
+            assert q["effect"] == r["effect"] or not np.isfinite(r["effect"])

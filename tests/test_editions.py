@@ -134,6 +134,7 @@ def _words(text: str) -> str:
     return " ".join(re.findall(r"[A-Za-z][A-Za-z'-]{3,}", text))
 
 
+@pytest.mark.built
 def test_student_edition_has_no_solution_text() -> None:
     student = BUILD / "student-fast" / "_build" / "html"
     teacher = BUILD / "fast" / "_build" / "html"
@@ -150,6 +151,7 @@ def test_student_edition_has_no_solution_text() -> None:
             assert sentence in _words(_visible_text(t_html)), (md.stem, sentence)
 
 
+@pytest.mark.built
 def test_pdf_has_every_chapter_and_no_raw_tex() -> None:
     pdf_path = BUILD / "flatbook-fast.pdf"
     if SKIP_PDF:

@@ -45,17 +45,15 @@ def _data(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _labelled(text: str, what: str) -> list[tuple[float, float | None]]:
-    """(value, ± bar) of every printed line whose label contains ``what`` (lines wrapped at
-    the print width are joined first: a continuation is indented by ≥ 6 spaces)."""
-    rows: list[str] = []
-    for line in text.splitlines():
-        if rows and line.startswith(" " * 6):
-            rows[-1] += " " + line.strip()
-        else:
-            rows.append(line)
+    """(value, ± bar) of every printed line whose label contains ``what``."""
     out = []
-    for line in rows:
-        if what in line and not line.startswith("Note:"):
+    in_note = False
+    for line in text.splitlines():
+        # a note starts with "Note:" and continues on lines indented by six spaces; a label's
+        # formula continues on a line indented by eight
+        in_note = (line.startswith("Note:") or line.startswith("        ")
+                   or (in_note and line.startswith("      ")))
+        if what in line and not in_note:
             m = re.search(r"\s(-?[\d.]+(?:e[+-]?\d+)?)(?:\s*±\s*([\d.]+(?:e[+-]?\d+)?))?"
                           r"(?:\s*\(1 s\.e\.\))?\s*$", line)
             assert m, f"no number at the end of {line!r}"

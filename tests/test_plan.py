@@ -69,3 +69,65 @@ def test_headline_applies_holm_and_tables_carry_every_row() -> None:
     assert len(rows) == len(P.HEADLINE) and rows[0]["MDE"] == "0.05 / 0.5 SD"
     assert [r["results seen"] for r in RT.change_log_rows()] == ["yes"] * len(P.CHANGE_LOG)
     assert P.PLAN_HASH in RT.plan_line()
+
+
+def _plan_hash_at(commit: str) -> str | None:
+    """PLAN_HASH of flatbook/analysis/plan.py as committed at ``commit`` (None without git
+    or without that commit in this clone)."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return None
+    got = subprocess.run(["git", "show", f"{commit}:flatbook/analysis/plan.py"], cwd=root,
+                         capture_output=True, text=True, check=False)
+    if got.returncode != 0:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "plan_at_commit.py"
+        f.write_text(got.stdout, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location("plan_at_commit", f)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod          # dataclasses look their module up
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            del sys.modules[spec.name]
+        return str(mod.PLAN_HASH)
+
+
+def test_frozen_plan_is_the_plan_in_use() -> None:
+    """R9: once the freeze is recorded, the plan in use is the frozen one (its hash), and the
+    plan file at the freezing commit has that hash."""
+    c, h = P.FROZEN["commit"], P.FROZEN["plan_hash"]
+    if c is None:
+        assert P.frozen_line() == "not yet frozen"
+        pytest.skip("the plan is not yet frozen (FROZEN['commit'] is None)")
+    assert h == P.PLAN_HASH, "the plan changed after its freeze: record it in CHANGE_LOG " \
+                             "and re-freeze, or restore the frozen table"
+    at = _plan_hash_at(c)
+    if at is not None:
+        assert at == h, f"plan.py at {c} has hash {at}, FROZEN says {h}"
+    assert c[:12] in P.frozen_line() and "changed since" not in P.frozen_line()
+
+
+def test_frozen_line_says_when_the_plan_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "FROZEN", {"commit": "0123456789abcdef", "plan_hash": "x" * 16})
+    assert "0123456789ab" in P.frozen_line() and "changed since" in P.frozen_line()
+    monkeypatch.setattr(P, "FROZEN", {"commit": "0123456789abcdef", "plan_hash": P.PLAN_HASH})
+    assert "changed since" not in P.frozen_line()
+
+
+def test_plan_hash_at_head_is_readable() -> None:
+    """The git check of the freeze test can read a committed plan (HEAD's, which may differ
+    from the working tree's while editing)."""
+    h = _plan_hash_at("HEAD")
+    if h is None:
+        pytest.skip("no git checkout")
+    assert len(h) == 16

@@ -21,7 +21,7 @@ GLOBAL_KEYS = {
     "interpolating", "lambda_max", "lambda_max_residual", "lambda_max_n_hvp",
     "lambda_max_converged", "trace_gn", "log_lvr_mean", "log_lvr_median", "mls_mean",
     "mls_median", "ld_mean", "ld_median", "frob_sq_mean", "r", "pr_output", "nmls", "nvr",
-    "log_lvr_finite_frac",
+    "log_lvr_finite_frac", "log_frob_sq_mean",
 }  # fmt: skip
 LAYER_KEYS = {
     "index", "width_in", "r", "mls_mean", "mls_median", "log_lvr_mean", "log_lvr_median",

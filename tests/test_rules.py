@@ -130,6 +130,14 @@ def test_mechanism_terms_add_up_to_the_total_to_rounding() -> None:
     assert np.allclose(tot, tt["total"], atol=1e-12)
     s = M.mechanism_sentence(d)
     assert "6 of 7 runs" in s and "nats" in s
+    assert not d["spread_separated"] and np.all(d["spread"][ok] == 0) and "spread" in s
+    # with mean_i log ‖J_i‖² recorded (Jensen: ≤ log mean) the spread is split off isotropy
+    series[M.SPREAD_KEY] = np.log(series["frob_sq_mean"]) - rng.uniform(0, 1, (R, T))
+    d2 = M.decompose(W.panel_from_arrays(step, series, np.zeros(R, int), np.ones(R),
+                                         np.ones(R)))
+    assert d2["spread_separated"] and np.abs(d2["residual"][ok]).max() < 1e-9
+    assert np.allclose(d2["spread"][ok] + d2["isotropy"][ok], d["isotropy"][ok])
+    assert "does not record" not in M.mechanism_sentence(d2)
 
 
 def test_mechanism_figure_has_a_panel_per_term() -> None:

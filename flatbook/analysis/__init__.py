@@ -4,9 +4,11 @@ statistics, and the paper's claims as stated tests.
 One idea per module:
 
 - :mod:`.settings` — :data:`SETTINGS` (the CPU default ``digits-mlp``, its label-noise twin,
-  the extended studies and the paper's settings) and :func:`study_configs`;
+  the extended studies and the paper's settings; ``POWERED_DIGITS``, the 36 + 36-run design
+  switched on once the claims table is frozen) and :func:`study_configs`;
 - :mod:`.store` — the measurement of every record (:func:`make_measure`), the store folder
-  (:func:`store_for`) and :func:`obtain` (read back, or compute missing runs in parallel);
+  (:func:`store_for`) and :func:`obtain` (read back, or compute missing runs in parallel,
+  compatible ones as ensembles: :mod:`flatbook.ensemble_runs`);
 - :mod:`.phases` — the interpolation phase and plateaus of a trajectory;
 - :mod:`.study` — run summaries and :class:`Study` (:func:`load_study`);
 - :mod:`.stats` — rank correlations with bootstrap intervals, fitted late-phase changes,
@@ -57,13 +59,15 @@ from flatbook.analysis.phases import (
 from flatbook.analysis.plan import (
     CHANGE_LOG,
     CLAIM_SPECS,
+    FROZEN,
     HEADLINE,
     PLAN_HASH,
     PLAN_VERSION,
     PRIMARY_THRESHOLD,
     THRESHOLDS,
+    frozen_line,
 )
-from flatbook.analysis.scoring import sensitivity
+from flatbook.analysis.scoring import score_some, sensitivity
 from flatbook.analysis.settings import (
     DEFAULT_SETTING,
     DIGITS_LABEL_NOISE,

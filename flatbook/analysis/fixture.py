@@ -23,7 +23,7 @@ FIXTURE_KEYS = (
     "mls_median", "nmls", "nvr", "ld_median", "test_trace_hessian", "test_lambda_max",
     "test_log_lvr_median", "log_lvr_mean", "l1_weight_norm", "t1_weighted_lhs",
     "t1_weighted_slack", "frob_sq_mean", "r", "log_lvr_finite_frac",
-    "t2_per_sample_slack_median")
+    "t2_per_sample_slack_median", "log_frob_sq_mean")
 """Record keys the plan's rules and the mechanism read."""
 DESIGN = ("lr", "batch_size", "seed", "n_train", "n_classes", "gd_ceiling", "sgd_ceiling")
 

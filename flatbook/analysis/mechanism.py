@@ -7,25 +7,25 @@ M = (1/n) Σ ‖x_i‖²‖J_i‖_F² ≤ ‖W₁‖₂² tr H with slack s = �
     A := (2/r) · mean_i log LVR_i                       (log of GM_i LVR_i^{2/r}; T2's left side)
        = log tr H + log ‖W₁‖₂² − log s                 (= log M, the T1 form)
          + [log F̄ − log M]                             (aggregation: weighting by ‖x_i‖²)
-         + [A − log(F̄/r)]                              (isotropy, with the spread of ‖J_i‖²)
+         + [mean_i log ‖J_i‖_F² − log F̄]                (spread of the magnitudes, ≤ 0)
+         + [A − mean_i log ‖J_i‖_F² + log r]            (isotropy: mean_i log ISO_i ≤ 0)
          − log r,
 
 with F̄ = (1/n) Σ‖J_i‖_F². Every bracket is a recorded quantity (``log_lvr_mean``,
-``trace_gn``, ``l1_weight_norm``, ``t1_weighted_lhs`` / ``_slack``, ``frob_sq_mean``, ``r``),
-and the identity holds at every measurement *exactly* (the last term is constant). The
-late-phase change of each term is its fitted change (:func:`.window.fitted_change`, a linear
-map), so the five changes add up to ΔA to rounding:
+``trace_gn``, ``l1_weight_norm``, ``t1_weighted_lhs`` / ``_slack``, ``frob_sq_mean``,
+``log_frob_sq_mean``, ``r``), and the identity holds at every measurement *exactly* (the last
+term is constant). The late-phase change of each term is its fitted change
+(:func:`.window.fitted_change`, a linear map), so the six changes add up to ΔA to rounding:
 
-    ΔA = Δlog tr H + Δlog ‖W₁‖₂² − Δlog s + Δaggregation + Δisotropy.
+    ΔA = Δlog tr H + Δlog ‖W₁‖₂² − Δlog s + Δaggregation + Δspread + Δisotropy.
 
-The isotropy term here is mean_i log ISO_i + (mean_i log ‖J_i‖² − log F̄): the point-wise
-AM–GM gap plus the (Jensen) spread of the magnitudes over points, which the store does not
-separate — that needs the per-point mean of log ‖J_i‖_F², not recorded (see
-:data:`MISSING_KEYS`). A is finite only when every point's Jacobian has full rank; runs where
-some point is rank-deficient anywhere in the window (``log_lvr_finite_frac`` < 1) are not
-decomposed and are counted in the rank-collapse row with the share of points that collapse.
-The right side of T2 (GM form) changes by Δlog tr H + Δlog ‖W₁‖₂² (the evaluation points are
-fixed), reported beside ΔA.
+Stores recorded before ``log_frob_sq_mean`` existed (measurement version 1) cannot separate the
+spread from the point-wise AM–GM gap: there the spread term is 0 and the isotropy term carries
+both (``spread_separated`` False, and :func:`mechanism_sentence` says so). A is finite only
+when every point's Jacobian has full rank; runs where some point is rank-deficient anywhere
+in the window (``log_lvr_finite_frac`` < 1) are not decomposed and are counted in the
+rank-collapse row with the share of points that collapse. The right side of T2 (GM form)
+changes by Δlog tr H + Δlog ‖W₁‖₂² (the evaluation points are fixed), reported beside ΔA.
 """
 
 from __future__ import annotations
@@ -42,20 +42,21 @@ __all__ = ["KEYS", "MISSING_KEYS", "TERMS", "decompose", "mechanism_sentence", "
 
 KEYS = ("log_lvr_mean", "trace_gn", "l1_weight_norm", "t1_weighted_lhs", "t1_weighted_slack",
         "frob_sq_mean", "r", "log_lvr_finite_frac")
-"""Record keys the decomposition reads."""
-TERMS = ("trace", "weight", "slack", "aggregation", "isotropy")
+"""Record keys the decomposition needs."""
+SPREAD_KEY = "log_frob_sq_mean"
+"""Record key (measurement version ≥ 2) that separates the spread of ‖J_i‖_F² from isotropy."""
+TERMS = ("trace", "weight", "slack", "aggregation", "spread", "isotropy")
 """The terms, in the order they add up to the total."""
-MISSING_KEYS = ("log_frob_sq_mean (mean_i log ‖J_x(x_i)‖_F²: splits isotropy from the spread "
-                "of magnitudes)",
-                "per-point log LVR (to decompose on the points that stay full rank when others "
-                "collapse)")
+MISSING_KEYS = ("per-point log LVR (to decompose on the points that stay full rank when others "
+                "collapse)",)
 """Quantities the store does not record that a finer decomposition would need."""
 
 
 def terms_at(t: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The terms of the identity at every measurement of a trajectory (key → [..., T]):
     ``total`` = A, ``trace``, ``weight``, ``slack`` (= −log s), ``aggregation``,
-    ``isotropy`` and ``const`` = −log r, with total = Σ terms + const exactly."""
+    ``spread``, ``isotropy`` and ``const`` = −log r, with total = Σ terms + const exactly.
+    Without :data:`SPREAD_KEY` in ``t`` the spread is 0 and isotropy includes it."""
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.asarray(t["r"], float)
         A = 2.0 / r * np.asarray(t["log_lvr_mean"], float)
@@ -66,8 +67,9 @@ def terms_at(t: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # −log s is computed as log M − log tr H − log‖W‖²: the recorded slack is the same
         # ratio, rounded; using M keeps the identity exact to float64 rounding
         slack = M - tr - w
-        return {"total": A, "trace": tr, "weight": w, "slack": slack,
-                "aggregation": Fb - M, "isotropy": A - (Fb - np.log(r)), "const": -np.log(r)}
+        Lb = np.asarray(t[SPREAD_KEY], float) if SPREAD_KEY in t else Fb
+        return {"total": A, "trace": tr, "weight": w, "slack": slack, "aggregation": Fb - M,
+                "spread": Lb - Fb, "isotropy": A - (Lb - np.log(r)), "const": -np.log(r)}
 
 
 def decompose(p: Panel) -> dict[str, Any]:
@@ -75,11 +77,13 @@ def decompose(p: Panel) -> dict[str, Any]:
     :data:`TERMS` (arrays [R], NaN for rank-collapsed runs), ``bound`` = Δ log of T2's right
     side, ``residual`` = ΔA − Σ terms (rounding only), ``full_rank`` [R] (every point full
     rank through the window), ``collapse_share`` [R] (1 − the smallest finite fraction in
-    the window) and ``slack_recorded`` (Δlog of the recorded T1 slack, a check)."""
+    the window), ``slack_recorded`` (Δlog of the recorded T1 slack, a check) and
+    ``spread_separated`` (the panel records :data:`SPREAD_KEY` for every decomposed run)."""
     if p.n == 0:
         empty = np.zeros(0)
         return {k: empty for k in ("total", *TERMS, "residual", "bound", "collapse_share",
-                                   "slack_recorded")} | {"full_rank": np.zeros(0, bool)}
+                                   "slack_recorded")} | {"full_rank": np.zeros(0, bool),
+                                                         "spread_separated": False}
     missing = [k for k in KEYS if k not in p.series]
     if missing:
         raise ValueError(f"the panel lacks {missing}: the decomposition needs {KEYS}")
@@ -87,7 +91,12 @@ def decompose(p: Panel) -> dict[str, Any]:
     ff = np.where(m, p.series["log_lvr_finite_frac"], np.inf)
     low = ff.min(axis=1) if ff.size else np.full(p.n, math.nan)
     full = np.isfinite(low) & (low >= 1.0)
-    tt = terms_at(p.series)
+    series = dict(p.series)
+    sep = SPREAD_KEY in series and bool(np.isfinite(np.where(
+        m & full[:, None], series[SPREAD_KEY], 0.0)).all())
+    if not sep:
+        series.pop(SPREAD_KEY, None)   # absent or incomplete: spread folded into isotropy
+    tt = terms_at(series)
     ch = {k: fitted_change(p.step, v, m) for k, v in tt.items() if k != "const"}
     for k in ch:
         ch[k] = np.where(full, ch[k], math.nan)
@@ -98,6 +107,7 @@ def decompose(p: Panel) -> dict[str, Any]:
     out["collapse_share"] = np.where(np.isfinite(low), 1.0 - np.minimum(low, 1.0), math.nan)
     out["slack_recorded"] = np.where(
         full, fitted_change(p.step, p.log("t1_weighted_slack"), m), math.nan)
+    out["spread_separated"] = sep
     return out
 
 
@@ -109,6 +119,8 @@ def mechanism_sentence(d: Mapping[str, np.ndarray]) -> str:
     much the sharpness term (Δlog tr H) accounts for, in nats beside the total."""
     ok = np.asarray(d["full_rank"], bool)
     n, R = int(ok.sum()), int(ok.size)
+    if R == 0:
+        return "No run is in the late window: there is no volume change to decompose."
     if n == 0:
         return (f"No run keeps every evaluation point full rank through the late window "
                 f"(0 of {R}): the volume change cannot be decomposed.")
@@ -117,7 +129,11 @@ def mechanism_sentence(d: Mapping[str, np.ndarray]) -> str:
     head = (f"Over the late window ({n} of {R} runs full rank), the volume (2/r)·mean log LVR "
             f"changes by {tot:+.3g} nats: Δlog tr H {tr:+.3g}, Δlog ‖W₁‖₂² "
             f"{mean['weight']:+.3g}, T1 slack {mean['slack']:+.3g}, aggregation "
-            f"{mean['aggregation']:+.3g}, isotropy {iso:+.3g}. ")
+            f"{mean['aggregation']:+.3g}, spread of ‖J‖_F² {mean['spread']:+.3g}, isotropy "
+            f"{iso:+.3g}. ")
+    if not d.get("spread_separated", False):
+        head += ("(This store does not record mean log ‖J‖_F², so the isotropy term also "
+                 "carries the spread of ‖J‖_F² over points.) ")
     if tot != 0 and iso / tot > 0.5:
         return head + ("The compression is mostly anisotropy, which flatness does not "
                        "control.")

@@ -42,8 +42,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["CHANGE_LOG", "CLAIM_SPECS", "Change", "ClaimSpec", "FLAGS", "HEADLINE", "KINDS",
-           "PLAN_HASH", "PLAN_VERSION", "Row", "THRESHOLDS", "PRIMARY_THRESHOLD", "MIN_WINDOW",
-           "aliases",
+           "FROZEN", "PLAN_HASH", "PLAN_VERSION", "Row", "THRESHOLDS", "PRIMARY_THRESHOLD",
+           "MIN_WINDOW",
+           "aliases", "frozen_line",
            "plan_hash", "spec"]
 
 PLAN_VERSION = "1.0"
@@ -294,8 +295,12 @@ CLAIM_SPECS: tuple[ClaimSpec, ...] = (
          Row("weight", "l1_weight_norm", "decomposition", 0, False, "Δlog ‖W₁‖₂²"),
          Row("slack", "t1_weighted_slack", "decomposition", 0, False,
              "−Δlog slack of the weighted T1 form"),
+         Row("aggregation", "log_lvr_mean", "decomposition", 0, False,
+             "Δ aggregation (weighting of ‖J_i‖_F² by ‖x_i‖²)"),
+         Row("spread", "log_frob_sq_mean", "decomposition", 0, False,
+             "Δ spread of ‖J_i‖_F² over points (0 where the store does not record it)"),
          Row("isotropy", "log_lvr_mean", "decomposition", 0, False,
-             "Δ(aggregation + isotropy)"),
+             "Δ isotropy (point-wise AM–GM gap)"),
          Row("bound", "t2_gm_rhs", "decomposition", 0, False, "Δlog of T2's right side"),
          Row("rank_collapse", "log_lvr_finite_frac", "fraction", 0, False,
              "runs whose every point stays full rank through the window")),
@@ -348,6 +353,11 @@ CHANGE_LOG: tuple[Change, ...] = (
            "TOST margins; Holm over the headline claims",
            "the plan (claims.md) was written after the 12-run store had been analysed; this "
            "table implements it before any ≥ 36-run store was scored", True),
+    Change("2026-12-07", "mechanism (not a headline claim): aggregation and the spread of "
+           "‖J_i‖_F² over points as rows of their own, the isotropy row the point-wise AM–GM "
+           "gap only (the measurement records mean log ‖J_x‖_F² from version 2)",
+           "the isotropy row's text named aggregation + isotropy but scored isotropy alone; "
+           "the spread could not be separated", True),
 )
 """The change log the book prints (R9): past post-hoc choices included."""
 
@@ -365,3 +375,21 @@ def plan_hash() -> str:
 
 PLAN_HASH = plan_hash()
 """Content hash of the plan (R9), printed with its freezing commit."""
+
+FROZEN: dict[str, str | None] = {"commit": "6134c5f43c4f7797400cfe72ffa0274bf7e7bb83",
+                                  "plan_hash": "8b59ad4e65d9e6ea"}
+"""The freeze (R9): ``commit`` is the git commit that froze the plan before the powered
+study's first run and ``plan_hash`` the :data:`PLAN_HASH` at that commit. The lead fills both
+in, in the commit after the freeze; ``None`` while not yet frozen. The tests check that the
+current plan still has this hash (and, with git, that the plan file at ``commit`` has it)."""
+
+
+def frozen_line() -> str:
+    """The freeze as the book prints it: "frozen at commit <c> (plan hash <h>)", or "not
+    yet frozen" while :data:`FROZEN` has no commit; a plan whose hash differs from the frozen
+    one is said to have changed since (the change log must say how)."""
+    c, h = FROZEN.get("commit"), FROZEN.get("plan_hash")
+    if not c:
+        return "not yet frozen"
+    line = f"frozen at commit {c[:12]} (plan hash {h})"
+    return line if h == PLAN_HASH else line + f"; changed since (now {PLAN_HASH})"

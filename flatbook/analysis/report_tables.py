@@ -19,8 +19,8 @@ def _num(x: float, fmt: str = "{:+.3g}") -> str:
 
 def claim_rows(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """One table row per part of every claim (R8): claim (with its verdict on its first
-    row), source and sureness, row (★ essential), kind, n, effect [95 % interval], effect in
-    SDs, p, MDE (units / SDs), the part's verdict and its flags."""
+    row), the paper's words, source and sureness, row (★ essential), kind, n, effect [95 %
+    interval], effect in SDs, p, MDE (units / SDs), the part's verdict and its flags."""
     out = []
     for c in claims:
         for j, q in enumerate(c["parts"]):
@@ -28,6 +28,7 @@ def claim_rows(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             ci = (f" [{_num(q['lo'])}, {_num(q['hi'])}]" if math.isfinite(q["lo"]) else "")
             out.append({
                 "claim": (f"**{c['key']}**: {c['verdict']}" if j == 0 else ""),
+                "the paper's words": (c.get("claim", "") if j == 0 else ""),
                 "source": (f"{c['version']}; {c['source']} ({c['sureness']})" if j == 0 else ""),
                 "row": ("★ " if q["essential"] else "") + q["what"],
                 "kind": q["kind"], "n": str(q["n"]) if q["n"] else "–",

@@ -32,7 +32,7 @@ from flatbook.analysis.plan import (
 from flatbook.analysis.verdicts import NOT_TESTED, VERDICTS, combine
 from flatbook.analysis.window import Panel, end_values, fitted_change, panel
 
-__all__ = ["Options", "part_dict", "score_claims", "score_panel", "sensitivity",
+__all__ = ["Options", "part_dict", "score_claims", "score_panel", "score_some", "sensitivity",
            "trend_values"]
 
 
@@ -260,32 +260,8 @@ def score_claims(study: Any, *, label_noise: Any | None = None, options: Options
     p = panel(study, threshold, MIN_WINDOW)
     sens = {(r["claim"], r["row"]): r["sensitive"] for r in sensitivity(study, o=o)} \
         if with_sensitivity else {}
-    rows = []
-    for spec in CLAIM_SPECS:
-        parts = score_panel(p, spec, o, noise=label_noise, study=study)
-        for q in parts:
-            if sens.get((spec.key, q["name"])):
-                q["flags"] = [*q["flags"], "threshold-sensitive"]
-        verdict = combine([q["verdict"] for q in parts], [q["essential"] for q in parts])
-        ess = [q for q in parts if q["essential"]]
-        pw = [q["power_05"] for q in ess if math.isfinite(q["power_05"])]
-        power = float(np.prod(pw)) if pw else math.nan
-        flags = list(spec.flags) + (["threshold-sensitive"] if any(
-            "threshold-sensitive" in q["flags"] for q in ess) else [])
-        rows.append({
-            "key": spec.key, "aliases": list(spec.aliases), "version": spec.version,
-            "source": spec.source, "sureness": spec.sureness, "claim": spec.words,
-            "criterion": "; ".join(("★ " if r.essential else "") + r.what for r in spec.rows),
-            "kind": spec.kind, "verdict": verdict, "parts": parts, "flags": flags,
-            "by_design": "by design" in spec.flags, "counted": "by design" not in spec.flags,
-            "headline": spec.headline, "p": _claim_p(parts), "power": power,
-            "evidence": "; ".join(_text(q) for q in parts),
-            "numbers": {q["name"]: q["effect"] for q in parts},
-            "n_runs": p.counts.get("runs", 0), "n_late": p.n,
-            "n_short": p.counts.get("short", 0), "n_never": p.counts.get("never", 0),
-            "threshold": threshold, "plan_version": PLAN_VERSION, "plan_hash": PLAN_HASH,
-            "note": spec.note,
-        })
+    rows = [_claim_record(spec, score_panel(p, spec, o, noise=label_noise, study=study), p,
+                          threshold, sens) for spec in CLAIM_SPECS]
     head = [r for r in rows if r["key"] in HEADLINE]
     adj, rej = RL.holm([r["p"] for r in head])
     for r, a, j in zip(head, adj, rej, strict=True):
@@ -294,6 +270,55 @@ def score_claims(study: Any, *, label_noise: Any | None = None, options: Options
         r.setdefault("holm_p", math.nan)
         r.setdefault("holm_reject", False)
     return rows
+
+
+def score_some(study: Any, keys: Sequence[str], *, label_noise: Any | None = None,
+               options: Options | None = None, threshold: float = PRIMARY_THRESHOLD
+               ) -> list[dict[str, Any]]:
+    """The claims ``keys`` (current or old keys) scored exactly as :func:`score_claims`
+    scores them — same window, rows, tests and seeds — for a chapter that shows some of the
+    plan's verdicts. Holm's correction and the threshold sensitivity need every headline claim
+    and every threshold: they are left to the report (``holm_p`` NaN, no
+    *threshold-sensitive* flag)."""
+    from flatbook.analysis.plan import spec as _spec
+
+    o = options or Options()
+    p = panel(study, threshold, MIN_WINDOW)
+    out = []
+    for k in keys:
+        sp = _spec(k)
+        r = _claim_record(sp, score_panel(p, sp, o, noise=label_noise, study=study), p,
+                          threshold, {})
+        out.append(r | {"holm_p": math.nan, "holm_reject": False})
+    return out
+
+
+def _claim_record(spec: ClaimSpec, parts: list[dict[str, Any]], p: Panel, threshold: float,
+                  sens: dict[tuple[str, str], bool]) -> dict[str, Any]:
+    """One claim's dict (see :func:`flatbook.analysis.evaluate_claims`) from its parts."""
+    for q in parts:
+        if sens.get((spec.key, q["name"])):
+            q["flags"] = [*q["flags"], "threshold-sensitive"]
+    verdict = combine([q["verdict"] for q in parts], [q["essential"] for q in parts])
+    ess = [q for q in parts if q["essential"]]
+    pw = [q["power_05"] for q in ess if math.isfinite(q["power_05"])]
+    flags = list(spec.flags) + (["threshold-sensitive"] if any(
+        "threshold-sensitive" in q["flags"] for q in ess) else [])
+    return {
+        "key": spec.key, "aliases": list(spec.aliases), "version": spec.version,
+        "source": spec.source, "sureness": spec.sureness, "claim": spec.words,
+        "criterion": "; ".join(("★ " if r.essential else "") + r.what for r in spec.rows),
+        "kind": spec.kind, "verdict": verdict, "parts": parts, "flags": flags,
+        "by_design": "by design" in spec.flags, "counted": "by design" not in spec.flags,
+        "headline": spec.headline, "p": _claim_p(parts),
+        "power": float(np.prod(pw)) if pw else math.nan,
+        "evidence": "; ".join(_text(q) for q in parts),
+        "numbers": {q["name"]: q["effect"] for q in parts},
+        "n_runs": p.counts.get("runs", 0), "n_late": p.n,
+        "n_short": p.counts.get("short", 0), "n_never": p.counts.get("never", 0),
+        "threshold": threshold, "plan_version": PLAN_VERSION, "plan_hash": PLAN_HASH,
+        "note": spec.note,
+    }
 
 
 def _text(q: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from flatbook import store as move_store
 from flatbook.analysis.settings import Setting, default_results_dir
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 """Bump when :func:`make_measure` changes what it records (a new store folder is used)."""
 TEST_TRACE_HVPS = 30
 """Hessian-vector products of the Hutch++ estimate of the test-loss Hessian trace."""
@@ -66,6 +66,22 @@ def make_measure(config: object, X_test: object, Y_test: object, test_size: int,
     return measure
 
 
+def make_curvature_measure(config: object) -> Callable:
+    """The light measurement profile (``Setting.profile == "curvature"``): λ_max by Lanczos
+    (relative tolerance ``config.sharpness_tol``) and the exact Gauss–Newton trace tr H on
+    the evaluation subset — :func:`flatbook.train.curvature_measure`, the same keys
+    (``lambda_max``, ``lambda_max_residual``, ``lambda_max_n_hvp``, ``lambda_max_converged``,
+    ``trace_gn``) and meaning as the full report's, without the geometry measures."""
+    from flatbook import train
+
+    tol = float(config.sharpness_tol)  # type: ignore[attr-defined]
+
+    def measure(model, X, Y, loss, seed):  # noqa: ANN001, ANN202 - train.MeasureFn
+        return train.curvature_measure(model, X, Y, loss, seed, tol=tol)
+
+    return measure
+
+
 def store_for(results_dir: str | Path | None, setting: Setting) -> Path:
     """Folder of the result store for runs measured by :func:`make_measure` with this
     setting's measurement options: ``results_dir / "measure-<hash>"``. The hash covers the
@@ -79,6 +95,12 @@ def store_for(results_dir: str | Path | None, setting: Setting) -> Path:
     spec = {"version": MEASURE_VERSION, "test_size": setting.test_size,
             "representations": setting.representations,
             "source": inspect.getsource(make_measure)}
+    if setting.profile != "report":   # (the report profile's hash predates profiles)
+        spec |= {"profile": setting.profile,
+                 "profile_source": inspect.getsource(make_curvature_measure)}
+    if setting.hidden_every and setting.representations == "hidden":
+        spec |= {"hidden_every": setting.hidden_every,
+                 "hidden_source": inspect.getsource(sparse_hidden)}
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(results_dir) if results_dir else default_results_dir()
     return root / f"measure-{h}"
@@ -91,6 +113,7 @@ def obtain(
     *,
     compute_missing: bool = True,
     workers: int | None = None,
+    engine: str | None = None,
 ) -> list[object]:
     """Load each run's results from the store, or compute them (in order).
 
@@ -103,7 +126,12 @@ def obtain(
     moved runs are printed (id, reason, new folder: the chapter shows them).
 
     Missing runs are computed on ``workers`` processes (:func:`resolve_workers`; 1 = in this
-    process).
+    process) by ``engine`` (:func:`resolve_engine`): ``"ensemble"`` (default) trains the
+    compatible ones as ensembles (:mod:`flatbook.ensemble_runs`: one batched SGD step for
+    many runs, each member measured and stored as its solo run), one ensemble per worker at
+    least; ``"solo"`` trains each run by itself. A plain script that calls this at top level
+    without an ``if __name__ == "__main__":`` guard cannot start worker processes: the runs
+    are then computed in this process (a note says how to use the workers).
 
     Returns ``flatbook.experiment.Results`` in the order of ``configs``.
     """
@@ -131,12 +159,17 @@ def obtain(
         print("flatbook: " + move_store.moved_message(moved), flush=True)
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
-        n_workers = resolve_workers(workers, len(todo))
+        jobs = _jobs(todo, resolve_engine(engine, out), resolve_workers(workers, len(todo)))
+        n_workers = resolve_workers(workers, len(jobs))
+        if n_workers > 1 and not _can_spawn():
+            n_workers = 1
         if n_workers == 1:
-            for i, c, stale in todo:
-                out[i] = _compute(c, setting, store, stale)
+            for job in jobs:
+                for i, res in zip([i for i, _, _ in job], _compute_job(job, setting, store),
+                                  strict=True):
+                    out[i] = res
         else:
-            _compute_parallel(todo, setting, store, n_workers)
+            _compute_parallel(jobs, setting, store, n_workers)
             for i, c, _ in todo:
                 out[i] = E.load_results(store, c, check="code")
     E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
@@ -175,31 +208,157 @@ def resolve_workers(workers: int | None, n_jobs: int) -> int:
     return max(1, min(int(workers), int(n_jobs)))
 
 
+ENGINES = ("ensemble", "solo")
+
+
+def resolve_engine(engine: str | None, stored: Sequence[object] = ()) -> str:
+    """The training engine of :func:`obtain`: ``engine``, else ``$FLATBOOK_ENGINE``, else the
+    one engine that computed the ``stored`` results of the study (so that missing runs join
+    a study computed before without mixing engines), else ``"ensemble"``; ValueError naming
+    the allowed values."""
+    value = engine if engine is not None else os.environ.get("FLATBOOK_ENGINE")
+    if value is None:
+        used = {r.numerics.get("engine", "solo") for r in stored  # type: ignore[attr-defined]
+                if r is not None and r.numerics}  # type: ignore[attr-defined]
+        value = used.pop() if len(used) == 1 else "ensemble"
+    if value not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}; got {value!r}")
+    return value
+
+
+Job = list[tuple[int, object, bool]]
+"""Runs computed together: one solo run, or the members of one ensemble (index in the
+requested configs, config, stale)."""
+
+
+def _jobs(todo: Sequence[tuple[int, object, bool]], engine: str, workers: int) -> list[Job]:
+    """The missing runs as jobs: with the ensemble engine, compatible runs grouped
+    (:func:`flatbook.ensemble_runs.plan_groups`, size by memory, ≥ one group per worker),
+    the others (and every run with ``engine="solo"``) one job each."""
+    if engine == "solo":
+        return [[t] for t in todo]
+    from flatbook import ensemble_runs as R
+
+    configs = [c for _, c, _ in todo]
+    groups = R.plan_groups(configs, size=_group_size, min_groups=workers)  # type: ignore[arg-type]
+    grouped = {i for g in groups for i in g}
+    return ([[todo[i] for i in g] for g in groups]
+            + [[t] for j, t in enumerate(todo) if j not in grouped])
+
+
+def _group_size(config: object) -> int:
+    """Members per ensemble for runs like ``config``
+    (:func:`flatbook.ensemble_runs.max_members`; a data set of unknown shape counts as
+    3 × 32 × 32 inputs, an unknown size as 60 000 samples)."""
+    import math
+
+    from flatbook import data
+    from flatbook import ensemble_runs as R
+
+    spec = data.DATASETS.get(config.dataset)  # type: ignore[attr-defined]
+    n_in = math.prod(spec.input_shape) if spec is not None else 3 * 32 * 32
+    n = int(config.n_train or 60_000)  # type: ignore[attr-defined]
+    return R.max_members(R.member_bytes(config, n, n_in, 10))  # type: ignore[arg-type]
+
+
+def _measure_for(setting: object) -> Callable:
+    """``measure_for(config, dataset)``: the chapters' measurement of one run (the setting's
+    ``profile``: the full report, or :func:`make_curvature_measure`)."""
+    def measure_for(config: object, ds: object) -> Callable:
+        if getattr(setting, "profile", "report") == "curvature":
+            return make_curvature_measure(config)
+        args = (config, ds.X_test, ds.Y_test,  # type: ignore[attr-defined]
+                min(setting.test_size, ds.n_test))  # type: ignore[attr-defined]
+        reps = setting.representations  # type: ignore[attr-defined]
+        every = getattr(setting, "hidden_every", 0)
+        full = make_measure(*args, reps, n_train=ds.n_train)  # type: ignore[attr-defined]
+        if reps != "hidden" or not every:
+            return full
+        return sparse_hidden(full, make_measure(*args, "none", n_train=ds.n_train),  # type: ignore[attr-defined]
+                             every)
+    return measure_for
+
+
+def sparse_hidden(full: Callable, light: Callable, every: int) -> Callable:
+    """A measure that calls ``full`` (with the hidden representations) at the records whose
+    step is a multiple of ``every`` and ``light`` (without them) at the others — the same
+    keys and values at every record, the hidden layers' only where measured."""
+    def measure(model, X, Y, loss, seed, step):  # noqa: ANN001, ANN202 - train.MeasureFn
+        return (full if step % every == 0 else light)(model, X, Y, loss, seed)
+
+    measure.takes_step = True  # type: ignore[attr-defined]
+    return measure
+
+
+def _compute_job(job: Job, setting: object, store: Path) -> list[object]:
+    """Train and measure one job into ``store`` (the unit of :func:`obtain`)."""
+    if len(job) == 1 and _solo(job[0][1]):
+        return [_compute(job[0][1], setting, store, job[0][2])]
+    from flatbook import ensemble_runs as R
+
+    return R.run_ensemble([c for _, c, _ in job], store,  # type: ignore[misc]
+                          measure_for=_measure_for(setting), overwrite=[s for _, _, s in job])
+
+
+def _solo(config: object) -> bool:
+    from flatbook import ensemble_runs as R
+
+    return R.unsupported(config) is not None  # type: ignore[arg-type]
+
+
 def _compute(config: object, setting: object, store: Path, stale: bool) -> object:
-    """Train and measure one run into ``store`` (the unit of :func:`obtain`)."""
+    """Train and measure one run into ``store`` by the solo loop."""
     from flatbook import experiment as E
 
     ds = E.prepare(config)[0]  # type: ignore[arg-type]
-    m = make_measure(config, ds.X_test, ds.Y_test,
-                     min(setting.test_size, ds.n_test),  # type: ignore[attr-defined]
-                     setting.representations, n_train=ds.n_train)  # type: ignore[attr-defined]
+    m = _measure_for(setting)(config, ds)
     return E.run(config, store, overwrite=stale, measure=m)  # type: ignore[arg-type]
 
 
-def _worker(config: dict, setting: object, store: str, stale: bool) -> str:
-    """Process-pool entry point (picklable arguments only): one run of :func:`_compute`."""
+def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str) -> list[str]:
+    """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`."""
     from flatbook import experiment as E
 
-    cfg = E.RunConfig.from_dict(config)
-    res = _compute(cfg, setting, Path(store), stale)
-    return str(res.status)  # type: ignore[attr-defined]
+    runs = [(i, E.RunConfig.from_dict(c), stale) for i, c, stale in job]
+    return [str(r.status) for r in _compute_job(runs, setting, Path(store))]  # type: ignore[attr-defined]
 
 
-def _compute_parallel(todo: Sequence[tuple[int, object, bool]], setting: object, store: Path,
+def _can_spawn() -> bool:
+    """Whether worker processes can start: False when this call runs at the top level of a
+    plain script without an ``if __name__ == "__main__":`` guard around it (a spawned worker
+    would run the script again and die: BrokenProcessPool). Then says so in one line."""
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals.get("__name__") == "__main__"
+                                     and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or not path or not str(path).endswith(".py"):
+        return True
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    line = frame.f_lineno
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+                and "__name__" in ast.unparse(node.test)
+                and node.lineno <= line <= (node.end_lineno or node.lineno)):
+            return True
+    print(f"flatbook: {path} computes the study at its top level, without an "
+          f"`if __name__ == \"__main__\":` guard — running in this process (put the call "
+          f"under that guard to use several worker processes)", file=sys.stderr)
+    return False
+
+
+def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
                       n_workers: int) -> None:
-    """Run the missing runs on ``n_workers`` spawned processes (fresh interpreters: no
-    forked torch state), with a progress bar over finished runs. Results land in the store
-    atomically, so an interrupted sweep resumes where it stopped."""
+    """Run the jobs on ``n_workers`` spawned processes (fresh interpreters: no forked torch
+    state), with a progress bar over finished runs. Results land in the store atomically,
+    so an interrupted sweep resumes where it stopped."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -207,10 +366,12 @@ def _compute_parallel(todo: Sequence[tuple[int, object, bool]], setting: object,
 
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-        futs = [pool.submit(_worker, c.to_dict(), setting, str(store), stale)  # type: ignore[attr-defined]
-                for _, c, stale in todo]
-        for f in tqdm(as_completed(futs), total=len(futs), desc=f"runs ({n_workers} workers)",
-                      unit="run"):
-            f.result()
+        futs = {pool.submit(_worker, [(i, c.to_dict(), s) for i, c, s in job],  # type: ignore[attr-defined]
+                            setting, str(store)): len(job) for job in jobs}
+        with tqdm(total=sum(futs.values()), desc=f"runs ({n_workers} workers)",
+                  unit="run") as bar:
+            for f in as_completed(futs):
+                f.result()
+                bar.update(futs[f])
 
 

@@ -200,17 +200,20 @@ def load_study(
     results_dir: str | Path | None = None,
     compute_missing: bool = True,
     loss_threshold: float | None = None,
+    engine: str | None = None,
     **overrides: object,
 ) -> Study:
     """Configs of ``setting`` (:func:`study_configs`), their results from the store or
     computed (:func:`obtain`), and the summaries (:class:`Study`). Every chapter calls this
-    with the same parameters, so the sweep is computed once and then read back."""
+    with the same parameters, so the sweep is computed once and then read back. ``engine``:
+    ``"ensemble"`` (default, compatible runs trained together) or ``"solo"``
+    (:func:`flatbook.analysis.store.resolve_engine`)."""
     s = get_setting(setting)
     thr = s.loss_threshold if loss_threshold is None else loss_threshold
     if not (isinstance(thr, int | float) and thr > 0):
         raise ValueError(f"loss_threshold must be a positive number; got {loss_threshold!r}")
     configs = study_configs(setting, lrs=lrs, batch_sizes=batch_sizes, seeds=seeds, **overrides)
-    results = obtain(configs, s, results_dir, compute_missing=compute_missing)
+    results = obtain(configs, s, results_dir, compute_missing=compute_missing, engine=engine)
     return Study(s, configs, results, float(thr))
 
 

@@ -1,0 +1,562 @@
+"""Ensemble engine: many independent SGD runs of one MLP architecture advanced as one batch.
+
+M networks of the same shape (d → h₁ → … → k, the ``flatbook.models.mlp`` layout) are held as
+stacked parameters W_l [M, out, in], b_l [M, out]. One step of all members is
+
+    z_l = b_l + h_{l-1} W_lᵀ        (torch.baddbmm over the member axis, h₀ = x_B [M, B, d])
+    θ_m ← θ_m − η_m (∇_θ L_{B_m}(θ_m) + λ_m θ_m)     for every active member m
+
+with the gradient computed by hand (reverse pass through the batched products), so that no
+autograd graph, optimizer object or ``torch._dynamo`` import sits on the training path. The
+arithmetic of each member is that of :func:`flatbook.train.train` on the same config (same
+initialisation, same batches from ``train._epoch_perm``, same label noise from
+``train._label_noise``, same measurement steps and divergence rule): the two agree to rounding
+(the batched products slice per member, so a member's numbers do not depend on how many
+members share its batch).
+
+Each member keeps its own step counter, data order, label noise σ, learning rate η, weight
+decay, schedule, checkpoint and divergence status: a member that diverges is frozen (its
+parameters zeroed, its learning rate 0) while the others go on. At each of a member's
+measurement steps its weights are copied into an ordinary ``nn.Module`` and measured exactly
+as a solo run (:func:`flatbook.train.evaluate` and the member's ``measure``), so its records
+have the same keys and meaning. Checkpoints are per member, in the solo loop's format.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flatbook import _io
+from flatbook import train as _train
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
+"""Hidden activations the batched MLP step implements (others: use the solo engine)."""
+LOSSES = ("squared", "cross_entropy")
+SYNC_EVERY = 25
+"""Steps between checks of the members' minibatch losses (as the solo loop)."""
+
+_ACT_TYPES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                               nn.Identity: "linear"}
+
+EnsembleCallback = Callable[[list[int]], None]
+"""``callback(steps)`` after every batched step with each member's step count; raising
+KeyboardInterrupt there checkpoints every member and stops (used to simulate a kill)."""
+
+
+@dataclass
+class Member:
+    """One run of an ensemble: its network (initial weights), data and training options.
+
+    Attributes:
+        model: the member's ``nn.Sequential`` MLP (initialised as the solo run would be); it
+            receives the trained weights and is the module every measurement sees.
+        X_train, Y_train: training inputs [n, d] and targets [n, k] (one-hot / real).
+        X_test, Y_test: test set for the records' ``test_loss`` / ``test_acc`` (or None).
+        lr, weight_decay: η and λ of θ ← θ − η(∇L_B + λθ).
+        steps: optimizer steps; ``measure_steps``: steps at which records are taken.
+        measure: ``measure(model, X_eval, Y_eval, loss, seed)`` or None.
+        eval_indices: training-set indices of the evaluation subset ``measure`` sees.
+        seed: batch-order / label-noise seed (and the seed passed to ``measure``).
+        label_noise: σ of label-noise SGD (targets y + σξ, squared loss).
+        target_loss, divergence_threshold: as :func:`flatbook.train.train`.
+        checkpoint_path, checkpoint_every, checkpoint_meta: the member's resumable state (the
+            solo loop's checkpoint format; resumed when present and its meta matches).
+    """
+
+    model: nn.Module
+    X_train: Tensor
+    Y_train: Tensor
+    X_test: Tensor | None
+    Y_test: Tensor | None
+    lr: float
+    steps: int
+    measure_steps: Sequence[int]
+    measure: _train.MeasureFn | None
+    eval_indices: Sequence[int]
+    seed: int
+    weight_decay: float = 0.0
+    label_noise: float = 0.0
+    target_loss: float | None = 1e-3
+    divergence_threshold: float = 1e6
+    checkpoint_path: Path | None = None
+    checkpoint_every: int | None = None
+    checkpoint_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    """Mutable progress of one member."""
+
+    step: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    target_step: int | None = None
+    resumed_from: int | None = None
+    status: str = "running"          # running | completed | diverged
+    diverged_at: int | None = None
+    first_pending: int = 0
+    perm_epoch: int = -1
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+def mlp_layout(model: nn.Module) -> tuple[list[str], str, bool]:
+    """The dense layers of an MLP ``nn.Sequential`` (Linear, act, …, Linear; an optional
+    leading Flatten): (item names of the Linear layers, activation name, has bias).
+
+    Raises ValueError naming what the batched step does not implement (then train the run
+    with the solo engine: ``engine="solo"``).
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"the ensemble engine trains nn.Sequential MLPs; got "
+                         f"{type(model).__name__} (use engine='solo')")
+    items = list(model.named_children())
+    if items and isinstance(items[0][1], nn.Flatten):
+        items = items[1:]
+    linears = [n for n, m in items[0::2] if isinstance(m, nn.Linear)]
+    acts = {_ACT_TYPES.get(type(m)) for _, m in items[1::2]}
+    if len(linears) != (len(items) + 1) // 2 or len(items) % 2 == 0:
+        raise ValueError("the ensemble engine needs a Linear, activation, …, Linear MLP "
+                         "(use engine='solo')")
+    if None in acts or len(acts) > 1:
+        raise ValueError(f"the ensemble engine implements the activations {list(ACTIVATIONS)} "
+                         f"(one per network); got {[type(m).__name__ for _, m in items[1::2]]} "
+                         f"(use engine='solo')")
+    bias = {getattr(model, n).bias is not None for n in linears}
+    if len(bias) > 1:
+        raise ValueError("the ensemble engine needs bias on every layer or on none")
+    return linears, (acts.pop() if acts else "linear"), bias.pop()
+
+
+class _Stack:
+    """Stacked parameters of M MLPs: ``W[l]`` [M, out, in], ``b[l]`` [M, out] (or None)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        layouts = {(tuple(mlp_layout(m)[0]), *mlp_layout(m)[1:]) for m in models}
+        if len(layouts) != 1:
+            raise ValueError("every member of an ensemble needs the same architecture")
+        names, self.act, self.bias = layouts.pop()
+        self.names = list(names)
+        shapes = {tuple(tuple(p.shape) for p in m.parameters()) for m in models}
+        if len(shapes) != 1:
+            raise ValueError("every member of an ensemble needs the same layer widths")
+        with torch.no_grad():
+            self.W = [torch.stack([getattr(m, n).weight.detach() for m in models]).clone()
+                      for n in self.names]
+            self.b = [torch.stack([getattr(m, n).bias.detach() for m in models]).clone()
+                      if self.bias else None for n in self.names]
+
+    def load_into(self, m: int, model: nn.Module) -> None:
+        """Copy member m's parameters into ``model`` (same layout)."""
+        with torch.no_grad():
+            for layer, n in enumerate(self.names):
+                getattr(model, n).weight.copy_(self.W[layer][m])
+                if self.b[layer] is not None:
+                    getattr(model, n).bias.copy_(self.b[layer][m])
+
+    def load_from(self, m: int, model: nn.Module) -> None:
+        """Copy ``model``'s parameters into member m's slot."""
+        with torch.no_grad():
+            for layer, n in enumerate(self.names):
+                self.W[layer][m].copy_(getattr(model, n).weight)
+                if self.b[layer] is not None:
+                    self.b[layer][m].copy_(getattr(model, n).bias)
+
+    def zero(self, m: int) -> None:
+        """Zero member m's parameters (a diverged member: no inf/NaN arithmetic)."""
+        for t in [*self.W, *(b for b in self.b if b is not None)]:
+            t[m].zero_()
+
+    def finite(self) -> Tensor:
+        """[M] bool: every parameter of member m is finite."""
+        ok = torch.ones(self.W[0].shape[0], dtype=torch.bool, device=self.W[0].device)
+        for t in [*self.W, *(b for b in self.b if b is not None)]:
+            ok &= torch.isfinite(t).flatten(1).all(1)
+        return ok
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+def _act(name: str, z: Tensor) -> Tensor:
+    if name == "relu":
+        return torch.relu(z)
+    if name == "tanh":
+        return torch.tanh(z)
+    if name == "sigmoid":
+        return torch.sigmoid(z)
+    return z
+
+
+def _act_grad(name: str, g: Tensor, h: Tensor) -> Tensor:
+    """g · σ'(z) written through the activation's output h = σ(z) (as autograd does)."""
+    if name == "relu":
+        return torch.ops.aten.threshold_backward(g, h, 0)   # autograd's ReLU backward
+    if name == "tanh":
+        return g * (1 - h * h)
+    if name == "sigmoid":
+        return g * (h * (1 - h))
+    return g
+
+
+def batched_step(stack: _Stack, xb: Tensor, yb: Tensor, lr: Tensor, weight_decay: Tensor,
+                 loss: str) -> Tensor:
+    """One SGD step of every member in place; returns the minibatch losses [M].
+
+    ``xb`` [M, B, d], ``yb`` [M, B, k]; ``lr``, ``weight_decay`` [M] (η_m = 0 freezes member
+    m). Loss per member: squared L = (1/2B) Σ_i ‖f_i − y_i‖² (gradient (f − y)/B at the
+    output) or cross-entropy L = −(1/B) Σ_i y_iᵀ log softmax f_i (gradient
+    (softmax f · Σ_k y − y)/B). Backward: ∂L/∂W_l = g_lᵀ h_{l−1}, ∂L/∂b_l = Σ_i g_l,
+    g_{l−1} = (g_l W_l) ⊙ σ'(z_{l−1}); update θ ← θ − η(∂L/∂θ + λθ) (``torch.optim.SGD``).
+    """
+    hs, h = [xb], xb
+    n_layers = len(stack.W)
+    for layer in range(n_layers):
+        W, b = stack.W[layer], stack.b[layer]
+        z = (torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)) if b is not None
+             else torch.bmm(h, W.transpose(1, 2)))
+        h = _act(stack.act, z) if layer < n_layers - 1 else z
+        hs.append(h)
+    f, B = hs.pop(), xb.shape[1]
+    if loss == "squared":
+        r = f - yb
+        losses = 0.5 * r.pow(2).sum((1, 2)) / B
+        g = r / B
+    else:
+        logp = torch.log_softmax(f, dim=2)
+        losses = -(yb * logp).sum((1, 2)) / B
+        g = (logp.exp() * yb.sum(2, keepdim=True) - yb) / B
+    lr3 = lr.view(-1, 1, 1)
+    decay = bool(weight_decay.any())
+    for layer in reversed(range(n_layers)):
+        W, b = stack.W[layer], stack.b[layer]
+        gW = torch.bmm(g.transpose(1, 2), hs[layer])
+        gb = g.sum(1) if b is not None else None
+        if layer > 0:
+            g = _act_grad(stack.act, torch.bmm(g, W), hs[layer])
+        if decay:
+            gW = gW + weight_decay.view(-1, 1, 1) * W
+            gb = gb + weight_decay.view(-1, 1) * b if b is not None else None
+        W.sub_(lr3 * gW)
+        if b is not None:
+            b.sub_(lr.view(-1, 1) * gb)
+    return losses.detach()
+
+
+# ------------------------------------------------------------------------------ records
+
+
+def take_record(member: Member, st: _State, t: int, spe: int, loss: str,
+                chunk: int = 4096) -> dict[str, Any]:
+    """The record of a member at step t, as the solo loop takes it: step, epoch, train (and
+    test) loss / accuracy on the full sets, then ``measure`` on the evaluation subset."""
+    model = member.model
+    rec: dict[str, Any] = {"step": t, "epoch": t / spe}
+    rec["train_loss"], rec["train_acc"] = _train.evaluate(model, member.X_train,
+                                                          member.Y_train, loss, chunk)
+    if member.X_test is not None and member.Y_test is not None:
+        rec["test_loss"], rec["test_acc"] = _train.evaluate(model, member.X_test,
+                                                            member.Y_test, loss, chunk)
+    if member.measure is not None and math.isfinite(rec["train_loss"]):
+        idx = torch.as_tensor(list(member.eval_indices), device=member.X_train.device)
+        with _train.eval_mode(model):
+            extra = _train.call_measure(member.measure, model, member.X_train[idx],
+                                        member.Y_train[idx], loss, member.seed, t)
+        for k, v in extra.items():
+            if k not in rec:
+                try:
+                    rec[k] = float(v)
+                except (TypeError, ValueError):
+                    raise TypeError(f"measure returned {k}={v!r}; values must be floats"
+                                    ) from None
+    if (member.target_loss is not None and st.target_step is None
+            and rec["train_loss"] < member.target_loss):
+        st.target_step = t
+    st.records.append(rec)
+    return rec
+
+
+def _sgd_state(member: Member) -> dict[str, Any]:
+    """The state dict ``torch.optim.SGD`` (plain, no momentum) would save for the member."""
+    n = len(list(member.model.parameters()))
+    return {"state": {}, "param_groups": [{
+        "lr": member.lr, "momentum": 0, "dampening": 0, "weight_decay": member.weight_decay,
+        "nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
+        "fused": None, "params": list(range(n))}]}
+
+
+def save_member(member: Member, st: _State) -> None:
+    """Checkpoint one member (its weights must be in ``member.model``), solo format."""
+    if member.checkpoint_path is None:
+        return
+    state = {"format": _train.CHECKPOINT_FORMAT, "meta": member.checkpoint_meta,
+             "step": st.step, "model": member.model.state_dict(),
+             "optimizer": _sgd_state(member), "records": st.records,
+             "target_step": st.target_step, "torch_rng": torch.random.get_rng_state()}
+    _io.save_checkpoint(member.checkpoint_path, state)
+
+
+def _resume(member: Member) -> _State:
+    """The member's state from its checkpoint (weights into ``member.model``), or fresh."""
+    st = _State()
+    if member.checkpoint_path is None:
+        return st
+    state = _io.load_checkpoint(member.checkpoint_path, member.X_train.device)
+    if state is None:
+        return st
+    stored = state.get("meta")
+    differ = _train._meta_differences(stored, member.checkpoint_meta)
+    if state.get("format") != _train.CHECKPOINT_FORMAT or differ:
+        raise _train.CheckpointMismatchError(
+            f"checkpoint {member.checkpoint_path} was written for a different run (differs in "
+            f"{differ}: stored {stored} ≠ {member.checkpoint_meta}); delete it or use another "
+            f"path", differ, stored)
+    member.model.load_state_dict(state["model"])
+    st.records = list(state["records"])
+    st.step = st.first_pending = st.resumed_from = int(state["step"])
+    st.target_step = state["target_step"]
+    return st
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+@dataclass(frozen=True)
+class EnsembleOptions:
+    """Options shared by every member of an ensemble.
+
+    Attributes:
+        loss: ``"squared"`` or ``"cross_entropy"`` (one loss per ensemble).
+        batch_size: B (one per ensemble: minibatches are stacked [M, B, d]) or ``"full"``.
+        callback: :data:`EnsembleCallback` after every batched step (None: none).
+        handle_signals: defer SIGINT/SIGTERM to the next step boundary (main thread only).
+        progress: show a tqdm bar over the steps; ``desc`` its label.
+        chunk: samples per forward pass when evaluating full-set loss / accuracy.
+    """
+
+    loss: str = "squared"
+    batch_size: int | str = 32
+    callback: EnsembleCallback | None = None
+    handle_signals: bool = True
+    progress: bool = False
+    desc: str | None = None
+    chunk: int = 4096
+
+
+def _check_members(members: Sequence[Member], opts: EnsembleOptions) -> tuple[int, int, bool]:
+    """Validate the members against each other; returns (n, B, full_batch)."""
+    if not members:
+        raise ValueError("members must hold at least one Member")
+    _train.check_choice(opts.loss, "loss", LOSSES)
+    shapes = {(tuple(m.X_train.shape), tuple(m.Y_train.shape), m.X_train.dtype,
+               m.X_train.device) for m in members}
+    if len(shapes) != 1:
+        raise ValueError(f"every member needs training data of one shape, dtype and device "
+                         f"(an ensemble stacks them); got {sorted(map(str, shapes))}")
+    for m in members:
+        _train.check_positive_float(m.lr, "lr")
+        _train.check_label_noise(m.label_noise, opts.loss)
+        _train.check_positive_int(m.steps, "steps")
+        _train.check_data(m.X_train, m.Y_train, "train", opts.loss, m.model)
+        if m.Y_train.ndim != 2:
+            raise ValueError("the ensemble engine needs targets [n, k] (one-hot or real)")
+    n = int(members[0].X_train.shape[0])
+    B = _train.resolve_batch_size(opts.batch_size, n)
+    return n, B, B == n and opts.batch_size in (None, "full")
+
+
+class _Loop:
+    """The batched SGD loop over members (see :func:`train_ensemble`)."""
+
+    def __init__(self, members: Sequence[Member], opts: EnsembleOptions) -> None:
+        self.members, self.opts = list(members), opts
+        self.n, self.B, self.full = _check_members(members, opts)
+        self.spe = max(1, self.n // self.B)
+        self.states = [_resume(m) for m in self.members]
+        self.stack = _Stack([m.model for m in self.members])
+        dev, dt = members[0].X_train.device, members[0].X_train.dtype
+        M = len(self.members)
+        self.X = torch.stack([m.X_train for m in self.members]).reshape(M * self.n, -1)
+        self.Y = torch.stack([m.Y_train for m in self.members]).reshape(M * self.n, -1)
+        self.offset = torch.arange(M, device=dev).unsqueeze(1) * self.n
+        self.lr = torch.tensor([m.lr for m in self.members], dtype=dt, device=dev)
+        self.wd = torch.tensor([m.weight_decay for m in self.members], dtype=dt, device=dev)
+        self.to_measure = [set(int(s) for s in m.measure_steps) | {0, m.steps}
+                           for m in self.members]
+        self.pending: list[Tensor] = []
+        self.perms = torch.zeros(M, self.n, dtype=torch.long, device=dev)
+        self.arange_b = torch.arange(self.B, device=dev)
+        self._lr_run: tuple[tuple[int, ...], Tensor] | None = None
+
+    def running(self) -> list[int]:
+        return [i for i, st in enumerate(self.states) if st.status == "running"]
+
+    def start(self) -> None:
+        """Record step 0 of fresh members; mark members already at their last step done."""
+        for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
+            if st.step == 0 and not st.records:
+                rec = take_record(m, st, 0, self.spe, self.opts.loss, self.opts.chunk)
+                if not math.isfinite(rec["train_loss"]):
+                    self._diverge(i, 0)
+            if st.status == "running" and st.step >= m.steps:
+                st.status = "completed"
+                save_member(m, st)
+
+    def _diverge(self, i: int, at: int) -> None:
+        st = self.states[i]
+        st.status, st.diverged_at = "diverged", at
+        self.stack.zero(i)
+
+    def batch(self) -> tuple[Tensor, Tensor]:
+        """Each member's minibatch at its own step: ([M, B, d], [M, B, k])."""
+        M = len(self.members)
+        if self.full:
+            return (self.X.view(M, self.n, -1), self.Y.view(M, self.n, -1))
+        pos = []
+        for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
+            epoch, p = divmod(st.step, self.spe)
+            if epoch != st.perm_epoch:
+                self.perms[i] = _train._epoch_perm(m.seed, epoch, self.n)
+                st.perm_epoch = epoch
+            pos.append(p)
+        if min(pos) == max(pos):   # members in step: one slice of the permutations
+            rows = self.perms[:, pos[0] * self.B:(pos[0] + 1) * self.B]
+        else:
+            start = torch.tensor(pos, device=self.X.device).unsqueeze(1) * self.B
+            rows = self.perms.gather(1, start + self.arange_b)
+        idx = (rows + self.offset).reshape(-1)
+        return (self.X.index_select(0, idx).view(M, self.B, -1),
+                self.Y.index_select(0, idx).view(M, self.B, -1))
+
+    def step(self) -> None:
+        """One batched step of every running member (frozen members: η = 0)."""
+        xb, yb = self.batch()
+        run = self.running()
+        noisy = [i for i in run if self.members[i].label_noise]
+        if noisy:   # y + σξ with each member's own ξ(seed, step), as the solo loop draws it
+            xi = torch.stack([_train._label_noise(yb[i], self.members[i].seed,
+                                                  self.states[i].step) for i in noisy])
+            sigma = torch.tensor([self.members[i].label_noise for i in noisy],
+                                 dtype=yb.dtype, device=yb.device).view(-1, 1, 1)
+            yb[noisy] = yb[noisy] + sigma * xi
+        if self._lr_run is None or self._lr_run[0] != tuple(run):
+            mask = torch.zeros_like(self.lr)
+            mask[run] = 1
+            self._lr_run = (tuple(run), self.lr * mask)
+        self.pending.append(batched_step(self.stack, xb, yb, self._lr_run[1], self.wd,
+                                         self.opts.loss))
+        for i in run:
+            self.states[i].step += 1
+
+    def flush(self) -> None:
+        """Check the pending minibatch losses and the parameters of every running member;
+        a member with a non-finite or exploding value diverges at its first bad step."""
+        if self.pending:
+            vals = torch.stack(self.pending).detach().double().cpu()
+            self.pending.clear()
+            for i in self.running():
+                thr = self.members[i].divergence_threshold
+                bad = ~torch.isfinite(vals[:, i]) | (vals[:, i].abs() > thr)
+                if bool(bad.any()):
+                    self._diverge(i, self.states[i].first_pending + int(bad.nonzero()[0, 0]))
+        finite = self.stack.finite()
+        for i in self.running():
+            if not bool(finite[i]):
+                self._diverge(i, self.states[i].step)
+            self.states[i].first_pending = self.states[i].step
+
+    def due(self, stop: bool) -> bool:
+        """Whether this step needs a flush (a record, an end, a checkpoint, a stop, a sync)."""
+        if stop or self.opts.callback is not None or len(self.pending) >= SYNC_EVERY:
+            return True
+        for i in self.running():
+            m, st = self.members[i], self.states[i]
+            ce = m.checkpoint_every
+            if st.step in self.to_measure[i] or st.step >= m.steps or (ce and st.step % ce == 0):
+                return True
+        return False
+
+    def after_flush(self) -> None:
+        """Records at measurement steps, checkpoints due, members that reached their end."""
+        for i in self.running():
+            m, st = self.members[i], self.states[i]
+            if st.step in self.to_measure[i]:
+                self.stack.load_into(i, m.model)
+                rec = take_record(m, st, st.step, self.spe, self.opts.loss, self.opts.chunk)
+                if not math.isfinite(rec["train_loss"]):
+                    self._diverge(i, st.step)
+                    continue
+            if st.step >= m.steps:
+                st.status = "completed"
+                self.save(i)
+            elif m.checkpoint_every and st.step % m.checkpoint_every == 0:
+                self.save(i)
+
+    def save(self, i: int) -> None:
+        self.stack.load_into(i, self.members[i].model)
+        save_member(self.members[i], self.states[i])
+
+    def results(self) -> list[_train.TrainResult]:
+        out = []
+        for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
+            if st.status == "completed":
+                self.stack.load_into(i, m.model)
+            done = st.step if st.status == "completed" else int(st.diverged_at or 0)
+            out.append(_train.TrainResult(
+                records=st.records, status=st.status, steps_done=done, steps=m.steps,
+                diverged_at=st.diverged_at, target_step=st.target_step,
+                steps_per_epoch=self.spe, eval_indices=[int(j) for j in m.eval_indices],
+                resumed_from=st.resumed_from, model=m.model))
+        return out
+
+
+def train_ensemble(members: Sequence[Member],
+                   options: EnsembleOptions | None = None) -> list[_train.TrainResult]:
+    """Train every member together, one batched SGD step for all per iteration
+    (:func:`batched_step`), each with its own data order, label noise, η, schedule,
+    checkpoint and divergence status; returns one :class:`flatbook.train.TrainResult` per
+    member, in order, as :func:`flatbook.train.train` would for that member alone.
+
+    Interrupts (SIGINT / SIGTERM, or KeyboardInterrupt from the callback) checkpoint every
+    running member at the step boundary and propagate.
+    """
+    opts = options or EnsembleOptions()
+    loop = _Loop(members, opts)
+    consistent = True
+    total = max(m.steps for m in members)
+    bar = _train._progress(total, min(st.step for st in loop.states), opts.desc, opts.progress)
+    try:
+        with _train._DeferredStop(opts.handle_signals) as stop:
+            loop.start()
+            while loop.running():
+                consistent = False
+                loop.step()
+                bar.update(1)
+                if loop.due(stop.requested is not None):
+                    loop.flush()
+                    loop.after_flush()
+                consistent = True
+                if opts.callback is not None:
+                    opts.callback([st.step for st in loop.states])
+                if stop.requested is not None:
+                    raise KeyboardInterrupt(f"{stop.requested} at ensemble steps "
+                                            f"{sorted({st.step for st in loop.states})}")
+    except KeyboardInterrupt:
+        if consistent:
+            for i in loop.running():
+                loop.save(i)
+        raise
+    finally:
+        bar.close()
+    return loop.results()
+
+
+__all__ = ["ACTIVATIONS", "EnsembleOptions", "Member", "batched_step", "mlp_layout",
+           "take_record", "train_ensemble"]
