@@ -39,20 +39,26 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 
 # modules whose source determines the numbers of a run (the "code hash", see code_hash())
-NUMERIC_MODULES = (
-    "_functional.py",
-    "losses.py",
-    "models.py",
-    "data.py",
-    "train.py",
-    "ensemble.py",
-    "curvature.py",
-    "layers.py",
-    "geometry.py",
-    "bounds.py",
-    "report.py",
-    "probe.py",
-)
+NON_NUMERIC_MODULES = frozenset({
+    "__init__.py", "__main__.py", "_io.py", "book.py", "chain.py", "executors.py",
+    "experiment.py", "locks.py", "plots.py", "plots_experiments.py", "plots_mechanism.py",
+    "store.py", "tight.py", "traceability.py",
+})
+"""Top-level modules of ``flatbook`` that cannot change a run's numbers (command line, store
+and lock bookkeeping, figures, the book's helpers and equality cases). Every *other* module
+counts in :func:`code_hash`, so a new module of the measurement or training code is covered
+without being listed."""
+
+
+def numeric_modules() -> tuple[str, ...]:
+    """File names of the modules whose source determines a run's numbers: every top-level
+    ``flatbook/*.py`` but :data:`NON_NUMERIC_MODULES`, sorted (the ``analysis`` subpackage
+    reads stored runs and never computes one)."""
+    return tuple(sorted(p.name for p in PACKAGE_DIR.glob("*.py")
+                        if p.name not in NON_NUMERIC_MODULES))
+
+
+NUMERIC_MODULES = numeric_modules()
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "tqdm")
 
@@ -317,9 +323,9 @@ def stable_hash(obj: Any) -> str:
 
 def code_hash() -> str:
     """SHA-256 over the source of the modules that determine a run's numbers
-    (``NUMERIC_MODULES``; a missing module counts as empty)."""
+    (:func:`numeric_modules`; a missing module counts as empty)."""
     h = hashlib.sha256()
-    for name in NUMERIC_MODULES:
+    for name in numeric_modules():
         p = PACKAGE_DIR / name
         h.update(name.encode() + b"\0")
         if p.is_file():

@@ -365,3 +365,27 @@ def test_json_limits_size_depth_and_digits(tmp_path: Path, monkeypatch: pytest.M
         p.write_text(text)
         with pytest.raises(_io.JSONLimitError, match=what):
             _io.read_json(p)
+
+
+def test_code_hash_covers_every_measurement_module_and_no_bookkeeping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored run is stale when any module that computes numbers changes — including a
+    module added later (the measurement core is split over many) — and not when a figure or
+    the command line changes."""
+    from flatbook import _io
+
+    pkg = tmp_path / "flatbook"
+    pkg.mkdir()
+    for f in _io.PACKAGE_DIR.glob("*.py"):
+        (pkg / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(_io, "PACKAGE_DIR", pkg)
+    base = _io.code_hash()
+    for name, counts in (("lanczos.py", True), ("pipeline.py", True), ("train.py", True),
+                         ("plots.py", False), ("__main__.py", False)):
+        f = pkg / name
+        old = f.read_bytes()
+        f.write_bytes(old + b"\n# edited\n")
+        assert (_io.code_hash() != base) == counts, name
+        f.write_bytes(old)
+    (pkg / "new_estimator.py").write_text("X = 1\n")   # a module added later counts too
+    assert _io.code_hash() != base
