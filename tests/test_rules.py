@@ -104,6 +104,55 @@ def test_fitted_change_and_end_values() -> None:
         np.mean(V[1, 8:]))
 
 
+def test_rank_collapse_trend_is_kendalls_tau_with_minus_inf_smallest() -> None:
+    t = np.arange(8.0)
+    falls = np.array([5.0, 4.0, 3.5, 3.0, 2.0, -np.inf, -np.inf, -np.inf])
+    V = np.stack([falls, np.array([1.0, 2, 3, 4, 5, 6, 7, 8])])
+    m = np.ones(V.shape, bool)
+    tau = W.kendall_change(t, V, m)
+    assert tau[1] == pytest.approx(1.0)
+    assert tau[0] == pytest.approx(stats.kendalltau(t, np.where(np.isinf(falls), -99,
+                                                                 falls)).statistic)
+    # a ±∞ anywhere in a study's windows: τ for all of its runs; else the fitted change
+    assert np.allclose(W.trend_change(t, V, m), tau)
+    fin = np.where(np.isinf(V), 0.0, V)
+    assert np.allclose(W.trend_change(t, fin, m), W.fitted_change(t, fin, m))
+    # the switch is per study (leading axis): a finite study keeps its fitted change
+    both = W.trend_change(t, np.stack([V, fin]), m)
+    assert np.allclose(both[0], tau) and np.allclose(both[1], W.fitted_change(t, fin, m))
+    assert W.end_values(V, np.zeros(2, int))[0] == -np.inf
+
+
+def test_factor_test_ranks_minus_inf_and_leaves_out_nan_runs() -> None:
+    rng = np.random.default_rng(3)
+    lv = np.repeat([0.1, 0.3], 6).astype(float)
+    st = [16, 64] * 6
+    y = rng.standard_normal(12) + 2.0 * (lv > 0.2)
+    y[:2] = -np.inf
+    a = RL.factor_test(y, lv, st, +1, n_perm=2000)
+    b = RL.factor_test(stats.rankdata(y), lv, st, +1, n_perm=2000)
+    assert a["effect"][0] == pytest.approx(b["effect"][0]) and a["verdict"][0] == R_
+    y2 = y.copy()
+    y2[5] = np.nan
+    keep = np.arange(12) != 5
+    c = RL.factor_test(y2, lv, st, +1, n_perm=2000)
+    d = RL.factor_test(stats.rankdata(y[keep]), lv[keep], [s for s, k in zip(st, keep,
+                                                                            strict=True) if k],
+                       +1, n_perm=2000)
+    assert c["n"][0] == 11 and c["effect"][0] == pytest.approx(d["effect"][0])
+    u = np.array([[0.5, np.nan, 0.7, 0.9, 0.4, 0.8]])
+    assert RL.signflip_test(u, +1)["n"][0] == 5
+
+
+def test_coupling_is_one_sided() -> None:
+    R = 12
+    cells = [0] * 6 + [1] * 6
+    Z = np.full((R, R), 0.5) - 1.5 * np.eye(R)          # real pairs far below re-pairings
+    res = RL.coupling_test(Z, cells, n_perm=500)
+    assert res["p_other"][0] < 0.01 and res["verdict"][0] == I_
+    assert RL.coupling_test(-Z, cells, n_perm=500)["verdict"][0] == R_
+
+
 def test_mechanism_terms_add_up_to_the_total_to_rounding() -> None:
     rng = np.random.default_rng(2)
     R, T = 7, 15

@@ -33,7 +33,7 @@ import numpy as np
 from flatbook.analysis import rules as RL
 from flatbook.analysis.plan import ClaimSpec, Row
 from flatbook.analysis.verdicts import CONTRADICTED, REPRODUCED, combine
-from flatbook.analysis.window import Panel, end_values, fitted_change
+from flatbook.analysis.window import Panel, end_values, fitted_change, trend_change
 
 __all__ = ["Draws", "decided_rate", "from_panel", "loss_driven", "mismatch", "permute_labels",
            "plant", "power_curve", "power_table", "score_draws", "shuffle_in_time", "simulate",
@@ -88,7 +88,7 @@ def from_panel(p: Panel, S: int = 1, keys: Sequence[str] | None = None) -> Draws
 def _trend(d: Draws, row: Row, k: int, seed: int, n_flip: int) -> dict:
     start = np.zeros_like(d.starts) if row.window == "whole" else d.starts
     m = np.arange(d.step.size)[None, None, :] >= start[..., None]
-    U = fitted_change(d.step, d.values(row.measure, row.log), m)
+    U = trend_change(d.step, d.values(row.measure, row.log), m)
     return RL.signflip_test(U, row.direction, n_parts=k, n_flip=n_flip, seed=seed)
 
 

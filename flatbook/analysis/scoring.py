@@ -30,7 +30,7 @@ from flatbook.analysis.plan import (
     Row,
 )
 from flatbook.analysis.verdicts import NOT_TESTED, VERDICTS, combine
-from flatbook.analysis.window import Panel, end_values, fitted_change, panel
+from flatbook.analysis.window import Panel, end_values, panel, trend_change
 
 __all__ = ["Options", "part_dict", "score_claims", "score_panel", "score_some", "sensitivity",
            "trend_values"]
@@ -96,8 +96,9 @@ def _factor_power(d: dict[str, Any], effect_sd: float) -> float:
 
 def trend_values(p: Panel, key: str, log: bool, starts: np.ndarray | None = None
                  ) -> np.ndarray:
-    """[R] fitted change of a measure over each run's window (from ``starts``)."""
-    return fitted_change(p.step, p.values(key, log), p.mask(starts))
+    """[R] trend statistic of a measure over each run's window (from ``starts``): the
+    fitted change, or Kendall's τ where a value is ±∞ (:func:`.window.trend_change`)."""
+    return trend_change(p.step, p.values(key, log), p.mask(starts))
 
 
 def _finite(*arrs: np.ndarray) -> np.ndarray:
@@ -131,7 +132,7 @@ def _levels(p: Panel, row: Row, o: Options, k: int) -> dict:
         return RL.correlation_test(y[ok][None], x[ok][None], row.direction, n_parts=k,
                                    n_perm=o.n_perm, seed=o.seed)
     lv, st = (p.lr, p.batch) if row.against == "lr" else (p.batch, p.lr)
-    ok = np.isfinite(y)
+    ok = ~np.isnan(y)
     if len(set(lv[ok].tolist())) < 2:
         return {}
     return RL.factor_test(y[ok][None], lv[ok], list(st[ok]), row.direction, n_parts=k,

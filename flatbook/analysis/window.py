@@ -24,8 +24,8 @@ from numpy.typing import ArrayLike
 from flatbook.analysis.phases import phase_start
 from flatbook.analysis.plan import MIN_WINDOW, PRIMARY_THRESHOLD
 
-__all__ = ["Panel", "end_values", "fitted_change", "panel", "panel_from_arrays",
-           "window_counts"]
+__all__ = ["Panel", "end_values", "fitted_change", "kendall_change", "panel",
+           "panel_from_arrays", "trend_change", "window_counts"]
 
 
 @dataclass
@@ -184,14 +184,49 @@ def fitted_change(step: ArrayLike, V: ArrayLike, mask: ArrayLike) -> np.ndarray:
     return np.where((n >= 3) & (den > 0), out, math.nan)
 
 
+def kendall_change(step: ArrayLike, V: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """Per row of V [..., R, T]: Kendall's τ_b between time (``step`` [T]) and V over the
+    non-NaN values inside ``mask`` — −∞ (log LVR of a rank-collapsed measurement: volume 0)
+    is the smallest value, tied with other −∞. τ_b = Σ_{a<b} s_t s_v / √(Σ|s_t| · Σ|s_v|),
+    s_t = sign(t_b − t_a), s_v = sign(v_b − v_a). NaN with fewer than 3 points or constant V."""
+    Va = np.asarray(V, dtype=float)
+    t = np.asarray(step, dtype=float)
+    m = np.asarray(mask, dtype=bool) & ~np.isnan(Va)
+    st = np.sign(t[None, :] - t[:, None])                           # [T, T]: t_b − t_a
+    vv = np.where(m, Va, 0.0)
+    sv = ((vv[..., None, :] > vv[..., :, None]).astype(float)
+          - (vv[..., None, :] < vv[..., :, None]))                   # [..., T, T]
+    pair = (m[..., :, None] & m[..., None, :]) & np.triu(np.ones(st.shape, bool), 1)
+    num = (st * sv * pair).sum((-1, -2))
+    den = np.sqrt((np.abs(st) * pair).sum((-1, -2)) * (np.abs(sv) * pair).sum((-1, -2)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    return np.where((m.sum(-1) >= 3) & (den > 0), out, math.nan)
+
+
+def trend_change(step: ArrayLike, V: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """R4's run-level trend statistic of V [..., R, T]: :func:`fitted_change` when every
+    value inside the windows is finite or NaN, else (a ±∞ anywhere in a study's windows, e.g.
+    log LVR = −∞ at rank collapse, where a slope is undefined) :func:`kendall_change` for all
+    runs of that study (the leading axes before R). The switch depends only on the multiset of
+    each window's values, so a shuffle of the window in time leaves it unchanged."""
+    Va = np.asarray(V, dtype=float)
+    mk = np.broadcast_to(np.asarray(mask, dtype=bool), Va.shape)
+    inf = (np.isinf(Va) & mk).any(axis=(-1, -2), keepdims=True)[..., 0]     # [..., 1]
+    if not inf.any():
+        return fitted_change(step, Va, mk)
+    return np.where(inf, kendall_change(step, Va, mk), fitted_change(step, Va, mk))
+
+
 def end_values(V: ArrayLike, starts: ArrayLike) -> np.ndarray:
-    """Per row of V [..., R, T]: the mean of the finite values over the last quarter of the
+    """Per row of V [..., R, T]: the mean of the non-NaN values over the last quarter of the
     run's window (the measurements from start + ⌊3/4 · length⌋ on; at least one): R4's
-    end-of-run value."""
+    end-of-run value. A −∞ (log LVR at rank collapse: volume 0) makes it −∞ (the log of the
+    geometric mean volume, 0); factor tests then rank (:func:`..rules.factor_test`)."""
     Va = np.asarray(V, dtype=float)
     T = Va.shape[-1]
     st = np.asarray(starts)
     first = st + (3 * (T - st)) // 4
-    m = (np.arange(T) >= first[..., None]) & np.isfinite(Va)
+    m = (np.arange(T) >= first[..., None]) & ~np.isnan(Va)
     with np.errstate(invalid="ignore"):
         return np.where(m, Va, 0.0).sum(-1) / m.sum(-1)
