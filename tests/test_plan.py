@@ -103,25 +103,33 @@ def _plan_hash_at(commit: str) -> str | None:
 
 
 def test_frozen_plan_is_the_plan_in_use() -> None:
-    """R9: once the freeze is recorded, the plan in use is the frozen one (its hash), and the
-    plan file at the freezing commit has that hash."""
-    c, h = P.FROZEN["commit"], P.FROZEN["plan_hash"]
-    if c is None:
+    """R9: once the freeze is recorded, the plan in use is the last recorded one (the freeze,
+    or its last amendment), and the plan file at each recorded commit has that commit's hash."""
+    history = P.plan_history()
+    if history[0]["commit"] is None:
         assert P.frozen_line() == "not yet frozen"
         pytest.skip("the plan is not yet frozen (FROZEN['commit'] is None)")
-    assert h == P.PLAN_HASH, "the plan changed after its freeze: record it in CHANGE_LOG " \
-                             "and re-freeze, or restore the frozen table"
-    at = _plan_hash_at(c)
-    if at is not None:
-        assert at == h, f"plan.py at {c} has hash {at}, FROZEN says {h}"
-    assert c[:12] in P.frozen_line() and "changed since" not in P.frozen_line()
+    assert history[-1]["plan_hash"] == P.PLAN_HASH, \
+        "the plan changed after its freeze: record it in CHANGE_LOG and in AMENDED, or " \
+        "restore the recorded table"
+    for rec in history:
+        at = _plan_hash_at(rec["commit"])
+        if at is not None:
+            assert at == rec["plan_hash"], \
+                f"plan.py at {rec['commit']} has hash {at}, the record says {rec['plan_hash']}"
+        assert rec["commit"][:12] in P.frozen_line()
+    assert "changed since" not in P.frozen_line()
 
 
 def test_frozen_line_says_when_the_plan_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "AMENDED", ())
     monkeypatch.setattr(P, "FROZEN", {"commit": "0123456789abcdef", "plan_hash": "x" * 16})
     assert "0123456789ab" in P.frozen_line() and "changed since" in P.frozen_line()
     monkeypatch.setattr(P, "FROZEN", {"commit": "0123456789abcdef", "plan_hash": P.PLAN_HASH})
     assert "changed since" not in P.frozen_line()
+    monkeypatch.setattr(P, "AMENDED", ({"commit": "fedcba9876543210", "plan_hash": "y" * 16,
+                                        "why": "w"},))
+    assert "fedcba987654" in P.frozen_line() and "changed since" in P.frozen_line()
 
 
 def test_plan_hash_at_head_is_readable() -> None:

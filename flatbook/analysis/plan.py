@@ -398,20 +398,37 @@ def plan_hash() -> str:
 PLAN_HASH = plan_hash()
 """Content hash of the plan (R9), printed with its freezing commit."""
 
-FROZEN: dict[str, str | None] = {"commit": None,
-                                  "plan_hash": "508ab89d45c64342"}
-"""The freeze (R9): ``commit`` is the git commit that froze the plan before the powered
-study's first run and ``plan_hash`` the :data:`PLAN_HASH` at that commit. The lead fills both
-in, in the commit after the freeze; ``None`` while not yet frozen. The tests check that the
-current plan still has this hash (and, with git, that the plan file at ``commit`` has it)."""
+FROZEN: dict[str, str | None] = {"commit": "6134c5f43c4f7797400cfe72ffa0274bf7e7bb83",
+                                  "plan_hash": "8b59ad4e65d9e6ea"}
+"""The freeze (R9): ``commit`` is the git commit that froze the plan — with the powered
+study's settings and new seeds — before that study's first run, and ``plan_hash`` the
+:data:`PLAN_HASH` at that commit."""
+
+AMENDED: tuple[dict[str, str], ...] = (
+    {"commit": "cf3317d7bd8b6de8ed76b7bfd4dcce2cd9dbc2b1", "plan_hash": "508ab89d45c64342",
+     "date": "2026-12-07",
+     "why": "the rules failed their nulls on the powered store's fixture (CHANGE_LOG)"},
+)
+"""Changes to the plan after its freeze, oldest first: the commit that made each, the plan's
+hash there, and why (the :data:`CHANGE_LOG` entry of that date says what changed and whether
+results had been seen). The plan in use is the last one's (or the frozen one if none)."""
+
+
+def plan_history() -> list[dict[str, str]]:
+    """The freeze and every amendment, oldest first (``commit``, ``plan_hash``, …)."""
+    return [dict(FROZEN)] + [dict(a) for a in AMENDED]  # type: ignore[arg-type]
 
 
 def frozen_line() -> str:
-    """The freeze as the book prints it: "frozen at commit <c> (plan hash <h>)", or "not
-    yet frozen" while :data:`FROZEN` has no commit; a plan whose hash differs from the frozen
-    one is said to have changed since (the change log must say how)."""
+    """The freeze as the book prints it: "frozen at commit <c> (plan hash <h>)", then each
+    amendment ("amended at commit <c> (plan hash <h>): <why>"), or "not yet frozen" while
+    :data:`FROZEN` has no commit; a plan whose hash differs from the last recorded one is said
+    to have changed since (the change log must say how)."""
     c, h = FROZEN.get("commit"), FROZEN.get("plan_hash")
     if not c:
         return "not yet frozen"
     line = f"frozen at commit {c[:12]} (plan hash {h})"
+    for a in AMENDED:
+        line += f"; amended at commit {a['commit'][:12]} (plan hash {a['plan_hash']}): {a['why']}"
+        h = a["plan_hash"]
     return line if h == PLAN_HASH else line + f"; changed since (now {PLAN_HASH})"
