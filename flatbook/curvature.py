@@ -33,7 +33,7 @@ Choices (measured in ``bench/curvature_bench.py``, recorded in ``bench/README.md
 - HVPs: reverse-over-reverse (double backward, graph kept for a single chunk) by default; it is
   2–4× faster per product on CPU than ``torch.func.jvp(grad(L))`` (``backend="fwdrev"``). Both
   agree to rounding (tests).
-- Per-sample Jacobian norms: by the per-layer rules of :mod:`flatbook.layer_rules` (``nn.Linear``,
+- Per-sample Jacobian norms: by the per-layer rules of ``flatbook.layer_rules`` (``nn.Linear``,
   conv, LayerNorm/BatchNorm affine, Embedding, ViT patch/position embeddings) from the layer
   inputs and the k output gradients — ghost norms or instantiated per-sample gradients, the
   mixed rule of Bu et al. (:func:`gram_costs`), each checked against autograd; ``vmap(jacrev)``

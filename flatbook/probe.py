@@ -18,7 +18,7 @@
   forward passes must agree (else :class:`flatbook.curvature.NondeterminismError`). All of it
   is restored on exit (use the probe as a context manager).
 - **the dense layers**: found from one forward pass with hooks on every ``nn.Linear``
-  (:meth:`Probe.layers`). A *dense layer* is an ``nn.Linear`` called exactly once per forward,
+  (``Probe.layers``). A *dense layer* is an ``nn.Linear`` called exactly once per forward,
   on one vector per sample ([b, p]), whose weight W_l is trainable, belongs to no other module
   (parameter identity: no tied weights) and reaches f only through that call (the gradient
   rebuilt from the hooked input and output gradient must equal autograd's). Token-wise
@@ -45,9 +45,9 @@ output of a module (or the input x), the *total* sensitivity ∂f/∂h_{l−1} i
 forward hook adding ε to that module's output; where the two differ, a skip connection carries
 h_{l−1} around the layer (``LayerResult.skip``). All Jacobians of a chunk — J_x, every J_l
 and every total — come from **one** batched backward of k cotangents per chunk
-(:mod:`flatbook.probe_sweep`; ``vmap(jacrev)`` where autograd cannot batch), and the output-side
+(``flatbook.probe_sweep``; ``vmap(jacrev)`` where autograd cannot batch), and the output-side
 G_l = ∂f/∂z_l of the same pass give the dense layers' parameter-Jacobian norms
-(:func:`flatbook.gn.probe_grams`).
+(``flatbook.gn.probe_grams``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ ProbedLayer = DenseLayer
 
 @dataclass
 class LayerResult:
-    """Per-sample quantities of one dense layer over the evaluation set (:meth:`Probe.measure`).
+    """Per-sample quantities of one dense layer over the evaluation set (``Probe.measure``).
 
     Attributes:
         layer: the :class:`ProbedLayer`.
@@ -50,7 +50,7 @@ class LayerResult:
 
 @dataclass
 class Measured:
-    """Everything :meth:`Probe.measure` computes in its one Jacobian sweep.
+    """Everything ``Probe.measure`` computes in its one Jacobian sweep.
 
     Attributes:
         F: outputs f(x_i), [n, k].

@@ -290,7 +290,7 @@ def report(model: nn.Module, X: object, Y: Tensor | None = None, loss: object = 
     dtype/device policy (floating inputs are cast to the model's dtype and device).
 
     Options: ``options=ReportOptions(probe=…, curvature=…, stability=…, what=…)`` (the records
-    of :mod:`flatbook.pipeline`), or the same fields as keywords (the keyword form, e.g.
+    of ``flatbook.pipeline``), or the same fields as keywords (the keyword form, e.g.
     ``report(model, X, Y, tol=1e-4, lr=0.1)``), listed below.
 
     Args:
