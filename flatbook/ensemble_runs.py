@@ -108,44 +108,6 @@ def plan_groups(configs: Sequence[E.RunConfig], *, size: int | Callable[[E.RunCo
     return [sorted(g) for g in groups]
 
 
-def _open_member(config: E.RunConfig, rd: Path, fp: dict, overwrite: bool) -> E.Results | None:
-    """Inside the member's lock, what :func:`flatbook.experiment.run` does before training:
-    return results finished meanwhile, drop a failed attempt and stale temporary files,
-    refuse a checkpoint of other numerics, write ``config.json``. A run started over
-    (``overwrite``) was moved aside before the lock was taken (:func:`_start_over`)."""
-    res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
-    prev = _io.previous_checkpoint(ckpt)
-    if not overwrite and res_path.is_file():
-        _, doc = E._read_results(rd)
-        if doc.get("status") in E.FINISHED:
-            return E._load_finished(config, rd.parent)
-        res_path.unlink()
-    for tmp in rd.glob(".*.tmp"):
-        if time.time() - tmp.stat().st_mtime > E.STALE_TMP_S:
-            tmp.unlink(missing_ok=True)
-    cfg_doc = E._config_doc(config, fp)
-    stored_fp = None
-    if cfg_path.is_file():
-        stored = E.read_config_file(cfg_path)
-        if stored["config_hash"] != config.config_hash:
-            raise _io.DamagedFileError(cfg_path, "describes another config than this run's",
-                                       f"move it aside and run the same command again, or "
-                                       f"{E.RESTART}")
-        stored_fp = stored.get("numerics")
-    elif ckpt.is_file() or prev.is_file():
-        state = _io.load_checkpoint(ckpt, "cpu", restart=E.RESTART)
-        stored_fp = ((state or {}).get("meta") or {}).get("numerics")
-    diff = E.numerics_diff(stored_fp, fp)
-    if diff and (ckpt.is_file() or prev.is_file()):
-        raise E.NumericsMismatchError(
-            f"run {config.run_id} was started under other numerics ({'; '.join(diff)}): "
-            f"resuming here would mix numbers — resume it with the same settings (engine, "
-            f"--threads, --device as before), or {E.RESTART}")
-    if not cfg_path.is_file() or E.read_config_file(cfg_path) != E._unsealed(cfg_doc):
-        _io.write_json(cfg_path, cfg_doc)
-    return None
-
-
 def _default_measure(config: E.RunConfig, ds: Any) -> _train.MeasureFn | None:
     """The measurement :func:`flatbook.experiment.run` builds from ``config.measures``."""
     if not config.measures:
@@ -251,8 +213,8 @@ def _train_group(configs: list[E.RunConfig], root: Path, measure_for: MeasureFor
     with contextlib.ExitStack() as locks:
         for c in configs:
             locks.enter_context(E.run_lock(root, c.run_id))
-        for i, (c, rd) in enumerate(zip(configs, rds, strict=True)):
-            res = _open_member(c, rd, fp, flags[i])
+        for i, c in enumerate(configs):
+            res = E.open_run(c, root, fp)  # a started-over run was moved aside above
             if res is not None:
                 done[i] = res
         live = [i for i in range(len(configs)) if i not in done]

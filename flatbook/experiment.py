@@ -939,41 +939,9 @@ def run(
         _store.say_moved(restart_aside(config, results_dir))
     check_writable(rd, "run folder")
     with run_lock(results_dir, config.run_id):
-        if res_path.is_file():
-            _, doc = _read_results(rd)
-            if doc.get("status") in FINISHED:  # finished by another process meanwhile
-                return _load_finished(config, results_dir)
-            res_path.unlink()  # a failed attempt: try again
-        for tmp in rd.glob(".*.tmp"):  # left by a process killed mid-write (SIGKILL, power loss)
-            if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
-                tmp.unlink(missing_ok=True)
-        cfg_doc = _config_doc(config, fp)
-        if cfg_path.is_file():
-            stored = read_config_file(cfg_path)
-            if stored["config_hash"] != config.config_hash:
-                raise DamagedFileError(cfg_path, "describes another config than this run's",
-                                       f"move it aside and run the same command again, "
-                                       f"or {RESTART}")
-            diff = numerics_diff(stored.get("numerics"), fp)
-            if diff and (ckpt.is_file() or prev.is_file()):
-                raise NumericsMismatchError(
-                    f"run {config.run_id} was started under other numerics ({'; '.join(diff)}; "
-                    f"{cfg_path}): resuming here would mix numbers — resume it with the same "
-                    f"settings (e.g. --threads {stored['numerics'].get('threads')}, "
-                    f"--device as before), or {RESTART}"
-                )
-        elif ckpt.is_file() or prev.is_file():  # config.json moved aside: the checkpoint's
-            state = load_checkpoint(ckpt, "cpu", restart=RESTART)  # fingerprint decides
-            stored_fp = ((state or {}).get("meta") or {}).get("numerics")
-            diff = numerics_diff(stored_fp, fp)
-            if diff:
-                raise NumericsMismatchError(
-                    f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
-                    f"here would mix numbers — resume it with the same settings (e.g. "
-                    f"--threads {stored_fp.get('threads')}), or {RESTART}"
-                )
-        if not cfg_path.is_file() or read_config_file(cfg_path) != _unsealed(cfg_doc):
-            write_json(cfg_path, cfg_doc)
+        finished = open_run(config, results_dir, fp)
+        if finished is not None:  # finished by another process meanwhile
+            return finished
         old_threads = torch.get_num_threads()
         try:
             torch.set_num_threads(threads)
@@ -1030,6 +998,54 @@ def run(
         write_json(res_path, seal(doc))
         prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
+
+
+def open_run(config: RunConfig, results_dir: str | Path,
+             fp: Mapping[str, Any]) -> Results | None:
+    """What a run does inside its lock before training (both engines: :func:`run` and
+    :mod:`flatbook.ensemble_runs`): the finished results if another process finished the run
+    meanwhile, else ``None`` after dropping a failed attempt and stale temporary files,
+    refusing a config file of another config or a checkpoint of other numerics (``fp``,
+    :func:`numerics_fingerprint`), and writing ``config.json``."""
+    rd = run_dir_for(config, results_dir)
+    res_path, cfg_path, ckpt = rd / "results.json", rd / "config.json", rd / "checkpoint.pt"
+    prev = previous_checkpoint(ckpt)
+    if res_path.is_file():
+        _, doc = _read_results(rd)
+        if doc.get("status") in FINISHED:
+            return _load_finished(config, results_dir)
+        res_path.unlink()  # a failed attempt: try again
+    for tmp in rd.glob(".*.tmp"):  # left by a process killed mid-write (SIGKILL, power loss)
+        if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+            tmp.unlink(missing_ok=True)
+    cfg_doc = _config_doc(config, fp)
+    if cfg_path.is_file():
+        stored = read_config_file(cfg_path)
+        if stored["config_hash"] != config.config_hash:
+            raise DamagedFileError(cfg_path, "describes another config than this run's",
+                                   f"move it aside and run the same command again, "
+                                   f"or {RESTART}")
+        diff = numerics_diff(stored.get("numerics"), fp)
+        if diff and (ckpt.is_file() or prev.is_file()):
+            raise NumericsMismatchError(
+                f"run {config.run_id} was started under other numerics ({'; '.join(diff)}; "
+                f"{cfg_path}): resuming here would mix numbers — resume it with the same "
+                f"settings (engine, --threads {stored['numerics'].get('threads')}, --device as "
+                f"before), or {RESTART}"
+            )
+    elif ckpt.is_file() or prev.is_file():  # config.json moved aside: the checkpoint's
+        state = load_checkpoint(ckpt, "cpu", restart=RESTART)  # fingerprint decides
+        stored_fp = ((state or {}).get("meta") or {}).get("numerics")
+        diff = numerics_diff(stored_fp, fp)
+        if diff:
+            raise NumericsMismatchError(
+                f"{ckpt} was written under other numerics ({'; '.join(diff)}): resuming "
+                f"here would mix numbers — resume it with the same settings (engine, "
+                f"--threads {(stored_fp or {}).get('threads')}), or {RESTART}"
+            )
+    if not cfg_path.is_file() or read_config_file(cfg_path) != _unsealed(cfg_doc):
+        write_json(cfg_path, cfg_doc)
+    return None
 
 
 def restart_aside(config: RunConfig, results_dir: str | Path) -> list[_store.MovedRun]:
