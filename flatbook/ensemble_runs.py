@@ -108,16 +108,6 @@ def plan_groups(configs: Sequence[E.RunConfig], *, size: int | Callable[[E.RunCo
     return [sorted(g) for g in groups]
 
 
-def _default_measure(config: E.RunConfig, ds: Any) -> _train.MeasureFn | None:
-    """The measurement :func:`flatbook.experiment.run` builds from ``config.measures``."""
-    if not config.measures:
-        return None
-    B = _train.resolve_batch_size(config.batch_size, ds.n_train)
-    return _train.make_measure(config.measures, tol=config.sharpness_tol, lr=config.lr,
-                               batch_size=None if config.batch_size == "full" else B,
-                               n_train=ds.n_train)
-
-
 def _member(config: E.RunConfig, ds: Any, net: torch.nn.Module, steps: int, fp: dict,
             rd: Path, measure: _train.MeasureFn | None, device: torch.device) -> _ens.Member:
     return _ens.Member(
@@ -187,7 +177,7 @@ def run_ensemble(configs: Sequence[E.RunConfig], results_dir: str | Path =
     todo = [i for i in range(len(configs)) if out[i] is None]
     if todo:
         for i, res in zip(todo, _train_group([configs[i] for i in todo], Path(results_dir),
-                                             measure_for or _default_measure,
+                                             measure_for or E.default_measure,
                                              [flags[i] for i in todo], callback), strict=True):
             out[i] = res
     return out  # type: ignore[return-value]

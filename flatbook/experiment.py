@@ -946,12 +946,8 @@ def run(
         try:
             torch.set_num_threads(threads)
             net = net.to(device)
-            if measure is None and config.measures:
-                B = _train.resolve_batch_size(config.batch_size, ds.n_train)
-                measure = _train.make_measure(
-                    config.measures, tol=config.sharpness_tol, lr=config.lr,
-                    batch_size=None if config.batch_size == "full" else B, n_train=ds.n_train,
-                )  # fmt: skip
+            if measure is None:
+                measure = default_measure(config, ds)
             result = _train.train(
                 net, ds.X_train.to(device), ds.Y_train.to(device), ds.X_test.to(device),
                 ds.Y_test.to(device), options=runspec.train_options(config, steps=steps),
@@ -998,6 +994,18 @@ def run(
         write_json(res_path, seal(doc))
         prev.unlink(missing_ok=True)  # finished: checkpoint.pt is the trained model
     return Results(rd, config, _read_results(rd)[1])
+
+
+def default_measure(config: RunConfig, ds: _data.Dataset) -> _train.MeasureFn | None:
+    """The measurement a run takes from ``config.measures`` when none is given (``None`` for
+    no measures): :func:`flatbook.train.make_measure` with the run's tolerance, η, B and the
+    training-set size (T7's p = B/n)."""
+    if not config.measures:
+        return None
+    B = _train.resolve_batch_size(config.batch_size, ds.n_train)
+    return _train.make_measure(config.measures, tol=config.sharpness_tol, lr=config.lr,
+                               batch_size=None if config.batch_size == "full" else B,
+                               n_train=ds.n_train)
 
 
 def open_run(config: RunConfig, results_dir: str | Path,
