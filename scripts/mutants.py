@@ -65,7 +65,7 @@ class Mutant:
 
 B = "flatbook/bounds.py"
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("gn_trace", "Gauss–Newton trace (L1's right side) 2 % off", "flatbook/curvature.py",
+    Mutant("gn_trace", "Gauss–Newton trace (L1's right side) 2 % off", "flatbook/jacobians.py",
            "    return torch.stack(list(sq.values())).sum(0).mean()\n",
            "    return 1.02 * torch.stack(list(sq.values())).sum(0).mean()\n",
            ("ch01_hessian",)),
