@@ -69,7 +69,8 @@ def test_every_inequality_and_identity_on_random_networks(block: int) -> None:
             # T5 bounds against the definition of κ_l, not only its identity
             assert B.t5_mls(q, name, k_hess).holds(1e-9), (i, name)
             assert B.t5_lvr(q, name, k_hess).holds(1e-9), (i, name)
-        # T7: at the largest mean-square-stable SGD step, tr H ≤ 2k/(pη)
+        # T7: at η = η*(B), where the necessary mean-square condition holds with equality,
+        # tr H ≤ 2k/(pη)
         n = X.shape[0]
         batch = 1 + i % (n - 1)
         eta = B.mean_square_lr(net, X, batch)
