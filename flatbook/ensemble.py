@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import _io
+from flatbook import label_noise as _noise
 from flatbook import train as _train
 from flatbook.ensemble_step import ACTIVATIONS, LOSSES, Stack, batched_step, mlp_layout
 
@@ -271,6 +272,7 @@ class _Loop:
         self.sigma = self.lr.new_tensor(sigma).view(-1, 1, 1)
         self.aligned = len({self.states[i].step for i in run}) <= 1
         self.data_epoch = -1   # lay out the epoch's rows again at the next batch
+        self.noise_block = -1   # and stack the members' blocks of noise again
 
     def schedule(self) -> None:
         """Steps until the next step at which a running member records, ends or checkpoints
@@ -336,16 +338,35 @@ class _Loop:
             idx = (self.perms.gather(1, start + self.arange_b) + self.offset).reshape(-1)
         return self.XY.index_select(0, idx).view(M, B, -1)
 
+    def noise(self) -> Tensor:
+        """ξ(seed_m, step_m) of every member [M, B, k] (zeros for members without noise):
+        rows of the members' blocks of ξ (:mod:`flatbook.label_noise`); members in step
+        share the row, and their blocks are stacked once per block, [M, S, B, k]."""
+        M, shape = len(self.members), tuple(self.no_noise.shape)
+        S = _noise.block_steps(shape)
+        dt, dev = self.no_noise.dtype, self.no_noise.device
+
+        def block_of(i: int, step: int) -> Tensor:
+            if i not in self.noisy:
+                return self.no_noise.expand(S, *shape)
+            return _noise.block(self.members[i].seed, step, shape, dt, dev)
+        if not self.aligned:
+            return torch.stack([_noise.xi(self.members[i].seed, self.states[i].step, shape,
+                                          dt, dev) if i in self.noisy else self.no_noise
+                                for i in range(M)])
+        block, row = divmod(self.states[self.run[0]].step, S)
+        if block != self.noise_block:
+            step = self.states[self.run[0]].step
+            self.noise_blocks = torch.stack([block_of(i, step) for i in range(M)])
+            self.noise_block = block
+        return self.noise_blocks[:, row]
+
     def step(self) -> None:
         """One batched step of every running member (frozen members: η = 0)."""
         xy = self.batch()
         xb, yb = xy[..., :self.d], xy[..., self.d:]
         if self.noisy:   # y + σξ with each member's own ξ(seed, step), as the solo loop draws it
-            xi = torch.stack([_train._label_noise(self.no_noise, self.members[i].seed,
-                                                  self.states[i].step)
-                              if i in self.noisy else self.no_noise
-                              for i in range(len(self.members))])
-            yb = yb + self.sigma * xi   # σ = 0 for the others: y + 0 = y exactly
+            yb = yb + self.sigma * self.noise()   # σ = 0 for the others: y + 0 = y exactly
         self.pending.append(batched_step(self.stack, xb, yb, self.lr_run, self.wd,
                                          self.opts.loss))
         for i in self.run:

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import _io, _validate, losses
+from flatbook import label_noise as _noise
 from flatbook._validate import (  # noqa: F401 - re-exported (experiment, executors)
     BadDataError,
     _fail,
@@ -398,10 +399,10 @@ def check_label_noise(label_noise: float, loss: str) -> float:
 
 
 def _label_noise(yb: Tensor, seed: int, step: int) -> Tensor:
-    """ξ ~ N(0, I) of the shape of the minibatch targets [B, k], from a CPU generator seeded
-    by (seed, step): the same noise on every device and after a resume."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
-    return torch.randn(yb.shape, generator=g, dtype=torch.float64).to(yb.device, yb.dtype)
+    """ξ(seed, step) ~ N(0, I) of the shape of the minibatch targets [B, k]
+    (:func:`flatbook.label_noise.xi`: the same noise on every device, in both engines and
+    after a resume)."""
+    return _noise.xi(seed, step, tuple(yb.shape), yb.dtype, yb.device)
 
 
 def _meta_differences(stored: Any, meta: Mapping[str, Any]) -> list[str]:

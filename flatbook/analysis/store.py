@@ -231,19 +231,37 @@ Job = list[tuple[int, object, bool]]
 requested configs, config, stale)."""
 
 
+SHARE_MIN = 4
+"""Fewest members of an ensemble split off to share one kind of run among the workers."""
+
+
 def _jobs(todo: Sequence[tuple[int, object, bool]], engine: str, workers: int) -> list[Job]:
     """The missing runs as jobs: with the ensemble engine, compatible runs grouped
     (:func:`flatbook.ensemble_runs.plan_groups`, size by memory, ≥ one group per worker),
-    the others (and every run with ``engine="solo"``) one job each."""
+    each group split into up to ``workers`` interleaved ensembles of ≥ :data:`SHARE_MIN`
+    members (so that every worker gets a share of the slow kinds of run, e.g. the larger
+    batch size), the others (and every run with ``engine="solo"``) one job each; largest
+    and slowest jobs first, for the pool to balance (longest processing time first)."""
     if engine == "solo":
         return [[t] for t in todo]
     from flatbook import ensemble_runs as R
 
     configs = [c for _, c, _ in todo]
-    groups = R.plan_groups(configs, size=_group_size, min_groups=workers)  # type: ignore[arg-type]
+    groups = []
+    for g in R.plan_groups(configs, size=_group_size, min_groups=workers):  # type: ignore[arg-type]
+        k = max(1, min(workers, len(g) // SHARE_MIN))
+        groups += [g[j::k] for j in range(k)]
     grouped = {i for g in groups for i in g}
-    return ([[todo[i] for i in g] for g in groups]
+    jobs = ([[todo[i] for i in g] for g in groups]
             + [[t] for j, t in enumerate(todo) if j not in grouped])
+    return sorted(jobs, key=_job_cost, reverse=True)
+
+
+def _job_cost(job: Job) -> tuple[int, int]:
+    """Sort key of a job's cost: (runs, steps × batch size of its first run)."""
+    c = job[0][1]
+    B = c.batch_size if isinstance(c.batch_size, int) else (c.n_train or 60_000)  # type: ignore[attr-defined]
+    return len(job), int(c.steps or 0) * int(B)  # type: ignore[attr-defined]
 
 
 def _group_size(config: object) -> int:
