@@ -1,18 +1,13 @@
 """Ensemble engine: many independent SGD runs of one MLP architecture advanced as one batch.
 
-M networks of the same shape (d → h₁ → … → k, the ``flatbook.models.mlp`` layout) are held as
-stacked parameters W_l [M, out, in], b_l [M, out]. One step of all members is
-
-    z_l = b_l + h_{l-1} W_lᵀ        (torch.baddbmm over the member axis, h₀ = x_B [M, B, d])
-    θ_m ← θ_m − η_m (∇_θ L_{B_m}(θ_m) + λ_m θ_m)     for every active member m
-
-with the gradient computed by hand (reverse pass through the batched products), so that no
-autograd graph, optimizer object or ``torch._dynamo`` import sits on the training path. The
-arithmetic of each member is that of :func:`flatbook.train.train` on the same config (same
-initialisation, same batches from ``train._epoch_perm``, same label noise from
-``train._label_noise``, same measurement steps and divergence rule): the two agree to rounding
-(the batched products slice per member, so a member's numbers do not depend on how many
-members share its batch).
+M networks of the same shape are held as stacked parameters and stepped together by
+:func:`flatbook.ensemble_step.batched_step` (batched products over the member axis, the
+gradient written by hand: no autograd graph, optimizer object or ``torch._dynamo`` import on
+the training path). Each member follows :func:`flatbook.train.train` on the same config:
+same initialisation, same batches (``train._epoch_perm``), same label noise
+(:func:`flatbook.label_noise.xi`), same measurement steps and divergence rule; the two agree
+to rounding (the batched products slice per member, so a member's numbers do not depend on
+how many members share its batch).
 
 Each member keeps its own step counter, data order, label noise σ, learning rate η, weight
 decay, schedule, checkpoint and divergence status: a member that diverges is frozen (its
