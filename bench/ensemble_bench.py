@@ -160,6 +160,44 @@ def measure_time(cfgs: list, setting: str) -> float:
     return (time.process_time() - t) / len(at)
 
 
+class TreeCPU:
+    """CPU seconds (user + system) of every process descended from this one, read from
+    ``/proc`` at each :meth:`poll` (a process's last reading counts once it has exited):
+    the work of a phase whatever the load of the machine (pool workers forked from a fork
+    server are not children this process could wait for, so ``getrusage`` misses them)."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.seen: dict[int, float] = {}
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.every, self.last = every, 0.0
+
+    def poll(self) -> None:
+        """Read the CPU time of every live descendant (at most every ``every`` seconds)."""
+        if time.perf_counter() - self.last < self.every:
+            return
+        self.last = time.perf_counter()
+        parent, cpu = {}, {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parent[int(d)] = int(f[1])
+                cpu[int(d)] = (int(f[11]) + int(f[12])) / self.tick
+        me = os.getpid()
+        for pid in cpu:
+            p, hops = pid, 0
+            while p in parent and p != me and hops < 64:
+                p, hops = parent[p], hops + 1
+            if p == me and pid != me:
+                self.seen[pid] = cpu[pid]
+
+    def total(self) -> float:
+        """CPU seconds of the descendants seen so far."""
+        return sum(self.seen.values())
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "FLATBOOK_WORKERS": "1"}
 
@@ -168,7 +206,7 @@ def solo_study(spec: dict[str, list], workers: int) -> dict[str, object]:
     """(i) one fresh process per run, ``workers`` at a time, setting after setting: wall time
     per setting, peak RSS (MiB)."""
     store = tempfile.mkdtemp(prefix="ens-bench-solo-")
-    walls = {}
+    walls, cpu = {}, TreeCPU()
     for name, cfgs in spec.items():
         todo = [json.dumps(c) for c in cfgs]
         running: list[subprocess.Popen] = []
@@ -182,9 +220,11 @@ def solo_study(spec: dict[str, list], workers: int) -> dict[str, object]:
                     if p.returncode:
                         raise RuntimeError(f"a solo run failed (exit {p.returncode})")
                     running.remove(p)
+            cpu.poll()
             time.sleep(0.02)
         walls[name] = time.perf_counter() - t
-    return {"walls": walls, "peak_mib": _children_peak_mib(), "store": store}
+    return {"walls": walls, "cpu_s": cpu.total(), "peak_mib": _children_peak_mib(),
+            "store": store}
 
 
 def ensemble_study(spec: dict[str, list], workers: int) -> dict[str, object]:
@@ -193,12 +233,17 @@ def ensemble_study(spec: dict[str, list], workers: int) -> dict[str, object]:
     store = tempfile.mkdtemp(prefix="ens-bench-ens-")
     path = Path(store) / "configs.json"
     path.write_text(json.dumps(spec))
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _STUDY, str(path), store, str(workers)],
-                         env=_env(), check=True, capture_output=True, text=True)
+    t, cpu = time.perf_counter(), TreeCPU()
+    proc = subprocess.Popen([sys.executable, "-c", _STUDY, str(path), store, str(workers)],
+                            env=_env(), stdout=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        cpu.poll()
+        time.sleep(0.1)
     wall = time.perf_counter() - t
-    return {"wall_s": wall, "walls": json.loads(out.stdout.strip().splitlines()[-1]),
-            "peak_mib": _children_peak_mib(), "store": store}
+    if proc.returncode:
+        raise RuntimeError(f"the ensemble study failed (exit {proc.returncode})")
+    return {"wall_s": wall, "walls": json.loads(proc.stdout.read().strip().splitlines()[-1]),
+            "cpu_s": cpu.total(), "peak_mib": _children_peak_mib(), "store": store}
 
 
 def _children_peak_mib() -> float:
@@ -280,6 +325,9 @@ def main() -> None:
         rows |= {"study_wall_s_solo_processes": total,
                  "study_wall_s_ensemble_process": ens["wall_s"],
                  "study_ratio": total / ens["wall_s"],
+                 "study_cpu_s_solo_processes": solo["cpu_s"],
+                 "study_cpu_s_ensemble": ens["cpu_s"],
+                 "study_cpu_ratio": solo["cpu_s"] / ens["cpu_s"],
                  "load_ensemble_phase": ens["load_start_end"],
                  "load_solo_phase": solo["load_start_end"],
                  "peak_mib_solo_process": solo["peak_mib"],
