@@ -273,12 +273,15 @@ def _run_phase(args: argparse.Namespace, phase: str) -> dict:
 
 
 def _per_setting(args: argparse.Namespace) -> dict[str, dict]:
-    """Throughput and measurement rows of every setting (in this process)."""
+    """Throughput and measurement rows of every setting (in this process). Throughput
+    always trains every run of the setting (the ensembles the whole study forms), whatever
+    ``--replicates`` / ``--runs`` select for the study columns."""
     rows = {}
     for s in settings(args):
         cfgs = study(args, s)
         load = os.getloadavg()[0]
-        tp = throughput(cfgs, args.train_steps)
+        every = study(argparse.Namespace(**{**vars(args), "replicates": None, "runs": None}), s)
+        tp = throughput(every, args.train_steps)
         rows[s] = {"runs": len(cfgs), **tp, "measure_s_per_record": measure_time(cfgs, s),
                    "load_start_end": [round(load, 2), round(os.getloadavg()[0], 2)]}
     return rows
