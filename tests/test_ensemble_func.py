@@ -154,3 +154,25 @@ def test_func_problem_names_what_the_batched_step_cannot_do() -> None:
         EF.FuncStack([nn.Sequential(nn.Linear(2, 2), nn.Dropout())])
     with pytest.raises(ValueError, match="same architecture"):
         EF.FuncStack([models.mlp([2, 3, 2]), models.mlp([2, 4, 2])])
+
+
+def test_extended_study_is_powered_balanced_and_new() -> None:
+    from flatbook.analysis import settings as S
+
+    for name, step in (("digits-lenet", "vmap"), ("mnist1d-mlp", "mlp")):
+        s = S.SETTINGS[name]
+        assert s is S.EXTENDED[name] and s.independent and s.loss_threshold == 1e-3
+        assert (len(s.lrs), len(s.batch_sizes), len(s.seeds)) == (3, 2, 6)
+        cfgs = S.study_configs(name)
+        assert len(cfgs) == 36 and len({(c.seed, c.data_seed) for c in cfgs}) == 36
+        assert {R.step_engine(c) for c in cfgs} == {step}
+        assert all(R.unsupported(c) is None for c in cfgs)
+        pilot = S.PILOT_EXTENDED[name]
+        try:
+            S.SETTINGS["pilot-x"] = pilot
+            old = {c.seed for c in S.study_configs("pilot-x", seeds=range(6))}
+        finally:
+            S.SETTINGS.pop("pilot-x")
+        powered = {c.seed for c in S.study_configs("digits-mlp")}
+        assert not {c.seed for c in cfgs} & (old | powered)
+        assert sorted(map(len, R.plan_groups(cfgs, min_groups=2))) == [18, 18]   # one per B
