@@ -31,6 +31,7 @@ Not implemented (use the solo engine): momentum, Nesterov and Adam; models with 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -99,6 +100,29 @@ class FuncStack:
         for t in self.params.values():
             ok &= torch.isfinite(t).flatten(1).all(1)
         return ok
+
+
+def activation_bytes(model: nn.Module, input_shape: Sequence[int], batch: int,
+                     n_train: int) -> int:
+    """Memory of one member of the ``torch.func`` step, in bytes: its training data
+    n·(∏ input_shape + k), its parameters, their gradients and update temporaries (4 × P) and
+    the activations of a minibatch of B = ``batch``, 3 × B × Σ (every leaf module's output
+    size) (forward values, their gradients, the batched step's temporaries). The output
+    sizes come from one forward pass of one zero input [1, *input_shape]."""
+    sizes: list[int] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(int(out[0].numel())))
+             for m in leaves]
+    p0 = next(model.parameters())
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape, dtype=p0.dtype, device=p0.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    n_params = sum(p.numel() for p in model.parameters())
+    per_sample = math.prod(input_shape) + int(out[0].numel())
+    return p0.element_size() * (n_train * per_sample + 4 * n_params + 3 * batch * sum(sizes))
 
 
 def make_step(stack: FuncStack, loss: str) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
@@ -239,4 +263,5 @@ def run_loop(loop: _ens._Loop, opts: _ens.EnsembleOptions) -> list[_train.TrainR
     return loop.results()
 
 
-__all__ = ["STEP_NAME", "FuncStack", "func_problem", "make_step", "train_func_ensemble"]
+__all__ = ["STEP_NAME", "FuncStack", "activation_bytes", "func_problem", "make_step",
+           "train_func_ensemble"]

@@ -82,12 +82,36 @@ def group_key(config: E.RunConfig) -> tuple:
 
 def member_bytes(config: E.RunConfig, n_train: int, n_in: int, n_out: int) -> int:
     """Memory of one member, in bytes: its data (n·(d + k)), parameters, their gradients and
-    update temporaries (4 × params) and the activations of a minibatch (3 × B × widths)."""
+    update temporaries (4 × params) and the activations of a minibatch (3 × B × widths; for
+    the ``torch.func`` step, :func:`flatbook.ensemble_func.activation_bytes` of the model
+    built for the data set's input shape)."""
+    if step_engine(config) != "mlp":
+        return _func_member_bytes(config, n_train, n_in, n_out)
     widths = [n_in, *list(config.model_kw.get("hidden", [])), n_out]
     params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
     B = n_train if config.batch_size == "full" else int(config.batch_size)
     item = torch.tensor([], dtype=getattr(torch, config.dtype)).element_size()
     return item * (n_train * (n_in + n_out) + 4 * params + 3 * B * sum(widths))
+
+
+def _func_member_bytes(config: E.RunConfig, n_train: int, n_in: int, n_out: int) -> int:
+    """:func:`member_bytes` of a member of the ``torch.func`` step: the model of ``config``
+    built for the input shape of its data set (its registry entry, else the shape of the
+    loaded data, else (n_in,))."""
+    from flatbook import data as _data
+
+    spec = _data.DATASETS.get(config.dataset)
+    if spec is not None:
+        shape: tuple[int, ...] = tuple(spec.input_shape)
+    else:
+        try:
+            shape = tuple(E._load_data(config).input_shape)
+        except (OSError, ValueError, ImportError):
+            shape = (int(n_in),)
+    net = _models.build(config.model, shape, n_out, seed=0,
+                        dtype=getattr(torch, config.dtype), **config.model_kw)
+    B = n_train if config.batch_size == "full" else int(config.batch_size)
+    return _func.activation_bytes(net, shape, B, n_train)
 
 
 def max_members(per_member: int, available: int | None = None) -> int:

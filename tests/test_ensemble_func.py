@@ -176,3 +176,13 @@ def test_extended_study_is_powered_balanced_and_new() -> None:
         powered = {c.seed for c in S.study_configs("digits-mlp")}
         assert not {c.seed for c in cfgs} & (old | powered)
         assert sorted(map(len, R.plan_groups(cfgs, min_groups=2))) == [18, 18]   # one per B
+
+
+def test_member_memory_of_the_vmap_step_counts_every_activation() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    # data 10·(3 + 2), parameters 4 × 26, activations 3 × 5 × (4 + 4 + 2); float32
+    assert EF.activation_bytes(net, (3,), 5, 10) == 4 * (50 + 4 * 26 + 3 * 5 * 10)
+    vgg = BASE.replace(model="vgg11", dataset="cifar10", n_train=1000, batch_size=128,
+                       dtype="float32")
+    mlp_formula = 4 * (1000 * (3072 + 10) + 4 * 3073 * 10 + 3 * 128 * 3082)
+    assert R.member_bytes(vgg, 1000, 3072, 10) > 20 * mlp_formula   # conv activations count
