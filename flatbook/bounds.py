@@ -36,24 +36,24 @@ Where the code lives
 This module is the public face: it re-exports every name of its parts, one concept each,
 so that ``from flatbook import bounds; bounds.t3_gm(q)`` is the way to call them.
 
-- :mod:`flatbook.bounds_types` — :class:`Bound`, :class:`Identity`;
-- :mod:`flatbook.bounds_quantities` — :class:`Quantities`, :func:`quantities`,
+- ``flatbook.bounds_types`` — :class:`Bound`, :class:`Identity`;
+- ``flatbook.bounds_quantities`` — :class:`Quantities`, :func:`quantities`,
   :func:`probe_quantities`;
-- :mod:`flatbook.bounds_theorems` — L2, L3, T1–T5 from ``q`` and :func:`all_bounds`;
-- :mod:`flatbook.bounds_stability` — T7 (:func:`sgd_p`, :func:`mean_square_lr`, …);
-- :mod:`flatbook.bounds_sequential` — the ``nn.Sequential``-only statements
+- ``flatbook.bounds_theorems`` — L2, L3, T1–T5 from ``q`` and :func:`all_bounds`;
+- ``flatbook.bounds_stability`` — T7 (:func:`sgd_p`, :func:`mean_square_lr`, …);
+- ``flatbook.bounds_sequential`` — the ``nn.Sequential``-only statements
   (:func:`relative_flatness`, :func:`t5_identity`, :func:`l2_identity`,
   :func:`shared_weight_terms`);
-- :mod:`flatbook.bounds_hessian` — :func:`l1_identity`, :func:`adaptive_sharpness`;
-- :mod:`flatbook.bounds_t6` — :func:`t6_construction` and its :class:`T6Options`.
+- ``flatbook.bounds_hessian`` — :func:`l1_identity`, :func:`adaptive_sharpness`;
+- ``flatbook.bounds_t6`` — :func:`t6_construction` and its :class:`T6Options`.
 """
 
 from __future__ import annotations
 
 from flatbook.bounds_hessian import adaptive_sharpness, l1_identity
 from flatbook.bounds_quantities import Quantities, probe_quantities, quantities
+from flatbook.bounds_sequential import KAPPA_METHODS as KAPPA_METHODS  # relative_flatness's
 from flatbook.bounds_sequential import (
-    KAPPA_METHODS,
     SharedWeightTerms,
     l2_identity,
     relative_flatness,
@@ -87,13 +87,12 @@ from flatbook.bounds_theorems import (
     t5_lvr,
     t5_mls,
 )
-from flatbook.bounds_types import Bound, Identity, Number
+from flatbook.bounds_types import Bound, Identity
+from flatbook.bounds_types import Number as Number  # the type of a side: float | Tensor
 
 __all__ = [
-    "KAPPA_METHODS",
     "Bound",
     "Identity",
-    "Number",
     "Quantities",
     "SharedWeightTerms",
     "T6Network",

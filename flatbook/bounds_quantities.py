@@ -3,8 +3,8 @@
 :func:`quantities` resolves the model and data with a :class:`flatbook.probe.Probe` and
 :func:`probe_quantities` turns the probe's one Jacobian sweep into the inputs of every
 statement of :mod:`flatbook.bounds`, in short stages: the output-level measures of J_x
-(:func:`_output_stage`), the per-sample parameter-Jacobian norms ‖J_i‖_F² (:func:`_param_sqnorms`),
-the per-layer measures (:func:`_layer_stage`) and the caveats (:func:`_notes`).
+(``_output_stage``), the per-sample parameter-Jacobian norms ‖J_i‖_F² (``_param_sqnorms``),
+the per-layer measures (``_layer_stage``) and the caveats (``_notes``).
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ def probe_quantities(p: Probe, rtol: float | None = None) -> Quantities:
     """:class:`Quantities` from an entered :class:`flatbook.probe.Probe` ``p``.
 
     Stages, from the probe's one sweep ``p.measure()``: ‖x_i‖² and the measures of
-    J_x [n, k, d] (:func:`_output_stage`); ‖J_i‖_F² per parameter [n] (:func:`_param_sqnorms`),
+    J_x [n, k, d] (``_output_stage``); ‖J_i‖_F² per parameter [n] (``_param_sqnorms``),
     whose mean over samples is the Gauss–Newton trace (1/n) Σ_i ‖J_i‖_F²; per dense layer
-    ‖h_{l−1}‖², the measures of ∂f/∂h_{l−1}, ‖W_l‖₂ and ‖∇_{W_l} f‖_F² (:func:`_layer_stage`);
-    the caveats (:func:`_notes`).
+    ‖h_{l−1}‖², the measures of ∂f/∂h_{l−1}, ‖W_l‖₂ and ‖∇_{W_l} f‖_F² (``_layer_stage``);
+    the caveats (``_notes``).
 
     Raises:
         TypeError: ``p`` is not a :class:`flatbook.probe.Probe` (build one with
@@ -180,7 +180,7 @@ def _output_stage(p: Probe, meas: Measured, rtol: float | None
 
 def _param_sqnorms(p: Probe, meas: Measured) -> dict[str, Tensor]:
     """``{parameter name: ‖∂f(x_i)/∂θ_name‖_F² [n]}`` over the trainable parameters, from the
-    probe's sweep when it suffices (:func:`_shared_sqnorms`), else by
+    probe's sweep when it suffices (``_shared_sqnorms``), else by
     :func:`flatbook.curvature.jacobian_sqnorms`."""
     sq = _shared_sqnorms(p, meas)
     if sq is None:
@@ -190,7 +190,7 @@ def _param_sqnorms(p: Probe, meas: Measured) -> dict[str, Tensor]:
 
 @dataclass
 class _LayerParts:
-    """The per-layer fields of :class:`Quantities`, filled by :func:`_layer_stage`."""
+    """The per-layer fields of :class:`Quantities`, filled by ``_layer_stage``."""
 
     layers: dict[str, _geometry.LayerMeasures] = field(default_factory=dict)
     grad_w_sqnorm: dict[str, Tensor] = field(default_factory=dict)
