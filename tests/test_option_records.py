@@ -153,3 +153,21 @@ def test_plot_records_and_keywords_agree() -> None:
         PE.late_phase_figure({"step": x}, None, sgd_ceiling=1.0, loss_threshold=0.1)
     with pytest.raises(TypeError, match="unexpected keyword 'col'"):
         PE.sweep_figure([], ["a"], ["a"], col=2)
+
+
+def test_the_modules_with_option_records_keep_the_house_rules() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("house_rules",
+                                                  root / "scripts" / "house_rules.py")
+    assert spec is not None and spec.loader is not None
+    hr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hr)
+    names = ["curvature.py", "curvature_options.py", "keyword_form.py", "probe.py",
+             "probe_options.py", "models.py", "rescale.py", "plots_experiments.py",
+             "analysis/calibration.py", "analysis/claims.py", "analysis/nulls.py",
+             "analysis/stats.py", "analysis/unit_level.py", "analysis/study.py"]
+    out = [o for n in names for o in hr.offences(root / "flatbook" / n, 60, 8, 600)]
+    assert out == []
