@@ -6,13 +6,14 @@ and sampling are grouped in :class:`T6Options`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from flatbook import curvature
+from flatbook.keyword_form import resolve, with_positional
 
 __all__ = ["T6Network", "T6Options", "t6_construction"]
 
@@ -37,17 +38,6 @@ class T6Options:
     n: int = 16
     seed: int = 0
     dtype: torch.dtype = torch.float64
-
-    @classmethod
-    def from_flags(cls, **flags: Any) -> T6Options:
-        """The record from the keyword form (``d=6, k=4, …``); ``TypeError`` naming an unknown
-        keyword and the allowed ones."""
-        allowed = [f.name for f in fields(cls)]
-        for key in flags:
-            if key not in allowed:
-                raise TypeError(f"t6_construction() got an unexpected keyword {key!r}; "
-                                f"allowed: {allowed}, or options=T6Options(...)")
-        return cls(**flags)
 
 
 @dataclass(frozen=True)
@@ -89,6 +79,10 @@ def _spectrum_with_ld(ld: float, r: int) -> Tensor:
     s2 = torch.full((r,), t, dtype=torch.float64)
     s2[0] = 1.0
     return s2.sqrt()
+
+
+#: the order of the options in the positional form t6_construction(trace, ld, d, k, …)
+_T6_FIELDS = ("d", "k", "depth", "width", "n", "seed", "dtype")
 
 
 def _check(trace: float, ld: float, o: T6Options) -> tuple[int, int]:
@@ -149,7 +143,7 @@ def _linear_net(Ws: list[Tensor]) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-def t6_construction(trace: float, ld: float, *, options: T6Options | None = None,
+def t6_construction(trace: float, ld: float, *args: Any, options: T6Options | None = None,
                     **flags: Any) -> T6Network:
     """T6 (ours): a zero-loss network with any prescribed tr H > 0 and LD ∈ [1, r], r = min(k, d).
 
@@ -161,13 +155,12 @@ def t6_construction(trace: float, ld: float, *, options: T6Options | None = None
     J_x = A does not depend on X: sharpness does not control LD.
 
     Options: ``options=T6Options(d=6, k=4, depth=2, width=None, n=16, seed=0,
-    dtype=torch.float64)`` or the same fields as keywords (``t6_construction(1.0, 2.0, d=6,
-    k=4)``); an unknown keyword is a ``TypeError``.
+    dtype=torch.float64)``, or the same fields as keywords (``t6_construction(1.0, 2.0, d=6,
+    k=4)``; they replace those of ``options``) or positionally in that order; an unknown
+    keyword is a ``TypeError`` naming it.
     """
-    if options is not None and flags:
-        raise TypeError("pass options=T6Options(...) or keywords, not both (got "
-                        f"{sorted(flags)})")
-    o = options if options is not None else T6Options.from_flags(**flags)
+    o = resolve(T6Options, "t6_construction", options,
+                with_positional("t6_construction", _T6_FIELDS, args, flags))
     r, width = _check(trace, ld, o)
     sigma = _spectrum_with_ld(float(ld), r)
     g = torch.Generator().manual_seed(int(o.seed))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ from flatbook import curvature, data, models, train
 from flatbook._validate import check_positive_float
 from flatbook.bounds_stability import ntk_terms
 from flatbook.estimators import TraceResult
+from flatbook.keyword_form import resolve
 
 __all__ = ["LINKS", "REFERENCE", "Corollary", "CorollaryOptions", "Hypothesis", "Link",
            "budget", "corollary", "link_slacks", "mls_sharp", "reference_network",
@@ -359,17 +360,6 @@ class CorollaryOptions:
     seed: int = 0
     chunk: int = 256
 
-    @classmethod
-    def from_flags(cls, **flags: Any) -> CorollaryOptions:
-        """The record from the keyword form (``z=3.0, n_hvp=90, …``); ``TypeError`` naming an
-        unknown keyword and the allowed ones."""
-        allowed = [f.name for f in fields(cls)]
-        for key in flags:
-            if key not in allowed:
-                raise TypeError(f"corollary() got an unexpected keyword {key!r}; allowed: "
-                                f"{['q', 'options', *allowed]}")
-        return cls(**flags)
-
 
 def _setting(X: Tensor, lr: float, batch_size: int) -> tuple[float, int, float]:
     """(η, n, p) of the corollary's setting, checked: η > 0, B an int with 1 ≤ B < n (SGD,
@@ -441,8 +431,8 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
         q: precomputed :func:`flatbook.bounds.quantities` of (model, X).
         options: :class:`CorollaryOptions` (``z``, ``n_hvp``, ``seed`` of the interpolation
             check, ``chunk``), or the same fields as keywords
-            (``corollary(model, X, Y, lr, B, n_hvp=12)``); an unknown keyword is a
-            ``TypeError``.
+            (``corollary(model, X, Y, lr, B, n_hvp=12)``; they replace those of ``options``);
+            an unknown keyword is a ``TypeError`` naming it.
 
     Hypotheses measured (:class:`Hypothesis`): ``stable`` (H2′: η ≤ η*(B), computed from
     Gauss–Newton quantities, meaningful at any θ), ``batch`` (B < n, so p > 0),
@@ -450,10 +440,7 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
     hypotheses say — a caller can watch them fail where (H2′) fails. The interpolation check
     (H1, not a hypothesis of the corollary) is reported as :attr:`Corollary.interpolation`.
     """
-    if options is not None and flags:
-        raise TypeError("pass options=CorollaryOptions(...) or keywords, not both (got "
-                        f"{sorted(flags)})")
-    o = options if options is not None else CorollaryOptions.from_flags(**flags)
+    o = resolve(CorollaryOptions, "corollary", options, flags)
     lr, n, p = _setting(X, lr, batch_size)
     q = _bounds.quantities(model, X, chunk=o.chunk) if q is None else q
     if q.first is None:

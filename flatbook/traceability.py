@@ -330,17 +330,12 @@ def package_calls(package_dir: str | Path = ROOT / "flatbook") -> dict[str, set[
 
 
 def _reexports(stmt: ast.stmt, mod: str, graph: dict[str, set[str]]) -> None:
-    """Link both names of an object that module ``mod`` imports at top level from another
-    ``flatbook`` module (``from flatbook.bounds_theorems import t2_gm`` in ``flatbook.bounds``:
-    ``flatbook.bounds.t2_gm`` and ``flatbook.bounds_theorems.t2_gm`` are one function), so that
-    reaching either name reaches what the function calls."""
-    if not (isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0
-            and stmt.module.startswith("flatbook.")):
-        return
-    for a in stmt.names:
-        here, there = f"{mod}.{a.asname or a.name}", f"{stmt.module}.{a.name}"
-        graph.setdefault(here, set()).add(there)
-        graph.setdefault(there, set()).add(here)
+    """Link a name ``mod`` re-exports from another flatbook module to its source, both ways."""
+    if isinstance(stmt, ast.ImportFrom) and (stmt.module or "").startswith("flatbook."):
+        for a in stmt.names:
+            here, there = f"{mod}.{a.asname or a.name}", f"{stmt.module}.{a.name}"
+            graph.setdefault(here, set()).add(there)
+            graph.setdefault(there, set()).add(here)
 
 
 def _closure(names: set[str], graph: Mapping[str, set[str]]) -> set[str]:

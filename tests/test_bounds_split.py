@@ -50,13 +50,18 @@ def test_bounds_modules_and_chain_meet_the_house_rules() -> None:
     assert [o for f in files for o in rules.offences(f, 60, 8, 600)] == []
 
 
-def test_t6_options_record_equals_the_keyword_form() -> None:
+def test_t6_options_record_equals_the_keyword_and_positional_forms() -> None:
     kw = dict(d=5, k=3, depth=3, width=6, n=7, seed=2)
     a = bounds.t6_construction(2.0, 1.7, **kw)
-    b = bounds.t6_construction(2.0, 1.7, options=T6Options(**kw))
-    assert torch.equal(a.X, b.X) and torch.equal(a.Y, b.Y) and torch.equal(a.sigma, b.sigma)
-    for wa, wb in zip(a.model.parameters(), b.model.parameters(), strict=True):
-        assert torch.equal(wa, wb)
+    forms = [bounds.t6_construction(2.0, 1.7, options=T6Options(**kw)),
+             bounds.t6_construction(2.0, 1.7, 5, 3, 3, 6, 7, 2),
+             bounds.t6_construction(2.0, 1.7, options=T6Options(d=5, k=3), depth=3, width=6,
+                                    n=7, seed=2)]
+    for b in forms:
+        assert torch.equal(a.X, b.X) and torch.equal(a.Y, b.Y)
+        assert torch.equal(a.sigma, b.sigma)
+        for wa, wb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+            assert torch.equal(wa, wb)
     # the construction still does what it claims: tr H (= GN trace at L = 0) and LD prescribed
     assert math.isclose(float(curvature.gn_trace(a.model, a.X)), 2.0, rel_tol=1e-10)
     J = geometry.input_jacobian(a.model, a.X)
@@ -67,8 +72,10 @@ def test_t6_options_record_equals_the_keyword_form() -> None:
 def test_t6_unknown_keyword_and_mixed_forms_are_type_errors() -> None:
     with pytest.raises(TypeError, match="'widht'.*allowed.*width"):
         bounds.t6_construction(1.0, 2.0, widht=5)
-    with pytest.raises(TypeError, match="not both"):
-        bounds.t6_construction(1.0, 2.0, options=T6Options(), d=4)
+    with pytest.raises(TypeError, match="both positionally and as a keyword"):
+        bounds.t6_construction(1.0, 2.0, 4, d=4)
+    with pytest.raises(TypeError, match="options must be a T6Options"):
+        bounds.t6_construction(1.0, 2.0, options={"d": 4})
     with pytest.raises(ValueError, match="depth"):
         bounds.t6_construction(1.0, 2.0, options=T6Options(depth=0))
 
@@ -86,9 +93,9 @@ def test_corollary_options_record_equals_the_keyword_form() -> None:
     assert chain.budget(a.steps_lvr) == pytest.approx(a.lvr.slack, rel=1e-12)
     with pytest.raises(TypeError, match="'nhvp'.*allowed.*n_hvp"):
         chain.corollary(tc.model, tc.X, tc.Y, tc.lr, tc.batch_size, nhvp=12)
-    with pytest.raises(TypeError, match="not both"):
-        chain.corollary(tc.model, tc.X, tc.Y, tc.lr, tc.batch_size,
-                        options=CorollaryOptions(), seed=0)
+    c = chain.corollary(tc.model, tc.X, tc.Y, tc.lr, tc.batch_size,
+                        options=CorollaryOptions(n_hvp=12, z=2.0), seed=1)  # keyword replaces
+    assert c.trace_hessian == a.trace_hessian and c.interpolation == a.interpolation
 
 
 def test_call_graph_follows_reexports(tmp_path: Path) -> None:
