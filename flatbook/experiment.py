@@ -416,6 +416,8 @@ def default_measure(config: RunConfig, ds: _data.Dataset) -> _train.MeasureFn | 
                                n_train=ds.n_train)
 
 
+# ------------------------------------------------------------------------------ jobs, sweeps
+
 
 def run_one(
     config: Mapping[str, Any],
@@ -476,7 +478,6 @@ def failure_outcome(cfg: RunConfig, rd: Path, e: BaseException) -> dict[str, Any
             write_json(rd / "results.json", seal(doc))
     return {"run_id": cfg.run_id, "status": "failed", "skipped": False, "error": error,
             "final": {}}  # fmt: skip
-
 
 
 def sweep(

@@ -107,7 +107,6 @@ class NumericsWarning(UserWarning):
     refused: e.g. a GPU store rendered on a CPU)."""
 
 
-
 @dataclass
 class Results:
     """A finished (or failed) run read from ``results.json``.
@@ -185,7 +184,6 @@ class Results:
         )
 
 
-
 def _major_minor(v: str) -> tuple[str, ...]:
     """``"0.12.3"`` → ``("0", "12")``."""
     return tuple(str(v).split(".")[:2])
@@ -214,7 +212,6 @@ def check_numerics(results: Sequence[Results]) -> None:
                 f"comparable; recompute one of them under the other's settings (--restart with "
                 f"the same --device / --threads), or keep them in separate stores"
             )
-
 
 
 def _config_doc(config: RunConfig, fp: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -490,8 +487,6 @@ def _base_doc(config: RunConfig, ds: Any, net: Any,
     if net is not None:
         doc["n_params"] = int(sum(p.numel() for p in net.parameters()))
     return doc
-
-
 
 
 __all__ = ["CHECKS", "FINISHED", "NUMERICS_POLICIES", "RESTART", "STATUSES", "STORE_FORMAT",
