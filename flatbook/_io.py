@@ -45,6 +45,7 @@ NON_NUMERIC_MODULES = frozenset({
     "executor_submit.py",
     "experiment.py", "locks.py", "plots.py", "plots_experiments.py", "plots_mechanism.py",
     "store.py", "tight.py", "traceability.py",
+    "run_config.py", "run_folder.py", "run_inspect.py", "run_numerics.py", "run_results.py",
 })
 """Top-level modules of ``flatbook`` that cannot change a run's numbers (command line, store
 and lock bookkeeping, figures, the book's helpers and equality cases). Every *other* module

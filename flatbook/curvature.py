@@ -58,6 +58,7 @@ from flatbook import losses
 from flatbook._functional import (
     named_params,
 )
+from flatbook._validate import check_positive_int
 from flatbook.checks import check_tol, passes_agree
 from flatbook.curvature_options import SharpnessOptions, TraceOptions
 from flatbook.estimators import (  # noqa: F401  (re-exported: the estimators of this module)
@@ -267,8 +268,7 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
         block: columns per batched double-backward product.
     """
     _check_data(X, Y)
-    if isinstance(block, bool) or int(block) != block or block < 1:
-        raise ValueError(f"block must be a positive integer; got {block!r}")
+    check_positive_int(block, "block")
     fl = _FlatLoss(model, loss, X, Y, chunk=None, backend="revrev")
     P = fl.P
     eye = torch.eye(P, dtype=fl.theta.dtype, device=fl.theta.device)
@@ -393,12 +393,9 @@ def _check_sharpness_options(o: SharpnessOptions) -> tuple[int, float, int]:
     bad option: solver, k, tol, max_hvp or seed)."""
     if o.solver not in SOLVERS:
         raise ValueError(f"unknown solver {o.solver!r}; allowed: {list(SOLVERS)}")
-    k = o.k
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer (number of eigenvalues); got {k!r}")
+    k = check_positive_int(o.k, "k")
     tol = check_tol(o.tol)
-    if int(o.max_hvp) != o.max_hvp or o.max_hvp < 1:
-        raise ValueError(f"max_hvp must be a positive integer; got {o.max_hvp!r}")
+    check_positive_int(o.max_hvp, "max_hvp")
     seed = _check_seed(o.seed)
     return int(k), tol, seed
 
@@ -482,9 +479,7 @@ def trace(
                 with_positional("trace", ("method", "n_hvp", "seed"), args, flags))
     if o.method not in TRACE_METHODS:
         raise ValueError(f"unknown trace method {o.method!r}; allowed: {list(TRACE_METHODS)}")
-    n_hvp = o.n_hvp
-    if isinstance(n_hvp, bool) or int(n_hvp) != n_hvp or n_hvp < 1:
-        raise ValueError(f"n_hvp must be a positive integer; got {n_hvp!r}")
+    n_hvp = check_positive_int(o.n_hvp, "n_hvp")
     _probe_block(o.block, 1)  # validate early
     seed = _check_seed(o.seed)
     n_hvp = int(n_hvp)

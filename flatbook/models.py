@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flatbook._validate import check_choice, check_positive_int
 from flatbook.keyword_form import resolve
 from flatbook.rescale import POSITIVELY_HOMOGENEOUS as POSITIVELY_HOMOGENEOUS
 from flatbook.rescale import rescale_layers as rescale_layers
@@ -62,8 +63,8 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; allowed: {sorted(ACTIVATIONS)}")
+    """``activation`` one of :data:`ACTIVATIONS` (:func:`flatbook._validate.check_choice`)."""
+    check_choice(activation, "activation", sorted(ACTIVATIONS))
 
 
 def mlp(
@@ -107,9 +108,8 @@ def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, int, int]:
 
 
 def _check_classes(n_classes: int) -> int:
-    if int(n_classes) < 1 or int(n_classes) != n_classes:
-        raise ValueError(f"n_classes must be a positive integer; got {n_classes!r}")
-    return int(n_classes)
+    """The output width k as a positive int (:func:`flatbook._validate.check_positive_int`)."""
+    return int(check_positive_int(n_classes, "n_classes"))  # type: ignore[arg-type]
 
 
 def _out_features(body: nn.Sequential, input_shape: Sequence[int], dtype: torch.dtype) -> int:

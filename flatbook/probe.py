@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import checks, curvature, losses
+from flatbook._validate import check_positive_int
 from flatbook.keyword_form import resolve
 from flatbook.layers import DenseLayer
 from flatbook.probe_data import DataSet, Fields, resolve_data, unpack
@@ -225,9 +226,7 @@ class Probe(LayerDiscovery, Sweep):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         opts = resolve(ProbeOptions, "Probe", options, flags)
         output, layers, forward, chunk = opts.output, opts.layers, opts.forward, opts.chunk
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
-                                  or chunk < 1):
-            raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
+        check_positive_int(chunk, "chunk", allow_none=True)
         self.model = model
         self._output = output
         self._select = layers
