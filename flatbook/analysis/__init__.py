@@ -36,7 +36,7 @@ independent units (see :mod:`.claims`).
 
 # ruff: noqa: F401  (re-exports: the public API of flatbook.analysis)
 from flatbook.analysis import mechanism, nulls, plan, rules, scoring, window
-from flatbook.analysis.calibration import shuffle_late_phase, simulated_study
+from flatbook.analysis.calibration import Simulation, shuffle_late_phase, simulated_study
 from flatbook.analysis.claims import (
     CLAIMS,
     Claim,
@@ -118,6 +118,7 @@ from flatbook.analysis.study import (
     REPRESENTATION,
     SHARPNESS,
     Study,
+    StudyOptions,
     consistency,
     load_study,
     run_summary,
