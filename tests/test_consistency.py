@@ -101,7 +101,8 @@ def test_rule_cases_and_ties() -> None:
     both = {"coupling": pos, "level": pos}
 
     def tab(mls: list[dict], lvr: list[dict]) -> dict:
-        return {f"s{i}": {"MLS": a, "LVR": b} for i, (a, b) in enumerate(zip(mls, lvr, strict=True))}
+        pairs = enumerate(zip(mls, lvr, strict=True))
+        return {f"s{i}": {"MLS": a, "LVR": b} for i, (a, b) in pairs}
     assert C.consistency_verdict(tab([both], [both]))[0] == NOT_TESTED
     v, signs, _ = C.consistency_verdict(tab([both, both], [both, both]))
     assert v == REPRODUCED and signs == {"MLS": [1, 1], "LVR": [1, 1]}    # a tie
