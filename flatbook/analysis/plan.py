@@ -380,6 +380,17 @@ CHANGE_LOG: tuple[Change, ...] = (
            "late_fall and compression_v3 coupling series intact and showed that they decide "
            "under an intermediate rule); every choice here was made on null rates and "
            "claims.md alone; results_seen is set for the incidental sight", True),
+    Change("2026-12-07", "consistency (row signs) scored across settings "
+           "(flatbook.analysis.across_settings): per setting, each of MLS, LVR, NMLS and NVR "
+           "has sign s = ±1 when its coupling and its level correlation with tr H (the "
+           "per-setting rules, unchanged; k = 2 parts as compression_v3's MLS rows) both have "
+           "sign s with intervals excluding 0, else 0; a measure agrees in k settings when k "
+           "of its signs are the same non-zero s; reproduced when MLS has sign +1 in every one "
+           "of ≥ 2 settings and no other measure agrees in more settings (ties count for MLS), "
+           "contradicted when MLS has sign −1 in some setting, not tested with < 2 settings, "
+           "inconclusive otherwise; the claims table is unchanged",
+           "implemented after the per-setting verdicts of the extended study (digits-lenet, "
+           "mnist1d-mlp) had been seen, before any cross-setting result was computed", True),
 )
 """The change log the book prints (R9): past post-hoc choices included."""
 
