@@ -419,6 +419,9 @@ AMENDED: tuple[dict[str, str], ...] = (
     {"commit": "cf3317d7bd8b6de8ed76b7bfd4dcce2cd9dbc2b1", "plan_hash": "508ab89d45c64342",
      "date": "2026-12-07",
      "why": "the rules failed their nulls on the powered store's fixture (CHANGE_LOG)"},
+    {"commit": "84eb9081a2fd0a9d5d9e00fe901d8547754cfaaf", "plan_hash": "2776394e7e52f508",
+     "date": "2026-12-07",
+     "why": "consistency scored across settings (CHANGE_LOG; claims table unchanged)"},
 )
 """Changes to the plan after its freeze, oldest first: the commit that made each, the plan's
 hash there, and why (the :data:`CHANGE_LOG` entry of that date says what changed and whether
