@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +68,16 @@ def _read(name: str, results_dir: str | None, seeds: object = None) -> object:
     s = A.get_setting(name)
     configs = A.study_configs(name, seeds=seeds)
     store = A.store_for(results_dir, s)
-    results = [E.load_results(store, c, check="version", numerics="ignore") for c in configs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [E.load_results(store, c, check="version", numerics="ignore")
+                   for c in configs]
+    prov = [r.data.get("provenance", {}) for r in results]
+    codes = sorted({str(p.get("code_hash", "?"))[:10] for p in prov})
+    commits = sorted({str(p.get("git", {}).get("commit", "?"))[:7] for p in prov})
+    print(f"(`{name}`: {len(results)} runs read from {store}, numeric code {codes} of "
+          f"commits {commits}; "
+          f"{len(caught)} warnings: {str(caught[0].message) if caught else ''})")
     return A.Study(s, configs, results, s.loss_threshold)
 
 
