@@ -10,6 +10,15 @@ records. ``--replicates K`` computes only the first K replicates of every cell (
 study with the same run ids: the rest is computed by a later full call), to time a part and
 extrapolate. The same runs are read by the reproduction report (``book/exp_report.md``,
 parameter ``extended``) and by any experiment chapter with ``-p setting digits-lenet``.
+
+After the table it prints the claim ``consistency`` scored across settings
+(:func:`flatbook.analysis.evaluate_consistency`: its verdict and each measure's sign per
+setting) on the extended settings and, unless ``--no-default``, the default study
+``digits-mlp`` read from ``--default-results-dir`` (default: the same store) when all of its
+runs are stored there (it is never computed here: the book computes it). ``--read-only``
+computes nothing: every study is read from its store as stored (version check only, numerics
+fingerprint not compared; a missing run fails), to score runs computed by an earlier code
+version.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="worker processes (default: every core)")
     ap.add_argument("--replicates", type=int, default=None,
                     help="only the first K replicates of every cell (default: all)")
+    ap.add_argument("--no-default", action="store_true",
+                    help="leave the default study digits-mlp out of the consistency row")
+    ap.add_argument("--default-results-dir", default=None,
+                    help="store of the default study (default: --results-dir)")
+    ap.add_argument("--read-only", action="store_true",
+                    help="compute nothing: read every study as stored (version check only)")
     return ap
 
 
@@ -42,28 +58,94 @@ def _load() -> str:
         return "unknown"
 
 
+def _read(name: str, results_dir: str | None, seeds: object = None) -> object:
+    """The study of setting ``name`` read from its store without computing or moving any run:
+    every run must be stored; the flatbook version is checked, the numeric code hash and the
+    numerics fingerprint are not (runs of an earlier code version are read as stored)."""
+    from flatbook import analysis as A
+    from flatbook import experiment as E
+
+    s = A.get_setting(name)
+    configs = A.study_configs(name, seeds=seeds)
+    store = A.store_for(results_dir, s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [E.load_results(store, c, check="version", numerics="ignore")
+                   for c in configs]
+    prov = [r.data.get("provenance", {}) for r in results]
+    codes = sorted({str(p.get("code_hash", "?"))[:10] for p in prov})
+    commits = sorted({str(p.get("git", {}).get("commit", "?"))[:7] for p in prov})
+    print(f"(`{name}`: {len(results)} runs read from {store}, numeric code {codes} of "
+          f"commits {commits}; "
+          f"{len(caught)} warnings: {str(caught[0].message) if caught else ''})")
+    return A.Study(s, configs, results, s.loss_threshold)
+
+
+def _study(name: str, a: argparse.Namespace) -> tuple[object, str]:
+    """(the study of setting ``name``, its line: runs, completed, interpolating, wall time
+    and load), computing its missing runs unless ``--read-only``."""
+    from flatbook import analysis as A
+
+    s = A.get_setting(name)
+    seeds = None if a.replicates is None else s.seeds[:a.replicates]
+    load0, t0 = _load(), time.perf_counter()
+    if a.read_only:
+        st = _read(name, a.results_dir, seeds)
+    else:
+        configs = A.study_configs(name, seeds=seeds)
+        results = A.obtain(configs, s, a.results_dir, workers=a.workers)
+        st = A.Study(s, configs, results, s.loss_threshold)
+    dt = time.perf_counter() - t0
+    return st, (f"- `{name}` ({s.description}): {st.n_runs} runs, {len(st.finished)} "
+                f"completed, {len(st.interpolating)} interpolating; {dt / 60:.1f} min "
+                f"wall (load {load0} before, {_load()} after)")
+
+
+def _default_study(a: argparse.Namespace) -> object | None:
+    """The default study ``digits-mlp`` read from its store (never computed), or None with a
+    printed reason when ``--no-default`` or a run is missing or refused."""
+    from flatbook import analysis as A
+    from flatbook import experiment as E
+
+    if a.no_default or A.DEFAULT_SETTING in a.settings:
+        return None
+    where = a.default_results_dir or a.results_dir
+    try:
+        if a.read_only:
+            return _read(A.DEFAULT_SETTING, where)
+        return A.load_study(A.DEFAULT_SETTING, results_dir=where, compute_missing=False)
+    except (FileNotFoundError, E.StaleResultsError) as e:
+        print(f"(the default study `{A.DEFAULT_SETTING}` is left out of the consistency "
+              f"row: {type(e).__name__}: {str(e).splitlines()[0]})")
+        return None
+
+
+def _print_consistency(studies: list[object]) -> None:
+    """The claim ``consistency`` across the studies' settings: verdict, note, sign table."""
+    from flatbook import analysis as A
+
+    c = A.evaluate_consistency(studies)
+    print(f"\nconsistency (row signs) across {', '.join(f'`{n}`' for n in c['settings'])}: "
+          f"**{c['verdict']}** — {c['note']}\n")
+    print(A.markdown_table(c["table"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Compute the missing runs of each setting, then print one line per setting (runs,
-    completed, interpolating, wall time, load before and after) and the verdict table."""
+    completed, interpolating, wall time, load before and after), the verdict table and the
+    row of ``consistency`` across the settings (with the default study, see the module)."""
     from flatbook import analysis as A
 
     a = _parser().parse_args(argv)
     for name in a.settings:
         A.get_setting(name)          # unknown names fail before any training
     rows: dict[str, dict[str, str]] = {}
-    info = []
+    info, studies = [], []
     for name in a.settings:
-        s = A.get_setting(name)
-        seeds = None if a.replicates is None else s.seeds[:a.replicates]
-        configs = A.study_configs(name, seeds=seeds)
-        load0, t0 = _load(), time.perf_counter()
-        results = A.obtain(configs, s, a.results_dir, workers=a.workers)
-        dt = time.perf_counter() - t0
-        st = A.Study(s, configs, results, s.loss_threshold)
-        info.append(f"- `{name}` ({s.description}): {st.n_runs} runs, {len(st.finished)} "
-                    f"completed, {len(st.interpolating)} interpolating; {dt / 60:.1f} min "
-                    f"wall (load {load0} before, {_load()} after)")
-        print(info[-1], flush=True)
+        st, line = _study(name, a)
+        studies.append(st)
+        info.append(line)
+        print(line, flush=True)
         for c in A.evaluate_claims(st, n_boot=a.n_boot):
             rows.setdefault(c["key"], {})[name] = c["verdict"]
     print("\n".join(info))
@@ -72,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(a.settings))
     for key, v in rows.items():
         print(f"| {key} | " + " | ".join(v.get(n, "–") for n in a.settings) + " |")
+    default = _default_study(a)
+    _print_consistency(([default] if default is not None else []) + studies)
     return 0
 
 
