@@ -41,8 +41,11 @@ REPO_ROOT = PACKAGE_DIR.parent
 # modules whose source determines the numbers of a run (the "code hash", see code_hash())
 NON_NUMERIC_MODULES = frozenset({
     "__init__.py", "__main__.py", "_io.py", "book.py", "chain.py", "executors.py",
+    "cli_show.py", "executor_cli.py", "executor_jobs.py", "executor_options.py",
+    "executor_submit.py",
     "experiment.py", "locks.py", "plots.py", "plots_experiments.py", "plots_mechanism.py",
     "store.py", "tight.py", "traceability.py",
+    "run_config.py", "run_folder.py", "run_inspect.py", "run_numerics.py", "run_results.py",
 })
 """Top-level modules of ``flatbook`` that cannot change a run's numbers (command line, store
 and lock bookkeeping, figures, the book's helpers and equality cases). Every *other* module

@@ -1,32 +1,51 @@
 """Parameter validation shared by the package: one-line ``ValueError`` naming the parameter
-and what is allowed (the project's rule for bad input). Three parts: generic checks
-(:func:`check_positive_int`, …), the validator of every parameter of a training run (the
-``check`` of each entry of ``flatbook.runspec.PARAMS``), and :func:`check_parameters` for a
-chapter's papermill parameters."""
+and what is allowed (the project's rule for bad input). Three parts: generic checks of one
+value (:func:`check_positive_int`, :func:`check_int`, :func:`check_positive_float`,
+:func:`check_fraction`, :func:`check_choice`, :func:`check_seed`, :func:`check_classes`),
+the data check before training (:func:`check_data` → :class:`BadDataError`), and the
+validator of every parameter of a training run (the ``check`` of each entry of
+``flatbook.runspec.PARAMS``). :func:`check_parameters` for a chapter's papermill parameters
+lives in :mod:`flatbook._validate_chapters` and is importable from here."""
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+# A chapter's papermill parameters have their own rule language (flatbook._validate_chapters);
+# these names stay importable from here.
+from flatbook._validate_chapters import _assigned_names as _assigned_names
+from flatbook._validate_chapters import as_bool as as_bool
+from flatbook._validate_chapters import check_parameters as check_parameters
+from flatbook._validate_chapters import injected_parameters as injected_parameters
 
 
 def _fail(param: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{param} must be {allowed}; got {value!r}")
 
 
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), never a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_positive_int(value: Any, param: str, allow_none: bool = False) -> int | None:
     """``value`` as a positive int (ValueError naming ``param`` otherwise)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not _is_int(value) or value < 1:
         _fail(param, value, "a positive integer" + (" or None" if allow_none else ""))
+    return int(value)
+
+
+def check_int(value: Any, param: str, low: int = 1) -> int:
+    """``value`` as an int ≥ ``low`` (ValueError naming ``param`` otherwise)."""
+    if not _is_int(value) or value < low:
+        _fail(param, value, f"an integer ≥ {low}")
     return int(value)
 
 
@@ -39,6 +58,15 @@ def check_positive_float(value: Any, param: str) -> float:
     return float(value)
 
 
+def check_fraction(value: Any, param: str, meaning: str = "") -> float:
+    """``value`` as a float in the open interval (0, 1) (ValueError naming ``param`` and, when
+    given, what the number ``meaning`` is, e.g. " (a relative tolerance)")."""
+    x = _number(value, param, f"a number in (0, 1){meaning}")
+    if not 0.0 < x < 1.0:
+        _fail(param, value, f"a number in (0, 1){meaning}")
+    return x
+
+
 def check_choice(value: Any, param: str, allowed: Sequence[str]) -> str:
     """``value`` if it is one of ``allowed``; else a ValueError listing them."""
     if value not in allowed:
@@ -48,10 +76,39 @@ def check_choice(value: Any, param: str, allowed: Sequence[str]) -> str:
 
 def check_seed(value: Any, param: str = "seed") -> int:
     """``value`` as a seed: an integer in 0..2**63−1 (ValueError naming ``param``)."""
-    if (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0
-            or value > SEED_MAX):  # fmt: skip
+    if not _is_int(value) or value < 0 or value > SEED_MAX:
         _fail(param, value, "an integer in 0..2**63-1")
     return int(value)
+
+
+def check_classes(value: Any, param: str = "classes", n_all: int | None = None
+                  ) -> tuple[int, ...] | int | None:
+    """A class selection: None (all labels), a count c (labels 0..c−1, 2 ≤ c ≤ ``n_all``) or
+    ≥ 2 distinct integer labels (each in 0..``n_all``−1), returned as None, an int or a tuple
+    of ints. Without ``n_all`` (a run's configuration, before its data set is read) labels are
+    only checked to be ≥ 0. ValueError naming ``param`` and the allowed labels otherwise."""
+    labels = f"labels in 0..{n_all - 1}" if n_all is not None else "labels ≥ 0"
+    if value is None:
+        return None
+    if _is_int(value):
+        if value < 2 or (n_all is not None and value > n_all):
+            most = f" and ≤ {n_all} (labels 0..{n_all - 1})" if n_all is not None else ""
+            raise ValueError(f"{param}={value} must be a count ≥ 2{most}")
+        return int(value)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        _fail(param, value, f"None, a count, or a list of {labels}")
+    out = tuple(value)
+    if not all(map(_is_int, out)):
+        _fail(param, value, f"integer {labels}")
+    out = tuple(int(c) for c in out)
+    if len(out) < 2:
+        raise ValueError(f"{param} must name ≥ 2 labels; got {list(out)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{param} has duplicates: {list(out)} (labels must be distinct)")
+    bad = [c for c in out if c < 0 or (n_all is not None and c >= n_all)]
+    if bad:
+        raise ValueError(f"{param} {bad} out of range; allowed: {labels}")
+    return out
 
 
 # ------------------------------------------------------------------------------ data
@@ -66,7 +123,23 @@ def check_data(X: Any, Y: Any, which: str = "train", loss: str = "squared",
                model: Any = None) -> None:
     """Bad data named as bad data, before any step: X [n, ...] floating (the model's dtype),
     Y [n, k] floating (squared loss) or [n] integer labels / [n, k] (cross-entropy), both
-    finite, equal n ≥ 1, and X fits the model (one forward pass on one sample)."""
+    finite, equal n ≥ 1, and X fits the model (one forward pass on one sample).
+
+    Raises:
+        TypeError: X or Y is not a torch tensor.
+        BadDataError: "bad data: …" naming the tensor (``X_{which}`` / ``Y_{which}``) and the
+            way out.
+    """
+    _check_shapes(X, Y, which, loss)
+    for name, T in ((f"X_{which}", X), (f"Y_{which}", Y)):
+        _check_finite_rows(T, name)
+    if model is not None:
+        _check_fits_model(X, Y, which, model)
+
+
+def _check_shapes(X: Any, Y: Any, which: str, loss: str) -> None:
+    """X, Y torch tensors: X [n, ...] floating with n ≥ 1, Y [n, k] floating for the squared
+    loss, else [n] integer labels or [n, k]."""
     import torch
 
     if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
@@ -97,18 +170,31 @@ def check_data(X: Any, Y: Any, which: str = "train", loss: str = "squared",
         raise BadDataError(
             f"bad data: 1-d targets Y_{which} must be integer class labels; got {Y.dtype}"
         )
-    for name, T in ((f"X_{which}", X), (f"Y_{which}", Y)):
-        if T.is_floating_point():
-            bad = ~torch.isfinite(T.reshape(T.shape[0], -1)).all(1)
-            if bool(bad.any()):
-                idx = bad.nonzero()[:, 0].tolist()
-                raise BadDataError(
-                    f"bad data: {name} has non-finite values (NaN or inf) in {len(idx)} of "
-                    f"{T.shape[0]} samples (first: sample {idx[0]}); clean or drop them before "
-                    "training — this is the data, not a diverging run"
-                )
-    if model is None:
+
+
+def _check_finite_rows(T: Any, name: str) -> None:
+    """A floating tensor T [n, ...] has only finite entries; else BadDataError naming ``name``,
+    how many samples hold NaN/inf and the first of them."""
+    import torch
+
+    if not T.is_floating_point():
         return
+    bad = ~torch.isfinite(T.reshape(T.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        idx = bad.nonzero()[:, 0].tolist()
+        raise BadDataError(
+            f"bad data: {name} has non-finite values (NaN or inf) in {len(idx)} of "
+            f"{T.shape[0]} samples (first: sample {idx[0]}); clean or drop them before "
+            "training — this is the data, not a diverging run"
+        )
+
+
+def _check_fits_model(X: Any, Y: Any, which: str, model: Any) -> None:
+    """X has the dtype of the model's parameters, one sample X[:1] passes the model in eval
+    mode (its training flags restored), and a 2-d Y has as many columns as the model has
+    outputs."""
+    import torch
+
     p = next(iter(model.parameters()), None)
     if p is not None and p.is_floating_point() and X.dtype != p.dtype:
         raise BadDataError(
@@ -181,13 +267,12 @@ def boolean(v: Any, name: str, values: Mapping[str, Any]) -> bool:
 
 def fraction(v: Any, name: str, values: Mapping[str, Any]) -> float:
     """Validator: a number in the open interval (0, 1) (a relative tolerance)."""
-    x = _number(v, name, "a number in (0, 1)")
-    if not 0.0 < x < 1.0:
-        _fail(name, v, "a number in (0, 1) (a relative tolerance)")
-    return x
+    return check_fraction(v, name, " (a relative tolerance)")
 
 
 def _number(v: Any, name: str, allowed: str) -> float:
+    """``v`` as a finite float (ints and numpy numbers too, never a bool); else ValueError
+    "``name`` must be ``allowed``"."""
     if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
         _fail(name, v, allowed)
     if not math.isfinite(float(v)):
@@ -250,7 +335,7 @@ def _model_option(key: str, v: Any, param: str) -> None:
     kind = MODEL_OPTION_KINDS.get(key)
 
     def is_int(x: Any) -> bool:
-        return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
+        return _is_int(x) and x >= 1
 
     if kind == "widths" and not (is_int(v) or isinstance(v, list) and all(map(is_int, v))):
         _fail(param, v, f"a list of positive integers (e.g. {key}=[64,64])")
@@ -266,22 +351,9 @@ def _model_option(key: str, v: Any, param: str) -> None:
 
 
 def classes(v: Any, name: str, values: Mapping[str, Any]) -> tuple[int, ...] | int | None:
-    """Validator: None (all labels), a count c ≥ 2 (labels 0..c−1) or ≥ 2 distinct labels."""
-    if v is None:
-        return None
-    if isinstance(v, int | np.integer):
-        if isinstance(v, bool) or v < 2:
-            _fail(name, v, "a count ≥ 2")
-        return int(v)
-    if isinstance(v, str) or not isinstance(v, Iterable):
-        _fail(name, v, "None, a count ≥ 2, or a list of ≥ 2 distinct labels")
-    c = tuple(v)
-    if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in c):
-        _fail(name, v, "integer labels")
-    c = tuple(int(x) for x in c)
-    if len(c) < 2 or len(set(c)) != len(c) or min(c) < 0:
-        _fail(name, v, "≥ 2 distinct non-negative labels")
-    return c
+    """Validator: None (all labels), a count c ≥ 2 (labels 0..c−1) or ≥ 2 distinct labels
+    (:func:`check_classes`; the data set's range is checked when it is loaded)."""
+    return check_classes(v, name)
 
 
 def learning_rate(v: Any, name: str, values: Mapping[str, Any]) -> float:
@@ -406,153 +478,3 @@ def optional_path(v: Any, name: str, values: Mapping[str, Any]) -> str | None:
     if not isinstance(v, str | os.PathLike) or not str(v):
         _fail(name, v, "a folder (string) or None")
     return str(v)
-
-
-# ------------------------------------------------------------------------------ chapters
-
-_RULE = re.compile(
-    r"^\s*(?P<list>list\[)?\s*(?P<kind>int|float|number|bool|str|seed)\s*"
-    r"(?P<cons>(?:(?:>=|<=|>|<)\s*-?[\d.]+(?:e-?\d+)?\s*,?\s*)*)\]?\s*(?P<none>\|\s*None)?\s*$"
-)
-_CONS = re.compile(r"(>=|<=|>|<)\s*(-?[\d.]+(?:e-?\d+)?)")
-_WORDS = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}
-
-
-def _describe(kind: str, cons: list[tuple[str, float]], is_list: bool, none: bool) -> str:
-    base = {"int": "an integer", "float": "a number", "number": "a number", "bool": "True or False",
-            "str": "a string", "seed": "a non-negative integer"}[kind]  # fmt: skip
-    if cons:
-        base += " " + " and ".join(f"{_WORDS[op]} {v:g}" for op, v in cons)
-    if is_list:
-        base = "a non-empty list of " + base.replace("an integer", "integers").replace(
-            "a number", "numbers").replace("a non-negative integer", "non-negative integers")
-    return base + (" or None" if none else "")
-
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def as_bool(v: Any) -> bool | None:
-    """``v`` as a bool — True/False, 1/0, or a string papermill passes on ("true", "no",
-    "off", "1", …, any case) — or None when it is none of these (never Python truthiness:
-    ``-p compute_missing no`` is False)."""
-    if isinstance(v, bool | np.bool_):
-        return bool(v)
-    if isinstance(v, int | np.integer) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
-        return v.strip().lower() in _TRUE
-    return None
-
-
-def _ok(v: Any, kind: str, cons: list[tuple[str, float]]) -> bool:
-    if kind == "bool":
-        return as_bool(v) is not None
-    if kind == "str":
-        return isinstance(v, str)
-    if isinstance(v, bool):
-        return False
-    if kind in ("int", "seed"):
-        if not isinstance(v, int | np.integer):
-            return False
-        if kind == "seed" and not 0 <= v <= SEED_MAX:
-            return False
-    elif not isinstance(v, int | float | np.integer | np.floating) or not math.isfinite(v):
-        return False
-    ops = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-    return all(bool(ops[op](float(v), c)) for op, c in cons)
-
-
-def _assigned_names(source: Any) -> set[str] | None:
-    """Names a cell assigns when it consists only of ``name = value`` statements (the form
-    of a parameters cell and of papermill's injected-parameters cell); None otherwise."""
-    if not isinstance(source, str):
-        return None
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return None
-    names: set[str] = set()
-    for st in body:
-        targets = st.targets if isinstance(st, ast.Assign) else (
-            [st.target] if isinstance(st, ast.AnnAssign) else None)
-        if not targets or not all(isinstance(t, ast.Name) for t in targets):
-            return None
-        names |= {t.id for t in targets}  # type: ignore[attr-defined]
-    return names or None
-
-
-def injected_parameters(history: Any) -> tuple[set[str], set[str]] | None:
-    """``(declared, injected)`` parameter names from a kernel's input history (IPython's
-    ``In``: ``In[0]`` empty, the running cell last). The chapter's parameters cell is an
-    executed cell made only of assignments; papermill (and ``scripts/prepare_fast_book.py``)
-    inject theirs as a cell of the same form executed right after it. None without a
-    history (plain Python)."""
-    if not isinstance(history, list) or len(history) < 2:
-        return None
-    declared: set[str] = set()
-    injected: set[str] = set()
-    after_params = False
-    for source in history[1:-1]:
-        names = _assigned_names(source)
-        if names is not None and after_params:
-            injected |= names
-        elif names is not None:
-            declared |= names
-        after_params = names is not None
-    return declared, injected
-
-
-def check_parameters(values: Mapping[str, Any], **rules: str) -> None:
-    """Validate a chapter's parameters (the papermill ``parameters`` cell) in its first code
-    cell: ``check_parameters(globals(), n_networks="int >= 1", budgets="list[int >= 4]",
-    lr="float > 0", seed="seed", data_dir="str | None", compute_missing="bool")``.
-
-    A rule is ``kind`` (``int``, ``float``/``number``, ``bool``, ``str``, ``seed`` = integer
-    in 0..2**63−1) with optional constraints ``>= v``, ``> v``, ``<= v``, ``< v``
-    (comma-separated), optionally wrapped in ``list[...]`` (a non-empty list of such values)
-    and followed by ``| None``. A value that breaks its rule raises one ``ValueError`` naming
-    the parameter, what is allowed and how to set it (``papermill … -p NAME VALUE``), instead
-    of an error deep inside the chapter. A ``bool`` is a real boolean: papermill's strings
-    ("no", "false", "off", "0", "yes", …) and 0/1 are parsed and written back into ``values``
-    (when it is mutable, e.g. ``globals()``), anything else is refused — never truthy.
-
-    In a kernel (``values["In"]``, the input history), a parameter papermill injected that the
-    chapter's parameters cell does not declare (a misspelt ``-p`` name) is refused too, naming
-    it and the allowed names.
-
-    Raises:
-        ValueError: a parameter is missing from ``values``, breaks its rule, or was injected
-            without being declared, or a rule is malformed.
-    """
-    found = injected_parameters(values.get("In"))
-    if found is not None and found[1] - found[0]:
-        declared, injected = found
-        raise ValueError(
-            f"unknown parameter(s) {sorted(injected - declared)} injected (papermill -p); "
-            f"this chapter's parameters are {sorted(declared)} — check the spelling"
-        )
-    for name, rule in rules.items():
-        m = _RULE.match(rule)
-        if m is None:
-            raise ValueError(f"check_parameters: cannot parse the rule {rule!r} of {name}")
-        kind, is_list, none = m["kind"], bool(m["list"]), bool(m["none"])
-        cons = [(op, float(v)) for op, v in _CONS.findall(m["cons"] or "")]
-        if name not in values:
-            raise ValueError(f"parameter {name} is not defined (the chapter's parameters cell "
-                             "must set it)")  # fmt: skip
-        v = values[name]
-        if none and v is None:
-            continue
-        if is_list:
-            good = isinstance(v, list | tuple) and len(v) > 0 and all(
-                _ok(x, kind, cons) for x in v)
-        else:
-            good = _ok(v, kind, cons)
-        if not good:
-            raise ValueError(
-                f"parameter {name} must be {_describe(kind, cons, is_list, none)}; got {v!r} "
-                f"(set it with papermill -p {name} VALUE)"
-            )
-        if kind == "bool" and isinstance(values, MutableMapping):
-            values[name] = [as_bool(x) for x in v] if is_list else as_bool(v)

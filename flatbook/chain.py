@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,9 +45,13 @@ from torch import Tensor, nn
 from flatbook import bounds as _bounds
 from flatbook import curvature, data, models, train
 from flatbook._validate import check_positive_float
+from flatbook.bounds_stability import ntk_terms
+from flatbook.estimators import TraceResult
+from flatbook.keyword_form import resolve
 
-__all__ = ["LINKS", "REFERENCE", "Corollary", "Hypothesis", "Link", "budget", "corollary",
-           "link_slacks", "mls_sharp", "reference_network", "sharp_constant"]
+__all__ = ["LINKS", "REFERENCE", "Corollary", "CorollaryOptions", "Hypothesis", "Link",
+           "budget", "corollary", "link_slacks", "mls_sharp", "reference_network",
+           "sharp_constant"]
 
 
 # ----------------------------------------------------------------------------- the map
@@ -337,28 +342,28 @@ def _hypotheses(lr: float, eta_star: float, batch_size: int, n: int, k: int,
     }
 
 
-def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size: int, *,
-              z: float = 3.0, n_hvp: int = 90, seed: int = 0,
-              q: _bounds.Quantities | None = None, chunk: int = 256) -> Corollary:
-    """The end-to-end corollary (T7 + T2, T7 + T3, and the sharper MLS form) on one network.
+@dataclass(frozen=True)
+class CorollaryOptions:
+    """How :func:`corollary` measures what is not a hypothesis of the corollary.
 
-    Args:
-        model: an ``nn.Sequential`` whose first layer is dense on the flattened input.
-        X, Y: the *training set* [n, …], [n, k] of the SGD run (n enters p; Y the targets,
-            for the interpolation check).
-        lr, batch_size: the SGD step η and batch B of (H2′).
-        z, n_hvp, seed: the interpolation check (H1, not a hypothesis of the corollary:
-            :attr:`Corollary.interpolation`) is |t̂r H − tr H_GN| ≤ z · se + 1e-9 tr H_GN,
-            with t̂r H ± se a Hutch++ estimate of the full Hessian's trace (``n_hvp``
-            products, ``seed``; :func:`flatbook.curvature.trace`) and a rounding floor for
-            se = 0.
-        q: precomputed :func:`flatbook.bounds.quantities` of (model, X).
-
-    Hypotheses measured (:class:`Hypothesis`): ``stable`` (H2′: η ≤ η*(B), computed from
-    Gauss–Newton quantities, meaningful at any θ), ``batch`` (B < n, so p > 0),
-    ``dense_first``, ``k_le_d`` (k ≤ d, so r = k in T2). The bounds are returned whatever the
-    hypotheses say — a caller can watch them fail where (H2′) fails.
+    Attributes:
+        z, n_hvp, seed: the interpolation check (H1, :attr:`Corollary.interpolation`) is
+            |t̂r H − tr H_GN| ≤ z · se + 1e-9 tr H_GN, with t̂r H ± se a Hutch++ estimate of the
+            full Hessian's trace (``n_hvp`` products, ``seed``;
+            :func:`flatbook.curvature.trace`) and a rounding floor for se = 0.
+        chunk: samples per vectorised call of the per-sample Jacobians (η*(B), the Gram
+            matrix, λ_max(H_i), and :func:`flatbook.bounds.quantities` when ``q`` is not given).
     """
+
+    z: float = 3.0
+    n_hvp: int = 90
+    seed: int = 0
+    chunk: int = 256
+
+
+def _setting(X: Tensor, lr: float, batch_size: int) -> tuple[float, int, float]:
+    """(η, n, p) of the corollary's setting, checked: η > 0, B an int with 1 ≤ B < n (SGD,
+    p = (n − B)/(B(n − 1)) > 0)."""
     lr = check_positive_float(lr, "lr")
     n = X.shape[0]
     if not isinstance(batch_size, int) or isinstance(batch_size, bool):
@@ -367,30 +372,31 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
     if p == 0:
         raise ValueError(f"batch_size = n = {n} is full-batch GD: T7's SGD ceiling needs "
                          "B < n (use bounds.t7_gd for gradient descent)")
-    q = _bounds.quantities(model, X, chunk=chunk) if q is None else q
-    if q.first is None:
-        raise ValueError("the corollary needs a dense first layer on the (flattened) input; "
-                         "this network starts with another layer (see bounds.t4_nmls)")
-    k, d = q.k, q.d
-    with torch.no_grad(), curvature.eval_mode(model):
-        resid = float((model(X) - Y).norm() / Y.norm())
-    tr_h = curvature.trace(model, "squared", X, Y, method="hutchpp", n_hvp=n_hvp, seed=seed)
-    trH, _, sum_hi = _bounds._ntk_terms(model, X, chunk)
-    eta_star = _bounds.mean_square_lr(model, X, batch_size, chunk)
+    return lr, n, p
 
-    gw = q.grad_w_sqnorm[q.first].double()
-    w2 = float(q.layers[q.first].weight_norm) ** 2
-    x2, j2 = q.x_sqnorm.double(), q.output.frob_sq.double()
+
+def _forms(q: _bounds.Quantities, p: float, lr: float) -> tuple[_bounds.Bound, _bounds.Bound]:
+    """The volume and MLS forms of the corollary (T7 + T2, T7 + T3):
+    GM LVR^{2/k} ≤ 2‖W₁‖₂² / (pη GM‖x‖²) and GM MLS² ≤ 2k‖W₁‖₂² / (pη GM‖x‖²)."""
+    k = q.k
+    w2 = float(q.layers[q.first].weight_norm) ** 2  # type: ignore[index]
     lvr_pow, mls2 = q.output.lvr_pow.double(), q.output.mls.double() ** 2
-    trace = float(q.trace)
-    ceiling = 2.0 * k / (p * lr)
-    gm_x2 = _gm(x2)
-
+    gm_x2 = _gm(q.x_sqnorm.double())
     lvr = _bounds.Bound("corollary_lvr", _gm(lvr_pow), 2.0 * w2 / (p * lr * gm_x2),
                         "GM LVR^{2/k} ≤ 2‖W₁‖₂² / (pη GM‖x‖²)", "ours (T7 + T2 of the paper)")
     mls = _bounds.Bound("corollary_mls", _gm(mls2), 2.0 * k * w2 / (p * lr * gm_x2),
                         "GM MLS² ≤ 2k‖W₁‖₂² / (pη GM‖x‖²)", "ours (T7 + T3 of the paper)")
-    mls_qm, mls_gm = mls_sharp(q, lr, batch_size, n)
+    return lvr, mls
+
+
+def _steps(q: _bounds.Quantities, ceiling: float) -> tuple[dict[str, float], dict[str, float]]:
+    """The slack factor of every step of the proofs of the volume and MLS forms, from T7's
+    ceiling 2k/(pη) down to the measured quantity (their products are the forms' slacks)."""
+    gw = q.grad_w_sqnorm[q.first].double()  # type: ignore[index]
+    w2 = float(q.layers[q.first].weight_norm) ** 2  # type: ignore[index]
+    x2, j2 = q.x_sqnorm.double(), q.output.frob_sq.double()
+    lvr_pow, mls2 = q.output.lvr_pow.double(), q.output.mls.double() ** 2
+    trace = float(q.trace)
     common = {
         "T7 (stability)": ceiling / trace,
         "L3 (other parameters)": trace / float(gw.mean()),
@@ -399,20 +405,66 @@ def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size:
     }
     steps_lvr = {**common, "AM–GM (anisotropy)": _ratio(_gm(j2 / q.output.r), _gm(lvr_pow))}
     steps_mls = {**common, "MLS ≤ Frobenius": _ratio(_gm(j2), _gm(mls2))}
+    return steps_lvr, steps_mls
+
+
+def _interpolation(tr_h: TraceResult, trace: float, z: float) -> Hypothesis:
+    """(H1) reported apart: |t̂r H − tr H_GN| ≤ z·se + 1e-9 tr H_GN (Hutch++ t̂r H ± se)."""
     gap = abs(tr_h.value - trace)
     # a rounding floor: where Hutch++ is exact (se = 0, e.g. a linear network whose Hessian
     # its sketch captures) the two traces still differ by float rounding
     tol = z * tr_h.stderr + _TRACE_RTOL * abs(trace)
-    interp = Hypothesis("interpolation", "|t̂r H − tr H_GN| ≤ z·se (H1: H = H_GN, L1)",
-                        gap, tol, gap <= tol)
-    return Corollary(n=n, k=k, d=d, batch_size=batch_size, lr=lr, p=p, trace=trace,
+    return Hypothesis("interpolation", "|t̂r H − tr H_GN| ≤ z·se (H1: H = H_GN, L1)",
+                      gap, tol, gap <= tol)
+
+
+def corollary(model: nn.Sequential, X: Tensor, Y: Tensor, lr: float, batch_size: int, *,
+              q: _bounds.Quantities | None = None, options: CorollaryOptions | None = None,
+              **flags: Any) -> Corollary:
+    """The end-to-end corollary (T7 + T2, T7 + T3, and the sharper MLS form) on one network.
+
+    Args:
+        model: an ``nn.Sequential`` whose first layer is dense on the flattened input.
+        X, Y: the *training set* [n, …], [n, k] of the SGD run (n enters p; Y the targets,
+            for the interpolation check).
+        lr, batch_size: the SGD step η and batch B of (H2′).
+        q: precomputed :func:`flatbook.bounds.quantities` of (model, X).
+        options: :class:`CorollaryOptions` (``z``, ``n_hvp``, ``seed`` of the interpolation
+            check, ``chunk``), or the same fields as keywords
+            (``corollary(model, X, Y, lr, B, n_hvp=12)``; they replace those of ``options``);
+            an unknown keyword is a ``TypeError`` naming it.
+
+    Hypotheses measured (:class:`Hypothesis`): ``stable`` (H2′: η ≤ η*(B), computed from
+    Gauss–Newton quantities, meaningful at any θ), ``batch`` (B < n, so p > 0),
+    ``dense_first``, ``k_le_d`` (k ≤ d, so r = k in T2). The bounds are returned whatever the
+    hypotheses say — a caller can watch them fail where (H2′) fails. The interpolation check
+    (H1, not a hypothesis of the corollary) is reported as :attr:`Corollary.interpolation`.
+    """
+    o = resolve(CorollaryOptions, "corollary", options, flags)
+    lr, n, p = _setting(X, lr, batch_size)
+    q = _bounds.quantities(model, X, chunk=o.chunk) if q is None else q
+    if q.first is None:
+        raise ValueError("the corollary needs a dense first layer on the (flattened) input; "
+                         "this network starts with another layer (see bounds.t4_nmls)")
+    with torch.no_grad(), curvature.eval_mode(model):
+        resid = float((model(X) - Y).norm() / Y.norm())
+    tr_h = curvature.trace(model, "squared", X, Y, method="hutchpp", n_hvp=o.n_hvp, seed=o.seed)
+    trH, _, sum_hi = ntk_terms(model, X, o.chunk)
+    eta_star = _bounds.mean_square_lr(model, X, batch_size, o.chunk)
+    trace = float(q.trace)
+    ceiling = 2.0 * q.k / (p * lr)
+    lvr, mls = _forms(q, p, lr)
+    mls_qm, mls_gm = mls_sharp(q, lr, batch_size, n)
+    steps_lvr, steps_mls = _steps(q, ceiling)
+    return Corollary(n=n, k=q.k, d=q.d, batch_size=batch_size, lr=lr, p=p, trace=trace,
                      ceiling=ceiling, eta_star=eta_star, hess_sq=float(sum_hi) / n,
                      trace_jacrev=float(trH), trace_hessian=tr_h.value,
                      trace_hessian_se=tr_h.stderr, residual=resid, lvr=lvr, mls=mls,
                      mls_sharp=mls_gm, mls_qm=mls_qm, steps_lvr=steps_lvr,
                      steps_mls=steps_mls,
-                     hypotheses=_hypotheses(lr, eta_star, batch_size, n, k, d),
-                     top_sq=_top_sq(model, X, chunk), interpolation=interp)
+                     hypotheses=_hypotheses(lr, eta_star, batch_size, n, q.k, q.d),
+                     top_sq=_top_sq(model, X, o.chunk),
+                     interpolation=_interpolation(tr_h, trace, o.z))
 
 
 def budget(steps: Mapping[str, float]) -> float:

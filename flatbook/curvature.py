@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -58,7 +58,9 @@ from flatbook import losses
 from flatbook._functional import (
     named_params,
 )
+from flatbook._validate import check_positive_int
 from flatbook.checks import check_tol, passes_agree
+from flatbook.curvature_options import SharpnessOptions, TraceOptions
 from flatbook.estimators import (  # noqa: F401  (re-exported: the estimators of this module)
     PROBE_BLOCK_ENTRIES,
     TraceResult,
@@ -79,6 +81,7 @@ from flatbook.jacobians import (  # noqa: F401  (re-exported)
     jacobian_sqnorms,
     per_sample_jacobians,
 )
+from flatbook.keyword_form import resolve, with_positional
 from flatbook.lanczos import SharpnessResult, _deflation_check, _lanczos  # noqa: F401
 from flatbook.layer_rules import GRAM_BLOCK_ENTRIES, gram_costs  # noqa: F401  (public re-export)
 from flatbook.risk import (  # noqa: F401  (re-exported)
@@ -105,7 +108,9 @@ SOLVERS = ("lanczos", "eigsh")
 __all__ = [
     "HVPOperator",
     "NondeterminismError",
+    "SharpnessOptions",
     "SharpnessResult",
+    "TraceOptions",
     "TraceResult",
     "dense_hessian",
     "eval_mode",
@@ -263,8 +268,7 @@ def dense_hessian(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
         block: columns per batched double-backward product.
     """
     _check_data(X, Y)
-    if isinstance(block, bool) or int(block) != block or block < 1:
-        raise ValueError(f"block must be a positive integer; got {block!r}")
+    check_positive_int(block, "block")
     fl = _FlatLoss(model, loss, X, Y, chunk=None, backend="revrev")
     P = fl.P
     eye = torch.eye(P, dtype=fl.theta.dtype, device=fl.theta.device)
@@ -328,17 +332,9 @@ def sharpness(
     loss: LossLike,
     X: Tensor,
     Y: Tensor,
-    k: int = 1,
-    tol: float = 1e-6,
-    seed: int = 0,
-    *,
-    solver: str = "lanczos",
-    chunk: int | None = 1024,
-    ncv: int | None = None,
-    max_hvp: int = 2000,
-    verify: bool | None = None,
-    check: bool = True,
-    backend: str = "revrev",
+    *args: Any,
+    options: SharpnessOptions | None = None,
+    **flags: Any,
 ) -> SharpnessResult:
     """Top-k eigenvalues λ_1 ≥ … ≥ λ_k of the loss Hessian H (sharpness, paper.md §1, T7).
 
@@ -354,70 +350,77 @@ def sharpness(
 
     Args:
         model, loss, X, Y: as in :func:`hvp_operator` (X [n, ...], Y [n, k] or [n]).
-        k: number of top eigenvalues, 1 ≤ k ≤ P (k < P for ``solver="eigsh"``).
-        tol: relative residual tolerance in (0, 1) (``ValueError`` otherwise); the result
-            carries the bound it certifies (:attr:`SharpnessResult.error_bound`).
-        seed: seeds the start vector (same seed → bit-identical result).
-        solver: ``"lanczos"`` (own thick-restart Lanczos with full reorthogonalisation, default)
-            or ``"eigsh"`` (ARPACK via ``scipy.sparse.linalg.eigsh``, which='LA').
-        chunk: samples per pass (memory bound).
-        ncv: Krylov basis size before a restart (memory ncv·P floats). Default for
-            ``"lanczos"``: min(P, max(2k + 1, min(64, 2^27 / P))); for ``"eigsh"``: scipy's
-            min(P, max(2k + 1, 20)).
-        max_hvp: cap on Hessian-vector products (then ``converged=False`` and a warning).
-        verify: after convergence, search the deflated complement for eigenvalues that a
-            single-vector Krylov space misses (exactly repeated eigenvalues, e.g. the
-            Kronecker-structured Hessian of a linear layer). Default: on iff k > 1 (λ_max
-            itself is never missed). Costs one more Lanczos run.
-        check: run the determinism probe and finiteness checks.
-        backend: HVP backend, ``"revrev"`` or ``"fwdrev"`` (see :func:`hvp_operator`).
+        *args: ``k``, ``tol``, ``seed`` given positionally (optional).
+        options: a :class:`SharpnessOptions` (``k``, ``tol``, ``seed``, ``solver``, ``chunk``,
+            ``ncv``, ``max_hvp``, ``verify``, ``check``, ``backend``: see there).
+        **flags: the same options as keywords (``tol=1e-4``), over ``options``; an unknown
+            keyword is a ``TypeError`` naming it.
 
     Returns:
-        :class:`SharpnessResult` (``.values``, ``.residuals``, ``.n_hvp``, ``.converged``,
-        ``.lambda_max``).
+        :class:`SharpnessResult` (``.values`` [k], ``.residuals`` [k], ``.vectors`` [P, k],
+        ``.n_hvp``, ``.converged``, ``.lambda_max``).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; allowed: {list(SOLVERS)}")
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer (number of eigenvalues); got {k!r}")
-    tol = check_tol(tol)
-    if int(max_hvp) != max_hvp or max_hvp < 1:
-        raise ValueError(f"max_hvp must be a positive integer; got {max_hvp!r}")
-    seed = _check_seed(seed)
-    k = int(k)
-    op = hvp_operator(model, loss, X, Y, chunk=chunk, check=check, backend=backend)
+    o = resolve(SharpnessOptions, "sharpness", options,
+                with_positional("sharpness", ("k", "tol", "seed"), args, flags))
+    k, tol, seed = _check_sharpness_options(o)
+    op = hvp_operator(model, loss, X, Y, chunk=o.chunk, check=o.check, backend=o.backend)
     P = op.P
-    if k > P or (solver == "eigsh" and k >= P):
-        limit = f"k < P = {P}" if solver == "eigsh" else f"k ≤ P = {P}"
-        raise ValueError(f"k = {k} too large for solver {solver!r}: need {limit} "
-                         "(use dense_hessian for the full spectrum of a tiny model)")
-    if ncv is None:  # Lanczos: ≤ 64 basis vectors and ≲ 2^27 stored entries; eigsh: scipy's
-        ncv = min(P, max(2 * k + 1, min(64, (1 << 27) // P) if solver == "lanczos" else 20))
-    elif int(ncv) != ncv or not (k < ncv <= P or (ncv == P >= k)):
-        raise ValueError(f"ncv must be an integer with k < ncv ≤ P (k = {k}, P = {P}); got {ncv}")
-    ncv = int(ncv)
+    ncv = _krylov_size(o, k, P)
+    max_hvp = int(o.max_hvp)
     gen = torch.Generator().manual_seed(seed)
     # the Krylov basis is kept in the parameters' precision (float32 models: float32, half the
     # memory traffic of the reorthogonalisation; the products are float32 anyway), never below
     bt = op.dtype if op.dtype in (torch.float32, torch.float64) else torch.float32
     residuals: Tensor | None = None
 
-    v0 = _start_vector(op, gen, bt if solver == "lanczos" else torch.float64)
-    if solver == "lanczos":
-        vals, vecs, residuals, converged, _ = _lanczos(op, P, k, tol, v0, ncv, int(max_hvp),
-                                                       gen)
+    v0 = _start_vector(op, gen, bt if o.solver == "lanczos" else torch.float64)
+    if o.solver == "lanczos":
+        vals, vecs, residuals, converged, _ = _lanczos(op, P, k, tol, v0, ncv, max_hvp, gen)
     else:
-        vals, vecs, converged = _eigsh(op, k, tol, v0, ncv, int(max_hvp))
+        vals, vecs, converged = _eigsh(op, k, tol, v0, ncv, max_hvp)
 
-    if verify is None:
-        verify = k > 1
+    verify = k > 1 if o.verify is None else o.verify
     if verify and k < P and vals.numel() == k:
-        vals, vecs, ok, swapped = _deflation_check(op, vals, vecs, tol, ncv, int(max_hvp), gen,
-                                                   bt)
+        vals, vecs, ok, swapped = _deflation_check(op, vals, vecs, tol, ncv, max_hvp, gen, bt)
         converged = converged and ok
         if swapped:
             residuals = None
+    return _sharpness_result(op, vals, vecs, residuals, bool(converged), o, tol)
 
+
+def _check_sharpness_options(o: SharpnessOptions) -> tuple[int, float, int]:
+    """(k, tol, seed) of ``o``, validated before any model call (``ValueError`` naming the
+    bad option: solver, k, tol, max_hvp or seed)."""
+    if o.solver not in SOLVERS:
+        raise ValueError(f"unknown solver {o.solver!r}; allowed: {list(SOLVERS)}")
+    k = check_positive_int(o.k, "k")
+    tol = check_tol(o.tol)
+    check_positive_int(o.max_hvp, "max_hvp")
+    seed = _check_seed(o.seed)
+    return int(k), tol, seed
+
+
+def _krylov_size(o: SharpnessOptions, k: int, P: int) -> int:
+    """The Krylov basis size ncv for k eigenvalues of a P × P Hessian: ``o.ncv`` checked
+    (k < ncv ≤ P, or ncv = P ≥ k), else the solver's default; ``ValueError`` when k does not
+    fit the solver (k ≤ P for Lanczos, k < P for eigsh)."""
+    if k > P or (o.solver == "eigsh" and k >= P):
+        limit = f"k < P = {P}" if o.solver == "eigsh" else f"k ≤ P = {P}"
+        raise ValueError(f"k = {k} too large for solver {o.solver!r}: need {limit} "
+                         "(use dense_hessian for the full spectrum of a tiny model)")
+    ncv = o.ncv
+    if ncv is None:  # Lanczos: ≤ 64 basis vectors and ≲ 2^27 stored entries; eigsh: scipy's
+        return min(P, max(2 * k + 1, min(64, (1 << 27) // P) if o.solver == "lanczos" else 20))
+    if int(ncv) != ncv or not (k < ncv <= P or (ncv == P >= k)):
+        raise ValueError(f"ncv must be an integer with k < ncv ≤ P (k = {k}, P = {P}); got {ncv}")
+    return int(ncv)
+
+
+def _sharpness_result(op: HVPOperator, vals: Tensor, vecs: Tensor, residuals: Tensor | None,
+                      converged: bool, o: SharpnessOptions, tol: float) -> SharpnessResult:
+    """The :class:`SharpnessResult` of eigenvalues ``vals`` [k] with vectors ``vecs`` [P, k]
+    (normalised, float64): residuals ‖Hv − λv‖ from k more products unless the solver gave
+    them; a ``RuntimeWarning`` when it did not converge."""
     vecs = vecs.to(torch.float64)
     vecs = vecs / vecs.norm(dim=0, keepdim=True)
     if residuals is None:
@@ -428,10 +431,10 @@ def sharpness(
     vals = vals.cpu()
     if not converged:
         warnings.warn(
-            f"sharpness: {solver} did not reach tol={tol:g} within max_hvp={max_hvp}; "
-            f"residuals {residuals.tolist()}", RuntimeWarning, stacklevel=2)
+            f"sharpness: {o.solver} did not reach tol={tol:g} within max_hvp={o.max_hvp}; "
+            f"residuals {residuals.tolist()}", RuntimeWarning, stacklevel=3)
     return SharpnessResult(values=vals, residuals=residuals, vectors=vecs.cpu(),
-                           n_hvp=op.n_hvp, converged=bool(converged), solver=solver,
+                           n_hvp=op.n_hvp, converged=converged, solver=o.solver,
                            tol=float(tol))
 
 
@@ -445,22 +448,18 @@ def trace(
     loss: LossLike,
     X: Tensor,
     Y: Tensor,
-    method: str = "gn",
-    n_hvp: int = 100,
-    seed: int = 0,
-    *,
-    chunk: int | None = 1024,
-    block: int | None = None,
-    check: bool = True,
-    backend: str = "revrev",
+    *args: Any,
+    options: TraceOptions | None = None,
+    **flags: Any,
 ) -> TraceResult:
     """Trace of the loss Hessian, tr H (paper.md §1; L1: = (1/n) Σ‖J_i‖_F² at interpolation).
 
     Methods:
         ``"gn"``: exact tr G = (1/n) Σ_i tr(Λ_i J_i J_iᵀ) from per-sample parameter Jacobians
-            (``vmap(jacrev)``), Λ_i = ∇²_f ℓ. For the squared loss this is (1/n) Σ_i ‖J_i‖_F²,
-            which **equals tr H only at interpolation** (f(x_i) = y_i); for cross-entropy it is
-            the GGN (= Fisher) trace, never exactly tr H. ``stderr = 0``, ``n_hvp = 0``.
+            J_i [k, P] (per-layer rules, ``vmap(jacrev)`` for the rest), Λ_i = ∇²_f ℓ [k, k].
+            For the squared loss this is (1/n) Σ_i ‖J_i‖_F², which **equals tr H only at
+            interpolation** (f(x_i) = y_i); for cross-entropy it is the GGN (= Fisher) trace,
+            never exactly tr H. ``stderr = 0``, ``n_hvp = 0``.
         ``"hutchinson"``: (1/m) Σ_j z_jᵀ H z_j, z_j Rademacher, m = ``n_hvp``;
             stderr = std(z_jᵀHz_j)/√m.
         ``"hutchpp"``: Hutch++ (Meyer, Musco, Musco & Woodruff 2021): sketch S (m/3 Rademacher
@@ -470,44 +469,46 @@ def trace(
 
     Args:
         model, loss, X, Y: as in :func:`hvp_operator`.
-        method: one of ``"gn"``, ``"hutchpp"``, ``"hutchinson"``.
-        n_hvp: product budget of the stochastic methods (ignored by ``"gn"``).
-        seed: seeds the probes (same seed → bit-identical result).
-        chunk: samples per pass (HVPs) / per Jacobian block (``"gn"``; ``None``: automatic).
-        block: probes per batched product and the memory bound of the stochastic methods:
-            probes are drawn, applied and reduced ``block`` at a time, so no array larger than
-            [block, P] of probes is formed (Hutch++ also keeps its sketch basis Q [P, m/3],
-            which the method needs). ``None`` (default): ⌊2^22 / P⌋ clipped to [1, 16]
-            (≤ 32 MiB per float64 block).
-        check: run the determinism probe and finiteness checks.
-        backend: HVP backend, ``"revrev"`` or ``"fwdrev"`` (see :func:`hvp_operator`).
+        *args: ``method``, ``n_hvp``, ``seed`` given positionally (optional).
+        options: a :class:`TraceOptions` (``method``, ``n_hvp``, ``seed``, ``chunk``,
+            ``block``, ``check``, ``backend``: see there).
+        **flags: the same options as keywords (``method="hutchpp"``), over ``options``; an
+            unknown keyword is a ``TypeError`` naming it.
     """
-    if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method {method!r}; allowed: {list(TRACE_METHODS)}")
-    if isinstance(n_hvp, bool) or int(n_hvp) != n_hvp or n_hvp < 1:
-        raise ValueError(f"n_hvp must be a positive integer; got {n_hvp!r}")
-    _probe_block(block, 1)  # validate early
-    seed = _check_seed(seed)
+    o = resolve(TraceOptions, "trace", options,
+                with_positional("trace", ("method", "n_hvp", "seed"), args, flags))
+    if o.method not in TRACE_METHODS:
+        raise ValueError(f"unknown trace method {o.method!r}; allowed: {list(TRACE_METHODS)}")
+    n_hvp = check_positive_int(o.n_hvp, "n_hvp")
+    _probe_block(o.block, 1)  # validate early
+    seed = _check_seed(o.seed)
     n_hvp = int(n_hvp)
-    if method == "gn":
-        n = _check_data(X, Y)
-        loss_fn = losses.get(loss)
-        _check_params(named_params(model))
-        gchunk = None if chunk is None or chunk >= n else chunk
-        F1 = _forward_check(model, loss_fn, X, Y, gchunk) if check else None
-        terms, F2 = _ggn_trace_terms(model, loss_fn, X, Y, gchunk, with_outputs=True)
-        if F1 is not None:
-            if not passes_agree(F1, F2):
-                df = float((F1 - F2).norm())
-                raise NondeterminismError(_nondeterminism_message(f"‖Δf‖ = {df:.3g}"))
-        return TraceResult(value=float(terms.sum() / n), stderr=0.0, n_hvp=0, method="gn")
-
-    if method == "hutchinson" and n_hvp < 2:
+    if o.method == "gn":
+        return _exact_gn_trace(model, loss, X, Y, o)
+    if o.method == "hutchinson" and n_hvp < 2:
         raise ValueError(f"n_hvp must be ≥ 2 for hutchinson (a standard error needs two "
                          f"probes); got {n_hvp}")
-    if method == "hutchpp" and n_hvp < 4:
+    if o.method == "hutchpp" and n_hvp < 4:
         raise ValueError(f"n_hvp must be ≥ 4 for hutchpp (sketch, projection and ≥ 2 residual "
                          f"probes); got {n_hvp}")
-    op = hvp_operator(model, loss, X, Y, chunk=chunk, check=check, backend=backend)
-    estimate = hutchinson_trace if method == "hutchinson" else hutchpp_trace
-    return estimate(op, n_hvp, seed, block)
+    op = hvp_operator(model, loss, X, Y, chunk=o.chunk, check=o.check, backend=o.backend)
+    estimate = hutchinson_trace if o.method == "hutchinson" else hutchpp_trace
+    return estimate(op, n_hvp, seed, o.block)
+
+
+def _exact_gn_trace(model: nn.Module, loss: LossLike, X: Tensor, Y: Tensor,
+                    o: TraceOptions) -> TraceResult:
+    """tr G = (1/n) Σ_i tr(Λ_i J_i J_iᵀ) exactly (``method="gn"`` of :func:`trace`); with
+    ``o.check`` the outputs f(X) [n, k] of a separate forward pass must equal those of the
+    Jacobian pass (else :class:`NondeterminismError`)."""
+    n = _check_data(X, Y)
+    loss_fn = losses.get(loss)
+    _check_params(named_params(model))
+    gchunk = None if o.chunk is None or o.chunk >= n else o.chunk
+    F1 = _forward_check(model, loss_fn, X, Y, gchunk) if o.check else None
+    terms, F2 = _ggn_trace_terms(model, loss_fn, X, Y, gchunk, with_outputs=True)
+    if F1 is not None:
+        if not passes_agree(F1, F2):
+            df = float((F1 - F2).norm())
+            raise NondeterminismError(_nondeterminism_message(f"‖Δf‖ = {df:.3g}"))
+    return TraceResult(value=float(terms.sum() / n), stderr=0.0, n_hvp=0, method="gn")

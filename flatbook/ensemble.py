@@ -34,6 +34,8 @@ from flatbook import label_noise as _noise
 from flatbook import train as _train
 from flatbook.ensemble_step import ACTIVATIONS, LOSSES, Stack, batched_step, mlp_layout
 
+_Stack = Stack   # the stacked MLP parameters under the name the torch.func engine's tests use
+
 SYNC_EVERY = 25
 """Steps between checks of the members' minibatch losses (as the solo loop)."""
 
@@ -240,15 +242,15 @@ class _Loop:
         self.offset = torch.arange(M, device=dev).unsqueeze(1) * self.n
         self.lr = torch.tensor([m.lr for m in self.members], dtype=dt, device=dev)
         self.wd = torch.tensor([m.weight_decay for m in self.members], dtype=dt, device=dev)
-        self.events = [sorted({int(s) for s in m.measure_steps} | {0, m.steps})
-                       for m in self.members]
         self.pending: list[Tensor] = []
         self.perms = torch.zeros(M, self.n, dtype=torch.long, device=dev)
         self.arange_b = torch.arange(self.B, device=dev)
         self.no_noise = torch.zeros(self.B, int(members[0].Y_train.shape[1]), dtype=dt,
                                     device=dev)
-        self.refresh()
-        self.countdown = 0
+
+    def running(self) -> list[int]:
+        """Indices of the members still training (recomputed; the loop keeps ``run``)."""
+        return [i for i, st in enumerate(self.states) if st.status == "running"]
 
     def refresh(self) -> None:
         """Running members, η (0 for frozen members), σ of the noisy running members, and
@@ -280,10 +282,15 @@ class _Loop:
             if m.checkpoint_every:
                 nxt = min(nxt, (s // m.checkpoint_every + 1) * m.checkpoint_every)
             until.append(nxt - s)
-        self.countdown = min(until, default=1)
+        # members in the loop advance together: watch the first running member's step
+        self.due_member = self.run[0] if self.run else 0
+        self.due_step = self.states[self.due_member].step + min(until, default=1)
 
     def start(self) -> None:
-        """Record step 0 of fresh members; mark members already at their last step done."""
+        """Record step 0 of fresh members; mark members already at their last step done;
+        set up the schedule of flushes (also for subclasses with their own ``__init__``)."""
+        self.events = [sorted({int(s) for s in m.measure_steps} | {0, m.steps})
+                       for m in self.members]
         for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
             if st.step == 0 and not st.records:
                 rec = take_record(m, st, 0, self.spe, self.opts.loss, self.opts.chunk)
@@ -366,7 +373,6 @@ class _Loop:
                                          self.opts.loss))
         for i in self.run:
             self.states[i].step += 1
-        self.countdown -= 1
 
     def flush(self) -> None:
         """Check the pending minibatch losses and the parameters of every running member;
@@ -389,8 +395,8 @@ class _Loop:
 
     def due(self, stop: bool) -> bool:
         """Whether this step needs a flush (a record, an end, a checkpoint, a stop, a sync)."""
-        return (stop or self.countdown <= 0 or len(self.pending) >= SYNC_EVERY
-                or self.opts.callback is not None)
+        return (stop or self.states[self.due_member].step >= self.due_step
+                or len(self.pending) >= SYNC_EVERY or self.opts.callback is not None)
 
     def after_flush(self) -> None:
         """Records at measurement steps, checkpoints due, members that reached their end."""

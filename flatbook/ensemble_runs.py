@@ -1,4 +1,5 @@
-"""Ensemble runs in the result store: many configs trained by :mod:`flatbook.ensemble`, each
+"""Ensemble runs in the result store: many configs trained by :mod:`flatbook.ensemble` (MLPs)
+or :mod:`flatbook.ensemble_func` (any other model, :func:`step_engine`), each
 written as its own run folder, exactly as :func:`flatbook.experiment.run` writes it.
 
 Every member keeps the solo run's guarantees: same run id and folder (``config.json``,
@@ -6,7 +7,8 @@ Every member keeps the solo run's guarantees: same run id and folder (``config.j
 from its own checkpoint after kill −9 with the same numbers, a damaged file named with its way
 out. Its numerics fingerprint carries ``"engine": "ensemble"`` (the batched step agrees with
 the solo loop to rounding, not bit for bit; a member's numbers do not depend on how many
-members share its batch, so the member count is not part of it).
+members share its batch, so the member count is not part of it), and ``"ensemble_step":
+"vmap"`` when the ``torch.func`` step trained it.
 
 Grouping (:func:`plan_groups`): configs that can share one batched step — same architecture,
 data set and size, dtype, device, threads, loss and batch size; plain SGD (no momentum) —
@@ -28,7 +30,9 @@ import torch
 
 from flatbook import _io
 from flatbook import ensemble as _ens
+from flatbook import ensemble_func as _func
 from flatbook import experiment as E
+from flatbook import models as _models
 from flatbook import store as _store
 from flatbook import train as _train
 
@@ -41,19 +45,30 @@ MeasureFor = Callable[[E.RunConfig, Any], "_train.MeasureFn | None"]
 """``measure_for(config, dataset) -> measure``: the measurement function of one member."""
 
 
-def unsupported(config: E.RunConfig) -> str | None:
-    """Why ``config`` cannot be an ensemble member (None: it can): the ensemble engine trains
-    MLPs with plain SGD (no momentum, Nesterov or Adam) and the squared or cross-entropy
-    loss."""
-    if config.model != "mlp":
-        return f"model {config.model!r} (the ensemble engine trains MLPs)"
+def step_engine(config: E.RunConfig) -> str:
+    """Which batched step trains ``config``'s members: ``"mlp"`` (the hand-batched MLP step of
+    :mod:`flatbook.ensemble`, for the MLPs and activations it implements) or ``"vmap"``
+    (:mod:`flatbook.ensemble_func`: ``torch.func`` over any other ``nn.Sequential`` model).
+    Recorded in the members' numerics fingerprint as ``"ensemble_step"`` (``"vmap"`` only:
+    a fingerprint without it is the MLP step's)."""
     act = config.model_kw.get("activation", "relu")
-    if act not in _ens.ACTIVATIONS:
-        return f"activation {act!r} (implemented: {list(_ens.ACTIVATIONS)})"
+    return "mlp" if config.model == "mlp" and act in _ens.ACTIVATIONS else _func.STEP_NAME
+
+
+def unsupported(config: E.RunConfig) -> str | None:
+    """Why ``config`` cannot be an ensemble member (None: it can): the ensemble engines train
+    the models of :mod:`flatbook.models` without BatchNorm (:func:`step_engine` says which
+    step) with plain SGD (no momentum, Nesterov or Adam) and the squared or cross-entropy
+    loss."""
     if config.optimizer != "sgd" or config.momentum or config.nesterov:
         return "an optimizer other than plain SGD"
     if config.loss not in _ens.LOSSES:
         return f"loss {config.loss!r}"
+    name = _models.ALIASES.get(config.model, config.model)
+    if name not in _models.MODELS:
+        return f"model {config.model!r} (the ensemble engines train {sorted(_models.MODELS)})"
+    if config.model_kw.get("batch_norm"):
+        return "BatchNorm (its batch statistics are not batched over members)"
     return None
 
 
@@ -67,12 +82,36 @@ def group_key(config: E.RunConfig) -> tuple:
 
 def member_bytes(config: E.RunConfig, n_train: int, n_in: int, n_out: int) -> int:
     """Memory of one member, in bytes: its data (n·(d + k)), parameters, their gradients and
-    update temporaries (4 × params) and the activations of a minibatch (3 × B × widths)."""
+    update temporaries (4 × params) and the activations of a minibatch (3 × B × widths; for
+    the ``torch.func`` step, :func:`flatbook.ensemble_func.activation_bytes` of the model
+    built for the data set's input shape)."""
+    if step_engine(config) != "mlp":
+        return _func_member_bytes(config, n_train, n_in, n_out)
     widths = [n_in, *list(config.model_kw.get("hidden", [])), n_out]
     params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
     B = n_train if config.batch_size == "full" else int(config.batch_size)
     item = torch.tensor([], dtype=getattr(torch, config.dtype)).element_size()
     return item * (n_train * (n_in + n_out) + 4 * params + 3 * B * sum(widths))
+
+
+def _func_member_bytes(config: E.RunConfig, n_train: int, n_in: int, n_out: int) -> int:
+    """:func:`member_bytes` of a member of the ``torch.func`` step: the model of ``config``
+    built for the input shape of its data set (its registry entry, else the shape of the
+    loaded data, else (n_in,))."""
+    from flatbook import data as _data
+
+    spec = _data.DATASETS.get(config.dataset)
+    if spec is not None:
+        shape: tuple[int, ...] = tuple(spec.input_shape)
+    else:
+        try:
+            shape = tuple(E._load_data(config).input_shape)
+        except (OSError, ValueError, ImportError):
+            shape = (int(n_in),)
+    net = _models.build(config.model, shape, n_out, seed=0,
+                        dtype=getattr(torch, config.dtype), **config.model_kw)
+    B = n_train if config.batch_size == "full" else int(config.batch_size)
+    return _func.activation_bytes(net, shape, B, n_train)
 
 
 def max_members(per_member: int, available: int | None = None) -> int:
@@ -192,6 +231,8 @@ def _train_group(configs: list[E.RunConfig], root: Path, measure_for: MeasureFor
     n_params = sum(p.numel() for p in prepared[0][1].parameters())
     threads = E.resolve_threads(configs[0], device, n_params)
     fp = E.numerics_fingerprint(device, threads, configs[0].dtype, engine="ensemble")
+    if step_engine(configs[0]) != "mlp":
+        fp["ensemble_step"] = step_engine(configs[0])
     rds = [E.run_dir_for(c, root) for c in configs]
     for c, again in zip(configs, flags, strict=True):
         _store.check_run_folder(root, c.run_id, files=not again)
@@ -239,7 +280,9 @@ def _train_members(configs: list[E.RunConfig], members: list[_ens.Member],
         torch.set_num_threads(int(fp["threads"]))
         opts = _ens.EnsembleOptions(loss=c0.loss, batch_size=c0.batch_size, callback=callback,
                                     progress=c0.progress, desc=f"ensemble of {len(members)}")
-        return _ens.train_ensemble(members, opts)
+        if step_engine(c0) == "mlp":
+            return _ens.train_ensemble(members, opts)
+        return _func.train_func_ensemble(members, opts)
     except KeyboardInterrupt:
         raise
     except _train.CheckpointMismatchError as e:
@@ -267,4 +310,4 @@ def _train_members(configs: list[E.RunConfig], members: list[_ens.Member],
 
 
 __all__ = ["MAX_MEMBERS", "group_key", "max_members", "member_bytes", "plan_groups",
-           "run_ensemble", "unsupported"]
+           "run_ensemble", "step_engine", "unsupported"]

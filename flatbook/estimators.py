@@ -22,6 +22,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from flatbook._validate import check_int, check_positive_int
+
 __all__ = ["MatrixOperator", "Operator", "PROBE_BLOCK_ENTRIES", "TraceResult", "as_operator",
            "hutchinson_trace", "hutchpp_trace"]
 
@@ -118,10 +120,8 @@ def _probe_block(block: int | None, P: int) -> int:
     """Probes per block: ``block`` if given, else ⌊2^22 / P⌋ clipped to [1, 16]."""
     if block is None:
         return max(1, min(16, PROBE_BLOCK_ENTRIES // max(1, P)))
-    if isinstance(block, bool) or int(block) != block or block < 1:
-        raise ValueError(f"block must be a positive integer (probes per batched product) or "
-                         f"None (automatic); got {block!r}")
-    return int(block)
+    return int(check_positive_int(block, "block (probes per batched product; None: "  # type: ignore[arg-type]
+                                  "automatic)"))
 
 
 def _hutchinson_blocks(op: Operator, m: int, block: int, gen: torch.Generator,
@@ -143,10 +143,9 @@ def _hutchinson_blocks(op: Operator, m: int, block: int, gen: torch.Generator,
 
 
 def _check_matvecs(num_matvecs: int, least: int, what: str) -> int:
-    if isinstance(num_matvecs, bool) or int(num_matvecs) != num_matvecs or num_matvecs < least:
-        raise ValueError(f"num_matvecs must be an integer ≥ {least} for {what}; got "
-                         f"{num_matvecs!r}")
-    return int(num_matvecs)
+    """The product budget m ≥ ``least`` of the estimator ``what``
+    (:func:`flatbook._validate.check_int`)."""
+    return check_int(num_matvecs, f"num_matvecs (for {what})", least)
 
 
 def hutchinson_trace(A: object, num_matvecs: int, seed: int = 0, block: int | None = None

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
 from flatbook import layers as _layers
+from flatbook._validate import check_positive_int
 
 __all__ = [
     "BallEstimate",
@@ -82,8 +83,7 @@ def input_jacobian(
     """
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {list(JACOBIAN_MODES)}")
-    if chunk is not None and int(chunk) < 1:
-        raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
+    check_positive_int(chunk, "chunk", allow_none=True)
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError(f"X must have shape [n, …] with n ≥ 1; got {tuple(X.shape)}")
     n = X.shape[0]

@@ -14,8 +14,8 @@ Architectures (none uses BatchNorm or dropout by default: curvature needs a dete
   ``PatchEmbed`` (patches → tokens, [n, T, D]), ``depth`` × ``Block`` (pre-LayerNorm attention +
   MLP), ``Pool`` (final LayerNorm, class token or mean over tokens, [n, D]) and a dense head.
 
-:func:`rescale_layers` returns a copy with one dense layer scaled by a and the next by 1/a
-(the same function for ReLU networks; book ``lem-rescale``).
+:func:`rescale_layers` (from :mod:`flatbook.rescale`) returns a copy with one dense layer
+scaled by a and the next by 1/a (the same function for ReLU networks; book ``lem-rescale``).
 
 :func:`build` is the registry used by the training engine: ``build(name, input_shape,
 n_classes, seed, **kw)``.
@@ -24,14 +24,19 @@ n_classes, seed, **kw)``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from flatbook._validate import check_choice, check_positive_int
+from flatbook.keyword_form import resolve
+from flatbook.rescale import POSITIVELY_HOMOGENEOUS as POSITIVELY_HOMOGENEOUS
+from flatbook.rescale import rescale_layers as rescale_layers
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -58,8 +63,8 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; allowed: {sorted(ACTIVATIONS)}")
+    """``activation`` one of :data:`ACTIVATIONS` (:func:`flatbook._validate.check_choice`)."""
+    check_choice(activation, "activation", sorted(ACTIVATIONS))
 
 
 def mlp(
@@ -103,9 +108,8 @@ def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, int, int]:
 
 
 def _check_classes(n_classes: int) -> int:
-    if int(n_classes) < 1 or int(n_classes) != n_classes:
-        raise ValueError(f"n_classes must be a positive integer; got {n_classes!r}")
-    return int(n_classes)
+    """The output width k as a positive int (:func:`flatbook._validate.check_positive_int`)."""
+    return int(check_positive_int(n_classes, "n_classes"))  # type: ignore[arg-type]
 
 
 def _out_features(body: nn.Sequential, input_shape: Sequence[int], dtype: torch.dtype) -> int:
@@ -251,6 +255,8 @@ class PatchEmbed(nn.Module):
             nn.init.trunc_normal_(self.cls, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Tokens [n, T, D] of images x [n, C, H, W]: patch embeddings (class token first)
+        plus the position embedding."""
         z = self.proj(x).flatten(2).transpose(1, 2)  # [n, T, D]
         if self.cls is not None:
             z = torch.cat([self.cls.expand(z.shape[0], -1, -1), z], dim=1)
@@ -271,6 +277,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Self-attention of tokens x [n, T, D]: out(softmax(Q Kᵀ/√(D/h)) V), [n, T, D]."""
         n, T, D = x.shape
         h = self.heads
         q, k, v = self.qkv(x).reshape(n, T, 3, h, D // h).permute(2, 0, 3, 1, 4)
@@ -292,6 +299,7 @@ class Block(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """x + Attn(LN(x)), then + MLP(LN(·)), on tokens [n, T, D]."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -306,22 +314,35 @@ class Pool(nn.Module):
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
+        """LN(x) of tokens [n, T, D] pooled to [n, D] (class token or token mean)."""
         x = self.norm(x)
         return x[:, 0] if self.mode == "cls" else x.mean(dim=1)
+
+
+@dataclass(frozen=True)
+class ViTOptions:
+    """The architecture of :func:`vit`: ``patch`` side p (must divide H and W), token width
+    ``dim`` D, ``depth`` blocks, attention ``heads`` (must divide D), MLP hidden width
+    ``mlp_ratio``·D, ``pool`` (``"cls"``: class token, ``"mean"``: mean over tokens) and the
+    MLP's ``activation`` (a key of :data:`ACTIVATIONS`)."""
+
+    patch: int = 4
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    pool: str = "cls"
+    activation: str = "gelu"
 
 
 def vit(
     input_shape: Sequence[int] = (3, 32, 32),
     n_classes: int = 10,
-    patch: int = 4,
-    dim: int = 64,
-    depth: int = 4,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    pool: str = "cls",
-    activation: str = "gelu",
+    *,
+    options: ViTOptions | None = None,
     seed: int | None = None,
     dtype: torch.dtype = torch.float32,
+    **flags: Any,
 ) -> nn.Sequential:
     """Small Vision Transformer ``Sequential(PatchEmbed, Block × depth, Pool, Linear)``.
 
@@ -332,27 +353,22 @@ def vit(
     loss sharpness of a small ViT ~100× that of the MLP, so SGD at the MLP's rates diverges).
 
     Args:
-        patch: patch side p; dim: token width D; depth: number of blocks; heads: attention
-            heads (must divide D); pool: ``"cls"`` or ``"mean"``.
+        input_shape: (C, H, W); n_classes: k.
+        options: a :class:`ViTOptions`; its fields (``patch``, ``dim``, ``depth``, ``heads``,
+            ``mlp_ratio``, ``pool``, ``activation``) may be given as keywords instead, over
+            ``options`` (an unknown keyword is a ``TypeError`` naming it).
+        seed: initialisation seed (global RNG untouched; ``None``: the global RNG).
+        dtype: parameter dtype.
     """
+    o = resolve(ViTOptions, "vit", options, flags)
     C, H, W = _image_shape(input_shape, "vit")
     k = _check_classes(n_classes)
-    _check_activation(activation)
-    for pname, val in (("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads)):
-        if int(val) < 1 or int(val) != val:
-            raise ValueError(f"{pname} must be a positive integer; got {val!r}")
-    if H % patch or W % patch:
-        raise ValueError(f"patch ({patch}) must divide the image size {H}×{W}")
-    if dim % heads:
-        raise ValueError(f"heads ({heads}) must divide dim ({dim})")
-    if pool not in ("cls", "mean"):
-        raise ValueError(f"unknown pool {pool!r}; allowed: ['cls', 'mean']")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}")
+    _check_vit_options(o, H, W)
     with _seeded(seed):
-        items: list[nn.Module] = [PatchEmbed((C, H, W), patch, dim, cls_token=pool == "cls")]
-        items += [Block(dim, heads, mlp_ratio, activation) for _ in range(depth)]
-        items += [Pool(dim, pool), nn.Linear(dim, k)]
+        items: list[nn.Module] = [PatchEmbed((C, H, W), o.patch, o.dim,
+                                             cls_token=o.pool == "cls")]
+        items += [Block(o.dim, o.heads, o.mlp_ratio, o.activation) for _ in range(o.depth)]
+        items += [Pool(o.dim, o.pool), nn.Linear(o.dim, k)]
         net = nn.Sequential(*items)
         for m in net.modules():  # ViT/DeiT initialisation of the token-wise linear maps
             if isinstance(m, nn.Linear):
@@ -361,67 +377,21 @@ def vit(
         return net.to(dtype)
 
 
-# ---------------------------------------------------------------------------- reparametrisation
-
-# Elementwise activations φ with φ(a u) = a φ(u) for every a > 0.
-POSITIVELY_HOMOGENEOUS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity)
-
-
-def rescale_layers(
-    model: nn.Sequential, layer_index: int, a: float, *, strict: bool = True
-) -> nn.Sequential:
-    """The layer rescaling of book ``lem-rescale`` (Dinh et al. 2017): a rescaled deep copy.
-
-    With ``model[layer_index]`` the dense layer l (``nn.Linear``, z = W_l h + b_l) and the next
-    ``nn.Linear`` item the layer l + 1, the copy has W_l → a W_l, b_l → a b_l and
-    W_{l+1} → W_{l+1}/a (b_{l+1} unchanged). If every item between them is positively homogeneous
-    (:data:`POSITIVELY_HOMOGENEOUS`: ReLU, LeakyReLU, PReLU, Identity), φ(a u) = a φ(u) and the
-    copy computes the same function f for every a > 0; its Hessian trace changes
-    (tr H(a) = A/a² + B a² + C), relative flatness κ_j and adaptive sharpness do not.
-
-    Args:
-        model: an ``nn.Sequential`` (left unchanged).
-        layer_index: item index of layer l in ``model`` (an ``nn.Linear``; e.g. 0 for the first
-            layer of :func:`mlp`, whose item 2j is its j-th dense layer).
-        a: the factor, a finite float > 0.
-        strict: refuse (default) when an item between the two layers is not positively
-            homogeneous; ``strict=False`` rescales anyway (the function then changes: for
-            demonstrating exactly that, e.g. with GELU).
-
-    Raises:
-        ValueError: bad ``a`` or ``layer_index``, no later ``nn.Linear``, or (``strict``) an item
-            between the two layers that is not positively homogeneous (the function would
-            change).
-    """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model must be an nn.Sequential; got {type(model).__name__}")
-    a = float(a)
-    if not (math.isfinite(a) and a > 0):
-        raise ValueError(f"a must be a finite number > 0; got {a!r}")
-    i = layer_index
-    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(model):
-        raise ValueError(f"layer_index must be an item index 0 … {len(model) - 1}; got {i!r}")
-    if not isinstance(model[i], nn.Linear):
-        raise ValueError(f"layer_index {i} must name an nn.Linear item; got "
-                         f"{type(model[i]).__name__}")
-    j = next((j for j in range(i + 1, len(model)) if isinstance(model[j], nn.Linear)), None)
-    if j is None:
-        raise ValueError(f"layer_index {i}: no nn.Linear follows it, nothing to compensate with")
-    allowed = [c.__name__ for c in POSITIVELY_HOMOGENEOUS]
-    for k in range(i + 1, j):
-        if strict and not isinstance(model[k], POSITIVELY_HOMOGENEOUS):
-            raise ValueError(
-                f"item {k} ({type(model[k]).__name__}) between layers {i} and {j} is not "
-                f"positively homogeneous, so rescaling would change the function; allowed: "
-                f"{allowed} (or pass strict=False)"
-            )
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        out[i].weight.mul_(a)
-        if out[i].bias is not None:
-            out[i].bias.mul_(a)
-        out[j].weight.div_(a)
-    return out
+def _check_vit_options(o: ViTOptions, H: int, W: int) -> None:
+    """``ValueError`` naming the first bad field of ``o`` for an H × W image."""
+    _check_activation(o.activation)
+    for pname in ("patch", "dim", "depth", "heads"):
+        val = getattr(o, pname)
+        if int(val) < 1 or int(val) != val:
+            raise ValueError(f"{pname} must be a positive integer; got {val!r}")
+    if H % o.patch or W % o.patch:
+        raise ValueError(f"patch ({o.patch}) must divide the image size {H}×{W}")
+    if o.dim % o.heads:
+        raise ValueError(f"heads ({o.heads}) must divide dim ({o.dim})")
+    if o.pool not in ("cls", "mean"):
+        raise ValueError(f"unknown pool {o.pool!r}; allowed: ['cls', 'mean']")
+    if not o.mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be > 0; got {o.mlp_ratio!r}")
 
 
 # ---------------------------------------------------------------------------- registry

@@ -18,7 +18,7 @@ order of ``Report.as_dict()``) and returns its notes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,21 +29,10 @@ from flatbook import bounds as _bounds
 from flatbook import checks, curvature, gn, losses
 from flatbook import geometry as _geometry
 from flatbook import layers as _layers
+from flatbook.probe_options import ProbeOptions
 
 __all__ = ["CurvatureOptions", "ProbeOptions", "ReportOptions", "StabilityInputs",
            "WhatToReport", "run"]
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How the model is read (see :class:`flatbook.probe.Probe`): ``output`` selects f from a
-    tuple/dict output (index, key or callable), ``layers`` restricts the dense layers,
-    ``forward(model, x)`` calls the model (dict inputs), ``chunk`` samples per vectorised call."""
-
-    output: int | str | Callable[[object], Tensor] | None = None
-    layers: object = None
-    forward: Callable[[nn.Module, object], object] | None = None
-    chunk: int | None = None
 
 
 @dataclass(frozen=True)

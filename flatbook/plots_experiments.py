@@ -9,6 +9,7 @@ quantities spanning decades, ceilings dotted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -16,6 +17,7 @@ from matplotlib.colors import Normalize
 from numpy.typing import ArrayLike
 
 from flatbook import plots as _plots  # noqa: F401  (applies the book's one figure style)
+from flatbook.keyword_form import resolve
 
 FIG_WIDTH_IN = 7.5
 """Width (inches) of every multi-panel figure: at most the book's content width
@@ -60,19 +62,27 @@ def time_course(
     return ax
 
 
-def sweep_lines(
-    ax: Axes,
-    x: ArrayLike,
-    y: ArrayLike,
-    group: ArrayLike,
-    group_label: str = "B",
-    xlabel: str = r"learning rate $\eta$",
-    ylabel: str = "",
-    logx: bool = True,
-    logy: bool = False,
-) -> Axes:
-    """Values y (one per run) against x, one line per value of ``group`` through the
-    across-seed means at each x, seeds as faint dots. Non-finite y are dropped."""
+@dataclass(frozen=True)
+class SweepStyle:
+    """Labels and scales of :func:`sweep_lines`: the legend reads ``{group_label} = {g}``;
+    axis labels ``xlabel``, ``ylabel``; log axes ``logx``, ``logy`` (with ``logy``, y ≤ 0 are
+    dropped)."""
+
+    group_label: str = "B"
+    xlabel: str = r"learning rate $\eta$"
+    ylabel: str = ""
+    logx: bool = True
+    logy: bool = False
+
+
+def sweep_lines(ax: Axes, x: ArrayLike, y: ArrayLike, group: ArrayLike, *,
+                options: SweepStyle | None = None, **flags: object) -> Axes:
+    """Values y [runs] against x [runs], one line per value of ``group`` [runs] through the
+    across-seed means at each x, seeds as faint dots. Non-finite y are dropped. Labels and
+    scales: ``options`` (:class:`SweepStyle`) or its fields as keywords."""
+    st = resolve(SweepStyle, "sweep_lines", options, flags)
+    group_label, xlabel, ylabel, logx, logy = (st.group_label, st.xlabel, st.ylabel, st.logx,
+                                               st.logy)
     xa, ya, ga = (np.asarray(a) for a in (x, y, group))
     xa, ya = xa.astype(float), ya.astype(float)
     keep = np.isfinite(xa) & np.isfinite(ya) & ((ya > 0) if logy else True)
@@ -309,27 +319,40 @@ def bounds_panel(ax: Axes, traj: Mapping[str, ArrayLike], phase_start: float | N
     return ax
 
 
-def late_phase_figure(
-    traj: Mapping[str, ArrayLike],
-    phase_start: float | None,
-    *,
-    gd_ceiling: float,
-    sgd_ceiling: float,
-    loss_threshold: float,
-    hidden_ld_keys: Sequence[str] = (),
-    hidden_pr_keys: Sequence[str] = (),
-    size: float = 2.7,
-    late_zoom: bool = True,
-) -> object:
+@dataclass(frozen=True)
+class LatePhaseOptions:
+    """What :func:`late_phase_figure` draws besides the trajectory: the ceilings 2/η
+    (``gd_ceiling``, on λ_max) and 2k/(pη) (``sgd_ceiling``, on tr H), the training-loss
+    ``loss_threshold`` of the interpolation phase, the record keys of the hidden layers' LD
+    (``hidden_ld_keys``) and global PR (``hidden_pr_keys``), the row height ``size`` (inches)
+    and whether the late-phase panels zoom to the interpolation phase (``late_zoom``)."""
+
+    gd_ceiling: float
+    sgd_ceiling: float
+    loss_threshold: float
+    hidden_ld_keys: Sequence[str] = ()
+    hidden_pr_keys: Sequence[str] = ()
+    size: float = 2.7
+    late_zoom: bool = True
+
+
+def late_phase_figure(traj: Mapping[str, ArrayLike], phase_start: float | None, *,
+                      options: LatePhaseOptions | None = None, **flags: object) -> object:
     """The nine panels of the late-phase chapter for one run: train loss (log) with the
     threshold, accuracies, λ_max with 2/η, tr H with 2k/(pη), log LVR, MLS, LD (output and
     hidden layers), global PR, and both sides of the bounds. The interpolation onset is the
     dashed vertical line in every panel. With ``late_zoom`` the panels of λ_max … PR take
     their y-range from the interpolation phase (the drop before it runs off the axis), so
     the late-phase movement is visible. :data:`FIG_WIDTH_IN` wide, ``size`` inches high per
-    row. Returns the figure."""
+    row. Options: ``options`` (:class:`LatePhaseOptions`) or its fields as keywords
+    (``gd_ceiling``, ``sgd_ceiling`` and ``loss_threshold`` are required). Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
+    o = resolve(LatePhaseOptions, "late_phase_figure", options, flags)
+    gd_ceiling, sgd_ceiling, loss_threshold = o.gd_ceiling, o.sgd_ceiling, o.loss_threshold
+    hidden_ld_keys, hidden_pr_keys, size, late_zoom = (o.hidden_ld_keys, o.hidden_pr_keys,
+                                                       o.size, o.late_zoom)
     fig, axes = plt.subplots(3, 3, figsize=(FIG_WIDTH_IN, 3 * size))
     a = list(axes.ravel())
     s = traj["step"]
@@ -425,24 +448,35 @@ def trend_dots(ax: Axes, values: Sequence[ArrayLike], labels: Sequence[str],
     return ax
 
 
-def sweep_figure(
-    summaries: Sequence[Mapping[str, object]],
-    keys: Sequence[str],
-    labels: Sequence[str],
-    x: str = "lr",
-    group: str = "batch_size",
-    prefix: str = "",
-    ceilings: Mapping[str, tuple[str, str]] | None = None,
-    logy: Sequence[str] = (),
-    ncols: int = 3,
-    size: float = 2.5,
-) -> object:
+@dataclass(frozen=True)
+class SweepFigureOptions:
+    """The layout of :func:`sweep_figure`: summary keys of the x-axis (``x``) and of the
+    lines (``group``), the ``prefix`` of the plotted keys, per-key ``ceilings`` (key →
+    (summary key, label)), the keys on a log y-axis (``logy``), panels per row (``ncols``)
+    and the row height ``size`` (inches)."""
+
+    x: str = "lr"
+    group: str = "batch_size"
+    prefix: str = ""
+    ceilings: Mapping[str, tuple[str, str]] | None = None
+    logy: Sequence[str] = ()
+    ncols: int = 3
+    size: float = 2.5
+
+
+def sweep_figure(summaries: Sequence[Mapping[str, object]], keys: Sequence[str],
+                 labels: Sequence[str], *, options: SweepFigureOptions | None = None,
+                 **flags: object) -> object:
     """One panel per key: the runs' value of ``prefix + key`` against ``x`` (log axis), one
     line per value of ``group`` (seeds as dots). ``ceilings[key] = (summary key, label)``
     draws that per-run ceiling (e.g. ``"gd_ceiling"``, 2/η) as dotted lines in the group's
-    colour. :data:`FIG_WIDTH_IN` wide, ``size`` inches high per row. Returns the figure."""
+    colour. :data:`FIG_WIDTH_IN` wide, ``size`` inches high per row. Options: ``options``
+    (:class:`SweepFigureOptions`) or its fields as keywords. Returns the figure."""
     import matplotlib.pyplot as plt
 
+    o = resolve(SweepFigureOptions, "sweep_figure", options, flags)
+    x, group, prefix, ceilings, logy, ncols, size = (o.x, o.group, o.prefix, o.ceilings,
+                                                     o.logy, o.ncols, o.size)
     n = len(keys)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(FIG_WIDTH_IN, size * nrows),

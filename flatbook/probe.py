@@ -61,13 +61,16 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import checks, curvature, losses
+from flatbook._validate import check_positive_int
+from flatbook.keyword_form import resolve
 from flatbook.layers import DenseLayer
 from flatbook.probe_data import DataSet, Fields, resolve_data, unpack
 from flatbook.probe_layers import LayerDiscovery
+from flatbook.probe_options import ProbeOptions
 from flatbook.probe_sweep import LayerResult, Measured, Sweep
 
-__all__ = ["DataSet", "LayerResult", "Measured", "Probe", "ProbedLayer", "resolve_data",
-           "select_output"]
+__all__ = ["DataSet", "LayerResult", "Measured", "Probe", "ProbeOptions", "ProbedLayer",
+           "resolve_data", "select_output"]
 
 OutputSelector = int | str | Callable[[Any], Tensor] | None
 
@@ -180,6 +183,10 @@ class Probe(LayerDiscovery, Sweep):
         loss: ``"squared"``, ``"cross_entropy"``, an ``nn.MSELoss`` / ``nn.CrossEntropyLoss``
             instance (recognised with its normalisation, :func:`flatbook.losses.resolve`) or a
             callable ``loss(f, y)`` averaging over samples.
+        options: a :class:`flatbook.probe_options.ProbeOptions` (``output``, ``forward``,
+            ``layers``, ``chunk`` below); the same four may be given as keywords
+            (``Probe(model, X, chunk=8)``), over ``options``; another keyword is a
+            ``TypeError`` naming it.
         output: selector of f for tuple/dict outputs (index, key or callable).
         forward: how to call the model, ``forward(model, x) -> output`` (default
             ``model(x)``); needed for dict inputs, e.g. ``lambda model, x: model(**x)``: x is then
@@ -208,19 +215,18 @@ class Probe(LayerDiscovery, Sweep):
         Y: object = None,
         loss: object = "squared",
         *,
-        output: OutputSelector = None,
-        layers: object = None,
-        forward: Callable[[nn.Module, Any], Any] | None = None,
-        chunk: int | None = None,
+        options: ProbeOptions | None = None,
         check: bool = True,
+        **flags: Any,
     ) -> None:
-        """Validate and store the arguments (see the class docstring); nothing runs before
-        ``with`` enters the probe."""
+        """Validate and store the arguments (see the class docstring; ``options`` or the
+        keywords ``output``, ``layers``, ``forward``, ``chunk``: :class:`ProbeOptions`);
+        nothing runs before ``with`` enters the probe."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
-                                  or chunk < 1):
-            raise ValueError(f"chunk must be a positive integer or None; got {chunk!r}")
+        opts = resolve(ProbeOptions, "Probe", options, flags)
+        output, layers, forward, chunk = opts.output, opts.layers, opts.forward, opts.chunk
+        check_positive_int(chunk, "chunk", allow_none=True)
         self.model = model
         self._output = output
         self._select = layers

@@ -24,6 +24,7 @@ from flatbook._functional import (
     named_params,
     unflatten,
 )
+from flatbook._validate import check_positive_int, check_seed
 from flatbook.checks import passes_agree
 
 LossLike = str | Callable[[Tensor, Tensor], Tensor]
@@ -105,18 +106,15 @@ def _check_params(params: Mapping[str, Tensor]) -> None:
 
 
 def _check_chunk(chunk: int | None, n: int) -> int:
-    if chunk is None:
-        return n
-    if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer (samples per pass) or None; "
-                         f"got {chunk!r}")
-    return min(int(chunk), n)
+    """Samples per pass: ``chunk`` (a positive int, :func:`flatbook._validate.check_positive_int`)
+    capped at n, or n for ``None``."""
+    c = check_positive_int(chunk, "chunk (samples per pass)", allow_none=True)
+    return n if c is None else min(c, n)
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
+    """``seed`` checked by :func:`flatbook._validate.check_seed` (an integer in 0..2**63−1)."""
+    return check_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from flatbook._validate import check_int, check_positive_float
+
 __all__ = [
     "TightCase",
     "equal_spectrum_jacobians",
@@ -53,20 +55,6 @@ class TightCase:
     lr: float | None
     batch_size: int | None
     tight: tuple[str, ...]
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int ≥ {low}; got {value!r}")
-    return value
-
-
-def _check_pos(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
 
 
 def _orthonormal_rows(rows: int, cols: int, g: torch.Generator) -> Tensor:
@@ -118,10 +106,11 @@ def isotropic_linear(k: int = 3, d: int = 5, n: int = 6, weight_scale: float = 1
 
     Returns a :class:`TightCase` with ``lr = 2/ρ²`` and ``batch_size = 1``.
     """
-    k, d, n = _check_int(k, "k", 1), _check_int(d, "d", 1), _check_int(n, "n", 2)
+    k, d, n = check_int(k, "k", 1), check_int(d, "d", 1), check_int(n, "n", 2)
     if k > d:
         raise ValueError(f"k must be ≤ d (orthonormal rows); got k = {k}, d = {d}")
-    s, rho = _check_pos(weight_scale, "weight_scale"), _check_pos(radius, "radius")
+    s = check_positive_float(weight_scale, "weight_scale")
+    rho = check_positive_float(radius, "radius")
     g = torch.Generator().manual_seed(int(seed))
     model = nn.Sequential(_linear(s * _orthonormal_rows(k, d, g)))
     tight = ("lem2_l1", "lem3", "t1_per_sample", "t1_weighted", "t1_min", "t2_per_sample",
@@ -156,10 +145,10 @@ def sharp_mls_case(k: int = 3, d: int = 5, n: int = 4, lr: float = 0.5, scale: f
 
     Returns a :class:`TightCase` with ``lr`` = η and ``batch_size = 1``.
     """
-    k, d, n = _check_int(k, "k", 1), _check_int(d, "d", 1), _check_int(n, "n", 2)
+    k, d, n = check_int(k, "k", 1), check_int(d, "d", 1), check_int(n, "n", 2)
     if k > d:
         raise ValueError(f"k must be ≤ d (A has k singular values); got k = {k}, d = {d}")
-    lr, scale = _check_pos(lr, "lr"), _check_pos(scale, "scale")
+    lr, scale = check_positive_float(lr, "lr"), check_positive_float(scale, "scale")
     g = torch.Generator().manual_seed(int(seed))
     U, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=DT))
     s2 = torch.tensor([1 + math.sqrt(k)] + [1.0] * (k - 1), dtype=DT) * scale / lr
@@ -186,12 +175,12 @@ def orthogonal_deep_linear(depth: int = 3, d: int = 4, n: int = 5,
 
     ``scales`` gives s_1, …, s_{L−1} (its first depth − 1 entries are used).
     """
-    depth, d, n = _check_int(depth, "depth", 2), _check_int(d, "d", 1), _check_int(n, "n", 1)
+    depth, d, n = check_int(depth, "depth", 2), check_int(d, "d", 1), check_int(n, "n", 1)
     if len(scales) < depth - 1:
         raise ValueError(f"scales must have ≥ depth − 1 = {depth - 1} entries; got {scales!r}")
-    rho = _check_pos(radius, "radius")
+    rho = check_positive_float(radius, "radius")
     g = torch.Generator().manual_seed(int(seed))
-    layers = [_linear(_check_pos(s, "scales") * _orthonormal_rows(d, d, g))
+    layers = [_linear(check_positive_float(s, "scales") * _orthonormal_rows(d, d, g))
               for s in scales[: depth - 1]]
     layers.append(_linear(torch.randn(1, d, generator=g, dtype=DT)))
     tight = ("lem3", "t4_nmls", "t4_nvr", "t1_per_sample", "t2_per_sample",
@@ -214,7 +203,7 @@ def scalar_output(widths: tuple[int, ...] = (4, 6, 5), n: int = 7, activation: s
 
     if len(widths) < 1:
         raise ValueError("widths must list the input dimension and the hidden widths")
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     model = models.mlp([*widths, 1], activation=activation, seed=int(seed), dtype=DT)
     g = torch.Generator().manual_seed(int(seed) + 1)
     X = torch.randn(n, widths[0], generator=g, dtype=DT)
@@ -232,7 +221,7 @@ def equal_units(d: int = 4, m: int = 3, n: int = 6, seed: int = 0) -> TightCase:
     G_s W_{sq} h_q = c w_q h_q that are all equal, so Cauchy–Schwarz (Σ_s a_s)² ≤ m Σ_s a_s²
     is an equality.
     """
-    d, m, n = _check_int(d, "d", 1), _check_int(m, "m", 1), _check_int(n, "n", 1)
+    d, m, n = check_int(d, "d", 1), check_int(m, "m", 1), check_int(n, "n", 1)
     g = torch.Generator().manual_seed(int(seed))
     w = torch.randn(1, d, generator=g, dtype=DT)
     c = 0.8
@@ -253,11 +242,11 @@ def tied_tokens(T: int = 3, q: int = 4, m: int = 2, k: int = 2, n: int = 5,
     ‖Σ_t a_t‖² = T Σ_t ‖a_t‖² (tied = T · U); and W Wᵀ = s² I, so ‖G_t W‖_F = s ‖G_t‖_F =
     ‖W‖₂ ‖G_t‖_F (position-wise form). The shared layer is item 1 of the model.
     """
-    T, q, m = _check_int(T, "T", 1), _check_int(q, "q", 1), _check_int(m, "m", 1)
-    k, n = _check_int(k, "k", 1), _check_int(n, "n", 1)
+    T, q, m = check_int(T, "T", 1), check_int(q, "q", 1), check_int(m, "m", 1)
+    k, n = check_int(k, "k", 1), check_int(n, "n", 1)
     if m > q:
         raise ValueError(f"m must be ≤ q (orthonormal rows); got m = {m}, q = {q}")
-    s = _check_pos(weight_scale, "weight_scale")
+    s = check_positive_float(weight_scale, "weight_scale")
     g = torch.Generator().manual_seed(int(seed))
     A = torch.randn(k, m, generator=g, dtype=DT)
     model = nn.Sequential(nn.Unflatten(1, (T, q)), _linear(s * _orthonormal_rows(m, q, g)),
@@ -274,11 +263,11 @@ def equal_spectrum_jacobians(N: int = 10, d: int = 64, scales: tuple[float, ...]
     Why equality holds in L4 (AM–GM on singular values) and in ‖J‖_F² ≤ LD · MLS²: all
     r = N singular values equal c, so LVR^{2/r} = c² = ‖J‖_F²/r and LD = r.
     """
-    N, d = _check_int(N, "N", 1), _check_int(d, "d", 1)
+    N, d = check_int(N, "N", 1), check_int(d, "d", 1)
     if N > d:
         raise ValueError(f"N must be ≤ d; got N = {N}, d = {d}")
     U = _orthonormal_rows(N, d, torch.Generator().manual_seed(int(seed)))
-    return torch.stack([_check_pos(c, "scales") * U for c in scales])
+    return torch.stack([check_positive_float(c, "scales") * U for c in scales])
 
 
 def rank_one_jacobians(N: int = 4, d: int = 6, scales: tuple[float, ...] = (0.5, 2.0),
@@ -288,8 +277,8 @@ def rank_one_jacobians(N: int = 4, d: int = 6, scales: tuple[float, ...] = (0.5,
     Why equality holds in MLS² ≤ ‖J‖_F² and in LD ≥ 1 (book ``lem-ld-link``): a rank-one
     matrix has one non-zero singular value c, so MLS² = ‖J‖_F² = c² and LD = c⁴/c⁴ = 1.
     """
-    N, d = _check_int(N, "N", 1), _check_int(d, "d", 1)
+    N, d = check_int(N, "N", 1), check_int(d, "d", 1)
     g = torch.Generator().manual_seed(int(seed))
     u, v = torch.randn(N, generator=g, dtype=DT), torch.randn(d, generator=g, dtype=DT)
     J = torch.outer(u / u.norm(), v / v.norm())
-    return torch.stack([_check_pos(c, "scales") * J for c in scales])
+    return torch.stack([check_positive_float(c, "scales") * J for c in scales])

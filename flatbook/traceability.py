@@ -318,14 +318,24 @@ def package_calls(package_dir: str | Path = ROOT / "flatbook") -> dict[str, set[
         for stmt in tree.body:
             if isinstance(stmt, ast.Import | ast.ImportFrom):
                 _imports(stmt, al)
+                _reexports(stmt, mod, graph)
             elif isinstance(stmt, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
                 al[stmt.name] = f"{mod}.{stmt.name}"
         for stmt in tree.body:
             if isinstance(stmt, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
                 names, _ = flatbook_names(stmt, al)
                 names.discard(f"{mod}.{stmt.name}")
-                graph[f"{mod}.{stmt.name}"] = names
+                graph.setdefault(f"{mod}.{stmt.name}", set()).update(names)
     return graph
+
+
+def _reexports(stmt: ast.stmt, mod: str, graph: dict[str, set[str]]) -> None:
+    """Link a name ``mod`` re-exports from another flatbook module to its source, both ways."""
+    if isinstance(stmt, ast.ImportFrom) and (stmt.module or "").startswith("flatbook."):
+        for a in stmt.names:
+            here, there = f"{mod}.{a.asname or a.name}", f"{stmt.module}.{a.name}"
+            graph.setdefault(here, set()).add(there)
+            graph.setdefault(there, set()).add(here)
 
 
 def _closure(names: set[str], graph: Mapping[str, set[str]]) -> set[str]:

@@ -151,6 +151,28 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
         data.load(**kwargs)
 
 
+@pytest.mark.parametrize("classes", ["12", [1.0, 2.0], [True, False], [-1, 3]])
+def test_classes_must_be_integer_labels(classes: object) -> None:
+    # a string is not a list of labels ("12" is not [1, 2]); floats and bools are not labels
+    with pytest.raises(ValueError, match="classes"):
+        data.load("digits", classes=classes)
+
+
+def test_options_record_and_keywords_give_the_same_data() -> None:
+    kw = {"classes": [3, 8], "n_train": 40, "n_test": 20, "seed": 5, "flatten": True,
+          "standardize": "feature", "one_hot": False, "dtype": "float64"}
+    a = data.load("digits", **kw)
+    b = data.load("digits", options=data.LoadOptions(**kw))
+    for f in ("X_train", "Y_train", "X_test", "Y_test", "mean", "std"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert a.Y_train.dtype == torch.int64 and a.info == b.info == {
+        "standardize": "feature", "seed": 5, "one_hot": False}
+    with pytest.raises(TypeError, match=r"unexpected keyword.*\['n_trian'\].*allowed: .*n_train"):
+        data.load("digits", n_trian=40)
+    with pytest.raises(TypeError, match="not both"):
+        data.load("digits", options=data.LoadOptions(), seed=1)
+
+
 # ---------------------------------------------------------------------------- readers
 
 

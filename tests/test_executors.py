@@ -354,6 +354,72 @@ def test_options_validation() -> None:
     assert exe.ExecutorOptions("local").resolved_folder("r") == exe.default_folder("r")
 
 
+def test_sweep_options_record_and_keyword_form_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sweep(..., force=True, …)`` and ``sweep(..., sweep_options=SweepOptions(force=True,
+    …))`` hand submit and wait the same values; an unknown keyword is named."""
+    from flatbook import executor_submit
+
+    seen: list[tuple] = []
+
+    class FakeSubmission:
+        def wait(self, poll_s: float | None = None, progress: bool = False) -> list:
+            seen.append(("wait", poll_s, progress))
+            return []
+
+    def fake_submit(configs: object, results_dir: object, options: object, *,
+                    callback: object = None, force: bool = False,
+                    setting: str | None = None) -> FakeSubmission:  # fmt: skip
+        seen.append(("submit", options.kind, callback, force, setting))
+        return FakeSubmission()
+
+    monkeypatch.setattr(executor_submit, "submit", fake_submit)
+    opts = exe.ExecutorOptions("slurm")
+    flags = {"force": True, "setting": "digits-mlp", "progress": True, "poll_s": 0.5}
+    exe.sweep(CONFIGS, "unused", opts, **flags)
+    by_keywords = list(seen)
+    seen.clear()
+    exe.sweep(CONFIGS, "unused", opts, sweep_options=exe.SweepOptions(**flags))
+    assert seen == by_keywords == [("submit", "slurm", None, True, "digits-mlp"),
+                                   ("wait", 0.5, True)]  # fmt: skip
+    seen.clear()
+    exe.sweep(CONFIGS, "unused", opts, wait=False)
+    assert seen == [("submit", "slurm", None, False, None)]  # submitted, not waited for
+    assert exe.SweepOptions.from_flags(wait=False) == exe.SweepOptions(wait=False)
+    with pytest.raises(TypeError, match=r"'forse'.*allowed: \['wait', 'callback', 'force'"):
+        exe.sweep(CONFIGS, "unused", opts, forse=True)
+    with pytest.raises(TypeError, match="not both"):
+        exe.sweep(CONFIGS, "unused", opts, sweep_options=exe.SweepOptions(), force=True)
+    with pytest.raises(ValueError, match="wait=False"):
+        exe.sweep(CONFIGS, "unused", exe.ExecutorOptions("local"),
+                  sweep_options=exe.SweepOptions(wait=False))
+
+
+def test_executors_exports_every_public_name_of_its_modules() -> None:
+    """Every function, class and constant of the split modules (and every public name
+    ``flatbook.executors`` had before the split) is importable from ``flatbook.executors``."""
+    import ast
+    import inspect
+
+    from flatbook import executor_cli, executor_jobs, executor_options, executor_submit
+
+    before = {"ACTIVE_LOCAL", "DEFAULT_LOCAL_TIME_MIN", "DEFAULT_SLURM_TIME_MIN", "EXECUTORS",
+              "ExecutorOptions", "Submission", "SweepJob", "add_arguments", "default_folder",
+              "in_flight", "make_executor", "obtain_from_args", "options_from_args",
+              "run_from_args", "run_study_one", "store_dir", "study_configs", "submit",
+              "sweep", "trusted_pickle", "uses_ensembles"}  # fmt: skip
+    assert before <= set(exe.__all__)
+    for mod in (executor_cli, executor_jobs, executor_options, executor_submit):
+        tree = ast.parse(inspect.getsource(mod))
+        own = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        own |= {t.id for n in tree.body if isinstance(n, ast.Assign)
+                for t in n.targets if isinstance(t, ast.Name)}  # fmt: skip
+        public = {n for n in own if not n.startswith("_")}
+        assert public, mod.__name__
+        for name in public:
+            assert getattr(exe, name) is getattr(mod, name), (mod.__name__, name)
+            assert name in exe.__all__, name
+
+
 STUDY_ARGS = (
     "--setting digits-mlp --lr 0.2 --batch-size 16 --seed 0 --steps 20 --measure-every 10 "
     "--n-train 64 --n-test 16 --eval-size 16"
@@ -435,3 +501,20 @@ def test_executor_state_lives_outside_the_store_and_planted_pickles_are_not_load
     assert exe.trusted_pickle(own, folder) is None
     job.paths = SimpleNamespace(result_pickle=own, folder=folder / "7", stderr="log")
     assert "failed: RuntimeError: boom" in str(exe._job_error(job, folder))
+
+
+def test_cli_and_executor_modules_keep_the_house_rules() -> None:
+    """The command line and executor modules: functions ≤ 50 code lines and ≤ 8 parameters,
+    modules ≤ 550 lines, docstrings (``scripts/house_rules.py``)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("house_rules",
+                                                  root / "scripts" / "house_rules.py")
+    assert spec is not None and spec.loader is not None
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    files = ["executors.py", "executor_options.py", "executor_jobs.py", "executor_submit.py",
+             "executor_cli.py", "__main__.py", "cli_show.py"]
+    out = [o for f in files for o in rules.offences(root / "flatbook" / f, 50, 8, 550)]
+    assert out == []

@@ -58,7 +58,7 @@ def fake_cifar(path: Path, per_batch: int = 20) -> None:
 def no_checksums(monkeypatch: pytest.MonkeyPatch) -> None:
     """Synthetic files cannot match the published MD5s: skip that check (only here; by the
     environment too, which the worker processes of a parallel sweep inherit)."""
-    monkeypatch.setattr(data, "_expected", lambda f: None)
+    monkeypatch.setattr("flatbook.data_files._expected", lambda f: None)
     monkeypatch.setenv("FLATBOOK_OFFLINE", "1")
     monkeypatch.setenv("FLATBOOK_TRUST_DATA", "1")
 

@@ -25,6 +25,8 @@ One idea per module:
 - :mod:`.nulls` — the calibration nulls N1–N6, planted effects and power;
 - :mod:`.fixture` — the compact fixture of real runs the calibration tests use;
 - :mod:`.claims` — :data:`CLAIMS`, :func:`evaluate_claims`, :func:`theorem_checks`;
+- :mod:`.across_settings` — the claim ``consistency`` scored on several settings' studies
+  (:func:`evaluate_consistency`);
 - :mod:`.calibration` — simulated studies with and without an effect (the tests' nulls);
 - :mod:`.tables` — labels and Markdown tables.
 
@@ -36,7 +38,8 @@ independent units (see :mod:`.claims`).
 
 # ruff: noqa: F401  (re-exports: the public API of flatbook.analysis)
 from flatbook.analysis import mechanism, nulls, plan, rules, scoring, window
-from flatbook.analysis.calibration import shuffle_late_phase, simulated_study
+from flatbook.analysis.across_settings import evaluate_consistency
+from flatbook.analysis.calibration import Simulation, shuffle_late_phase, simulated_study
 from flatbook.analysis.claims import (
     CLAIMS,
     Claim,
@@ -118,6 +121,7 @@ from flatbook.analysis.study import (
     REPRESENTATION,
     SHARPNESS,
     Study,
+    StudyOptions,
     consistency,
     load_study,
     run_summary,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from flatbook.analysis.phases import RunView
+from flatbook.keyword_form import resolve
 
 TREND_KEYS = {"trace_gn": (-1, True), "log_lvr_median": (-1, False),
               "lambda_max": (-1, True), "ld_median": (+1, False),
@@ -48,13 +49,34 @@ class RunSet(RunView):
     setting: Any = field(default_factory=lambda: SimpleNamespace(independent=True))
 
 
-def simulate_arrays(n_studies: int = 1, n_runs: int = 12, n_measure: int = 16,
-                    onset: int = 1, effect: float = 0.0, comove: float = 0.0,
-                    sd_between: float = 1.0, sd_within: float = 0.5, phi: float = 0.5,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Simulation:
+    """The model of a simulated study (:func:`simulated_study`): ``n_runs`` runs of
+    ``n_measure`` measurements, the interpolation phase from measurement ``onset``; a planted
+    drift ``effect`` (in between-run standard deviations ``sd_between``), a common component
+    ``comove`` ∈ [0, 1) of log tr H and log LVR, AR(1) noise of stationary sd ``sd_within``
+    and coefficient ``phi`` ∈ (−1, 1); ``seed`` seeds everything."""
+
+    n_runs: int = 12
+    n_measure: int = 16
+    onset: int = 1
+    effect: float = 0.0
+    comove: float = 0.0
+    sd_between: float = 1.0
+    sd_within: float = 0.5
+    phi: float = 0.5
+    seed: int = 0
+
+
+def simulate_arrays(n_studies: int = 1, *, options: Simulation | None = None,
+                    **flags: Any) -> dict[str, np.ndarray]:
     """Trajectories of ``n_studies`` simulated studies at once: ``step`` [T] and, for
     ``train_loss``, ``train_acc`` and each quantity of :data:`TREND_KEYS`, an array
-    [n_studies, n_runs, T] (model: see :func:`simulated_study`)."""
+    [n_studies, n_runs, T] (model: see :func:`simulated_study`; ``options``: a
+    :class:`Simulation`, or its fields as keywords)."""
+    o = resolve(Simulation, "simulate_arrays", options, flags)
+    n_runs, n_measure, onset, effect, comove = o.n_runs, o.n_measure, o.onset, o.effect, o.comove
+    sd_between, sd_within, phi, seed = o.sd_between, o.sd_within, o.phi, o.seed
     if n_runs < 1 or n_measure < 4 or not 0 <= onset < n_measure - 2:
         raise ValueError(f"need n_runs ≥ 1, n_measure ≥ 4 and 0 ≤ onset < n_measure − 2; got "
                          f"{n_runs}, {n_measure}, {onset}")
@@ -94,9 +116,7 @@ def simulate_arrays(n_studies: int = 1, n_runs: int = 12, n_measure: int = 16,
     return out
 
 
-def simulated_study(n_runs: int = 12, n_measure: int = 16, onset: int = 1,
-                    effect: float = 0.0, comove: float = 0.0, sd_between: float = 1.0,
-                    sd_within: float = 0.5, phi: float = 0.5, seed: int = 0) -> RunSet:
+def simulated_study(*, options: Simulation | None = None, **flags: Any) -> RunSet:
     """A study of ``n_runs`` independent runs with ``n_measure`` measurements each, the
     interpolation phase starting at measurement ``onset``.
 
@@ -107,9 +127,11 @@ def simulated_study(n_runs: int = 12, n_measure: int = 16, onset: int = 1,
     ``sd_within``). ``comove`` ∈ [0, 1) mixes a common AR(1) component into log tr H and log
     LVR (correlated increments). The training loss falls log-linearly below 1e-2 with small
     noise; accuracy is 1 from the onset. (The S = 1 case of :func:`simulate_arrays`.)
+    The parameters: ``options`` (:class:`Simulation`) or its fields as keywords.
     """
-    arr = simulate_arrays(1, n_runs, n_measure, onset, effect, comove, sd_between, sd_within,
-                          phi, seed)
+    o = resolve(Simulation, "simulated_study", options, flags)
+    n_runs, onset = o.n_runs, o.onset
+    arr = simulate_arrays(1, options=o)
     summaries, trajs = [], []
     for r in range(n_runs):
         traj = {"step": arr["step"].copy()}

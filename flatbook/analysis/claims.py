@@ -77,6 +77,8 @@ class Part:
     @classmethod
     def from_test(cls, name: str, what: str, t: UnitTest, essential: bool = True,
                   unit: str = "", note: str = "") -> Part:
+        """The part ``name`` (described as ``what``) carrying the verdict, effect, interval,
+        units, MDE, p-value and expected sign of the unit-level test ``t``."""
         return cls(name, what, essential, t.verdict, t.effect, t.lo, t.hi, t.n_units, t.mde,
                    t.pvalue, unit, note, t.expected)
 
@@ -92,6 +94,7 @@ class Part:
                 f"{self.verdict}")
 
     def as_dict(self) -> dict[str, Any]:
+        """The part as a flat dict of its fields, the ``extra`` numbers merged in."""
         return {"name": self.name, "what": self.what, "essential": self.essential,
                 "verdict": self.verdict, "effect": self.effect, "lo": self.lo, "hi": self.hi,
                 "n_units": self.n_units, "mde": self.mde, "pvalue": self.pvalue,

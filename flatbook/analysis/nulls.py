@@ -61,6 +61,7 @@ class Draws:
 
     @property
     def cells(self) -> list[tuple[float, float]]:
+        """The (η, B) cell of each run r, a list of R pairs."""
         return list(zip(self.lr.tolist(), self.batch.tolist(), strict=True))
 
     def mask(self) -> np.ndarray:
@@ -68,6 +69,7 @@ class Draws:
         return np.arange(self.step.size)[None, None, :] >= self.starts[..., None]
 
     def values(self, key: str, log: bool) -> np.ndarray:
+        """The series ``key`` [S, R, T], as log v (NaN where v ≤ 0) when ``log``."""
         v = self.series[key]
         if not log:
             return v

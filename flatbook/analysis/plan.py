@@ -380,6 +380,17 @@ CHANGE_LOG: tuple[Change, ...] = (
            "late_fall and compression_v3 coupling series intact and showed that they decide "
            "under an intermediate rule); every choice here was made on null rates and "
            "claims.md alone; results_seen is set for the incidental sight", True),
+    Change("2026-12-07", "consistency (row signs) scored across settings "
+           "(flatbook.analysis.across_settings): per setting, each of MLS, LVR, NMLS and NVR "
+           "has sign s = ±1 when its coupling and its level correlation with tr H (the "
+           "per-setting rules, unchanged; k = 2 parts as compression_v3's MLS rows) both have "
+           "sign s with intervals excluding 0, else 0; a measure agrees in k settings when k "
+           "of its signs are the same non-zero s; reproduced when MLS has sign +1 in every one "
+           "of ≥ 2 settings and no other measure agrees in more settings (ties count for MLS), "
+           "contradicted when MLS has sign −1 in some setting, not tested with < 2 settings, "
+           "inconclusive otherwise; the claims table is unchanged",
+           "implemented after the per-setting verdicts of the extended study (digits-lenet, "
+           "mnist1d-mlp) had been seen, before any cross-setting result was computed", True),
 )
 """The change log the book prints (R9): past post-hoc choices included."""
 
@@ -408,6 +419,9 @@ AMENDED: tuple[dict[str, str], ...] = (
     {"commit": "cf3317d7bd8b6de8ed76b7bfd4dcce2cd9dbc2b1", "plan_hash": "508ab89d45c64342",
      "date": "2026-12-07",
      "why": "the rules failed their nulls on the powered store's fixture (CHANGE_LOG)"},
+    {"commit": "84eb9081a2fd0a9d5d9e00fe901d8547754cfaaf", "plan_hash": "2776394e7e52f508",
+     "date": "2026-12-07",
+     "why": "consistency scored across settings (CHANGE_LOG; claims table unchanged)"},
 )
 """Changes to the plan after its freeze, oldest first: the commit that made each, the plan's
 hash there, and why (the :data:`CHANGE_LOG` entry of that date says what changed and whether

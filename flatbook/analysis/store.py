@@ -333,10 +333,18 @@ def _compute(config: object, setting: object, store: Path, stale: bool) -> objec
     return E.run(config, store, overwrite=stale, measure=m)  # type: ignore[arg-type]
 
 
-def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str) -> list[str]:
-    """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`."""
+def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str,
+            where: tuple[dict[str, str], str] | None = None) -> list[str]:
+    """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`,
+    in the submitting process's environment variables and working directory ``where`` (a
+    worker forked from the fork server started with those of an earlier moment)."""
     from flatbook import experiment as E
 
+    if where is not None:
+        env, cwd = where
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
     runs = [(i, E.RunConfig.from_dict(c), stale) for i, c, stale in job]
     return [str(r.status) for r in _compute_job(runs, setting, Path(store))]  # type: ignore[attr-defined]
 
@@ -398,8 +406,9 @@ def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
 
     ctx = _worker_context()
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        where = (dict(os.environ), os.getcwd())
         futs = {pool.submit(_worker, [(i, c.to_dict(), s) for i, c, s in job],  # type: ignore[attr-defined]
-                            setting, str(store)): len(job) for job in jobs}
+                            setting, str(store), where): len(job) for job in jobs}
         with tqdm(total=sum(futs.values()), desc=f"runs ({n_workers} workers)",
                   unit="run") as bar:
             for f in as_completed(futs):

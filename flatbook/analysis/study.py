@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from flatbook.analysis.stats import (
     trend,
 )
 from flatbook.analysis.store import TEST_TRACE_HVPS, obtain
+from flatbook.keyword_form import resolve
 
 # --------------------------------------------------------------------------- run summaries
 SHARPNESS = ("lambda_max", "trace_gn", "kappa_sum")
@@ -115,6 +117,7 @@ class Study(RunView):
 
     @property
     def n_runs(self) -> int:
+        """Number of runs (configs) of the sweep."""
         return len(self.results)
 
     def hidden_ld_keys(self) -> list[str]:
@@ -188,7 +191,24 @@ class Study(RunView):
 
 
 def _b(batch_size: int | str) -> float:
+    """A batch size as a number for sorting and distances (``"full"`` → +inf)."""
     return math.inf if batch_size == "full" else float(batch_size)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How :func:`load_study` obtains a sweep's results: the store ``results_dir`` (``None``:
+    the setting's default), whether missing runs are computed (``compute_missing``; else an
+    error), the training-loss ``loss_threshold`` of the interpolation phase (``None``: the
+    setting's), the ``engine`` that computes missing runs (``"ensemble"``, default: compatible
+    runs trained together, or ``"solo"``; :func:`flatbook.analysis.store.resolve_engine`) and
+    its ``workers`` processes (:func:`flatbook.analysis.store.resolve_workers`)."""
+
+    results_dir: str | Path | None = None
+    compute_missing: bool = True
+    loss_threshold: float | None = None
+    engine: str | None = None
+    workers: int | None = None
 
 
 def load_study(
@@ -197,23 +217,28 @@ def load_study(
     lrs: Sequence[float] | None = None,
     batch_sizes: Sequence[int] | None = None,
     seeds: Sequence[int] | None = None,
-    results_dir: str | Path | None = None,
-    compute_missing: bool = True,
-    loss_threshold: float | None = None,
-    engine: str | None = None,
+    options: StudyOptions | None = None,
     **overrides: object,
 ) -> Study:
     """Configs of ``setting`` (:func:`study_configs`), their results from the store or
     computed (:func:`obtain`), and the summaries (:class:`Study`). Every chapter calls this
-    with the same parameters, so the sweep is computed once and then read back. ``engine``:
-    ``"ensemble"`` (default, compatible runs trained together) or ``"solo"``
-    (:func:`flatbook.analysis.store.resolve_engine`)."""
+    with the same parameters, so the sweep is computed once and then read back.
+
+    ``lrs``, ``batch_sizes``, ``seeds`` replace the setting's axes; ``options``
+    (:class:`StudyOptions`) or its fields as keywords (``results_dir=…, compute_missing=…,
+    loss_threshold=…, engine=…, workers=…``) say how results are obtained; every other keyword
+    overrides a ``RunConfig`` field of every run (``steps=…``; :func:`study_configs` names an
+    unknown one)."""
+    names = [f.name for f in dataclasses.fields(StudyOptions)]
+    o = resolve(StudyOptions, "load_study", options,
+                {k: overrides.pop(k) for k in names if k in overrides})
     s = get_setting(setting)
-    thr = s.loss_threshold if loss_threshold is None else loss_threshold
+    thr = s.loss_threshold if o.loss_threshold is None else o.loss_threshold
     if not (isinstance(thr, int | float) and thr > 0):
-        raise ValueError(f"loss_threshold must be a positive number; got {loss_threshold!r}")
+        raise ValueError(f"loss_threshold must be a positive number; got {o.loss_threshold!r}")
     configs = study_configs(setting, lrs=lrs, batch_sizes=batch_sizes, seeds=seeds, **overrides)
-    results = obtain(configs, s, results_dir, compute_missing=compute_missing, engine=engine)
+    results = obtain(configs, s, o.results_dir, compute_missing=o.compute_missing,
+                     workers=o.workers, engine=o.engine)
     return Study(s, configs, results, float(thr))
 
 
