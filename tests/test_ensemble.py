@@ -275,3 +275,16 @@ def test_starting_a_member_over_moves_its_stored_run_aside(tmp_path: Path) -> No
     assert len(aside) == 1 and aside[0].read_bytes() == old   # kept byte for byte
     assert not list((tmp_path / "stale").glob(f"{cfgs[1].run_id}-*"))
     assert (E.run_dir_for(cfgs[0], tmp_path) / "results.json").is_file()   # recomputed
+
+
+def test_obtain_with_the_solo_engine_trains_by_the_solo_loop(tmp_path: Path) -> None:
+    """``obtain(..., engine="solo")`` computes a run the ensemble engine could train by the
+    solo loop (no ``engine`` in its fingerprint), not as an ensemble of one."""
+    from flatbook import analysis as A
+
+    cfg = BASE.replace(dtype="float32")
+    (solo,) = A.obtain([cfg], A.get_setting("digits-mlp-label-noise"), tmp_path / "s",
+                       workers=1, engine="solo")
+    (ens,) = A.obtain([cfg], A.get_setting("digits-mlp-label-noise"), tmp_path / "e",
+                      workers=1, engine="ensemble")
+    assert "engine" not in solo.numerics and ens.numerics.get("engine") == "ensemble"

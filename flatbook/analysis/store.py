@@ -159,17 +159,18 @@ def obtain(
         print("flatbook: " + move_store.moved_message(moved), flush=True)
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
-        jobs = _jobs(todo, resolve_engine(engine, out), resolve_workers(workers, len(todo)))
+        engine = resolve_engine(engine, out)
+        jobs = _jobs(todo, engine, resolve_workers(workers, len(todo)))
         n_workers = resolve_workers(workers, len(jobs))
         if n_workers > 1 and not _can_spawn():
             n_workers = 1
         if n_workers == 1:
             for job in jobs:
-                for i, res in zip([i for i, _, _ in job], _compute_job(job, setting, store),
+                for i, res in zip([i for i, _, _ in job], _compute_job(job, setting, store, engine),
                                   strict=True):
                     out[i] = res
         else:
-            _compute_parallel(jobs, setting, store, n_workers)
+            _compute_parallel(jobs, setting, store, n_workers, engine)
             for i, c, _ in todo:
                 out[i] = E.load_results(store, c, check="code")
     E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
@@ -308,9 +309,12 @@ def sparse_hidden(full: Callable, light: Callable, every: int) -> Callable:
     return measure
 
 
-def _compute_job(job: Job, setting: object, store: Path) -> list[object]:
-    """Train and measure one job into ``store`` (the unit of :func:`obtain`)."""
-    if len(job) == 1 and _solo(job[0][1]):
+def _compute_job(job: Job, setting: object, store: Path, engine: str = "ensemble"
+                 ) -> list[object]:
+    """Train and measure one job into ``store`` (the unit of :func:`obtain`): one run by
+    the solo loop (``engine="solo"``, or a run the ensemble engine cannot train), else the
+    job's runs as one ensemble."""
+    if len(job) == 1 and (engine == "solo" or _solo(job[0][1])):
         return [_compute(job[0][1], setting, store, job[0][2])]
     from flatbook import ensemble_runs as R
 
@@ -334,7 +338,8 @@ def _compute(config: object, setting: object, store: Path, stale: bool) -> objec
 
 
 def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str,
-            where: tuple[dict[str, str], str] | None = None) -> list[str]:
+            where: tuple[dict[str, str], str] | None = None, engine: str = "ensemble"
+            ) -> list[str]:
     """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`,
     in the submitting process's environment variables and working directory ``where`` (a
     worker forked from the fork server started with those of an earlier moment)."""
@@ -346,7 +351,7 @@ def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str,
         os.environ.update(env)
         os.chdir(cwd)
     runs = [(i, E.RunConfig.from_dict(c), stale) for i, c, stale in job]
-    return [str(r.status) for r in _compute_job(runs, setting, Path(store))]  # type: ignore[attr-defined]
+    return [str(r.status) for r in _compute_job(runs, setting, Path(store), engine)]  # type: ignore[attr-defined]
 
 
 def _can_spawn() -> bool:
@@ -396,7 +401,7 @@ def _worker_context() -> object:
 
 
 def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
-                      n_workers: int) -> None:
+                      n_workers: int, engine: str = "ensemble") -> None:
     """Run the jobs on ``n_workers`` worker processes (:func:`_worker_context`), with a
     progress bar over finished runs. Results land in the store atomically, so an interrupted
     sweep resumes where it stopped."""
@@ -408,7 +413,7 @@ def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         where = (dict(os.environ), os.getcwd())
         futs = {pool.submit(_worker, [(i, c.to_dict(), s) for i, c, s in job],  # type: ignore[attr-defined]
-                            setting, str(store), where): len(job) for job in jobs}
+                            setting, str(store), where, engine): len(job) for job in jobs}
         with tqdm(total=sum(futs.values()), desc=f"runs ({n_workers} workers)",
                   unit="run") as bar:
             for f in as_completed(futs):
