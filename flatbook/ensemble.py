@@ -1,18 +1,13 @@
 """Ensemble engine: many independent SGD runs of one MLP architecture advanced as one batch.
 
-M networks of the same shape (d → h₁ → … → k, the ``flatbook.models.mlp`` layout) are held as
-stacked parameters W_l [M, out, in], b_l [M, out]. One step of all members is
-
-    z_l = b_l + h_{l-1} W_lᵀ        (torch.baddbmm over the member axis, h₀ = x_B [M, B, d])
-    θ_m ← θ_m − η_m (∇_θ L_{B_m}(θ_m) + λ_m θ_m)     for every active member m
-
-with the gradient computed by hand (reverse pass through the batched products), so that no
-autograd graph, optimizer object or ``torch._dynamo`` import sits on the training path. The
-arithmetic of each member is that of :func:`flatbook.train.train` on the same config (same
-initialisation, same batches from ``train._epoch_perm``, same label noise from
-``train._label_noise``, same measurement steps and divergence rule): the two agree to rounding
-(the batched products slice per member, so a member's numbers do not depend on how many
-members share its batch).
+M networks of the same shape are held as stacked parameters and stepped together by
+:func:`flatbook.ensemble_step.batched_step` (batched products over the member axis, the
+gradient written by hand: no autograd graph, optimizer object or ``torch._dynamo`` import on
+the training path). Each member follows :func:`flatbook.train.train` on the same config:
+same initialisation, same batches (``train._epoch_perm``), same label noise
+(:func:`flatbook.label_noise.xi`), same measurement steps and divergence rule; the two agree
+to rounding (the batched products slice per member, so a member's numbers do not depend on
+how many members share its batch).
 
 Each member keeps its own step counter, data order, label noise σ, learning rate η, weight
 decay, schedule, checkpoint and divergence status: a member that diverges is frozen (its
@@ -24,6 +19,7 @@ have the same keys and meaning. Checkpoints are per member, in the solo loop's f
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,16 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import _io
+from flatbook import label_noise as _noise
 from flatbook import train as _train
+from flatbook.ensemble_step import ACTIVATIONS, LOSSES, Stack, batched_step, mlp_layout
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
-"""Hidden activations the batched MLP step implements (others: use the solo engine)."""
-LOSSES = ("squared", "cross_entropy")
+_Stack = Stack   # the stacked MLP parameters under the name the torch.func engine's tests use
+
 SYNC_EVERY = 25
 """Steps between checks of the members' minibatch losses (as the solo loop)."""
-
-_ACT_TYPES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-                               nn.Identity: "linear"}
 
 EnsembleCallback = Callable[[list[int]], None]
 """``callback(steps)`` after every batched step with each member's step count; raising
@@ -102,152 +96,6 @@ class _State:
     diverged_at: int | None = None
     first_pending: int = 0
     perm_epoch: int = -1
-
-
-# ------------------------------------------------------------------------------ layout
-
-
-def mlp_layout(model: nn.Module) -> tuple[list[str], str, bool]:
-    """The dense layers of an MLP ``nn.Sequential`` (Linear, act, …, Linear; an optional
-    leading Flatten): (item names of the Linear layers, activation name, has bias).
-
-    Raises ValueError naming what the batched step does not implement (then train the run
-    with the solo engine: ``engine="solo"``).
-    """
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"the ensemble engine trains nn.Sequential MLPs; got "
-                         f"{type(model).__name__} (use engine='solo')")
-    items = list(model.named_children())
-    if items and isinstance(items[0][1], nn.Flatten):
-        items = items[1:]
-    linears = [n for n, m in items[0::2] if isinstance(m, nn.Linear)]
-    acts = {_ACT_TYPES.get(type(m)) for _, m in items[1::2]}
-    if len(linears) != (len(items) + 1) // 2 or len(items) % 2 == 0:
-        raise ValueError("the ensemble engine needs a Linear, activation, …, Linear MLP "
-                         "(use engine='solo')")
-    if None in acts or len(acts) > 1:
-        raise ValueError(f"the ensemble engine implements the activations {list(ACTIVATIONS)} "
-                         f"(one per network); got {[type(m).__name__ for _, m in items[1::2]]} "
-                         f"(use engine='solo')")
-    bias = {getattr(model, n).bias is not None for n in linears}
-    if len(bias) > 1:
-        raise ValueError("the ensemble engine needs bias on every layer or on none")
-    return linears, (acts.pop() if acts else "linear"), bias.pop()
-
-
-class _Stack:
-    """Stacked parameters of M MLPs: ``W[l]`` [M, out, in], ``b[l]`` [M, out] (or None)."""
-
-    def __init__(self, models: Sequence[nn.Module]) -> None:
-        layouts = {(tuple(mlp_layout(m)[0]), *mlp_layout(m)[1:]) for m in models}
-        if len(layouts) != 1:
-            raise ValueError("every member of an ensemble needs the same architecture")
-        names, self.act, self.bias = layouts.pop()
-        self.names = list(names)
-        shapes = {tuple(tuple(p.shape) for p in m.parameters()) for m in models}
-        if len(shapes) != 1:
-            raise ValueError("every member of an ensemble needs the same layer widths")
-        with torch.no_grad():
-            self.W = [torch.stack([getattr(m, n).weight.detach() for m in models]).clone()
-                      for n in self.names]
-            self.b = [torch.stack([getattr(m, n).bias.detach() for m in models]).clone()
-                      if self.bias else None for n in self.names]
-
-    def load_into(self, m: int, model: nn.Module) -> None:
-        """Copy member m's parameters into ``model`` (same layout)."""
-        with torch.no_grad():
-            for layer, n in enumerate(self.names):
-                getattr(model, n).weight.copy_(self.W[layer][m])
-                if self.b[layer] is not None:
-                    getattr(model, n).bias.copy_(self.b[layer][m])
-
-    def load_from(self, m: int, model: nn.Module) -> None:
-        """Copy ``model``'s parameters into member m's slot."""
-        with torch.no_grad():
-            for layer, n in enumerate(self.names):
-                self.W[layer][m].copy_(getattr(model, n).weight)
-                if self.b[layer] is not None:
-                    self.b[layer][m].copy_(getattr(model, n).bias)
-
-    def zero(self, m: int) -> None:
-        """Zero member m's parameters (a diverged member: no inf/NaN arithmetic)."""
-        for t in [*self.W, *(b for b in self.b if b is not None)]:
-            t[m].zero_()
-
-    def finite(self) -> Tensor:
-        """[M] bool: every parameter of member m is finite."""
-        ok = torch.ones(self.W[0].shape[0], dtype=torch.bool, device=self.W[0].device)
-        for t in [*self.W, *(b for b in self.b if b is not None)]:
-            ok &= torch.isfinite(t).flatten(1).all(1)
-        return ok
-
-
-# ------------------------------------------------------------------------------ the step
-
-
-def _act(name: str, z: Tensor) -> Tensor:
-    if name == "relu":
-        return torch.relu(z)
-    if name == "tanh":
-        return torch.tanh(z)
-    if name == "sigmoid":
-        return torch.sigmoid(z)
-    return z
-
-
-def _act_grad(name: str, g: Tensor, h: Tensor) -> Tensor:
-    """g · σ'(z) written through the activation's output h = σ(z) (as autograd does)."""
-    if name == "relu":
-        return torch.ops.aten.threshold_backward(g, h, 0)   # autograd's ReLU backward
-    if name == "tanh":
-        return g * (1 - h * h)
-    if name == "sigmoid":
-        return g * (h * (1 - h))
-    return g
-
-
-def batched_step(stack: _Stack, xb: Tensor, yb: Tensor, lr: Tensor, weight_decay: Tensor,
-                 loss: str) -> Tensor:
-    """One SGD step of every member in place; returns the minibatch losses [M].
-
-    ``xb`` [M, B, d], ``yb`` [M, B, k]; ``lr``, ``weight_decay`` [M] (η_m = 0 freezes member
-    m). Loss per member: squared L = (1/2B) Σ_i ‖f_i − y_i‖² (gradient (f − y)/B at the
-    output) or cross-entropy L = −(1/B) Σ_i y_iᵀ log softmax f_i (gradient
-    (softmax f · Σ_k y − y)/B). Backward: ∂L/∂W_l = g_lᵀ h_{l−1}, ∂L/∂b_l = Σ_i g_l,
-    g_{l−1} = (g_l W_l) ⊙ σ'(z_{l−1}); update θ ← θ − η(∂L/∂θ + λθ) (``torch.optim.SGD``).
-    """
-    hs, h = [xb], xb
-    n_layers = len(stack.W)
-    for layer in range(n_layers):
-        W, b = stack.W[layer], stack.b[layer]
-        z = (torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)) if b is not None
-             else torch.bmm(h, W.transpose(1, 2)))
-        h = _act(stack.act, z) if layer < n_layers - 1 else z
-        hs.append(h)
-    f, B = hs.pop(), xb.shape[1]
-    if loss == "squared":
-        r = f - yb
-        losses = 0.5 * r.pow(2).sum((1, 2)) / B
-        g = r / B
-    else:
-        logp = torch.log_softmax(f, dim=2)
-        losses = -(yb * logp).sum((1, 2)) / B
-        g = (logp.exp() * yb.sum(2, keepdim=True) - yb) / B
-    lr3 = lr.view(-1, 1, 1)
-    decay = bool(weight_decay.any())
-    for layer in reversed(range(n_layers)):
-        W, b = stack.W[layer], stack.b[layer]
-        gW = torch.bmm(g.transpose(1, 2), hs[layer])
-        gb = g.sum(1) if b is not None else None
-        if layer > 0:
-            g = _act_grad(stack.act, torch.bmm(g, W), hs[layer])
-        if decay:
-            gW = gW + weight_decay.view(-1, 1, 1) * W
-            gb = gb + weight_decay.view(-1, 1) * b if b is not None else None
-        W.sub_(lr3 * gW)
-        if b is not None:
-            b.sub_(lr.view(-1, 1) * gb)
-    return losses.detach()
 
 
 # ------------------------------------------------------------------------------ records
@@ -373,33 +221,76 @@ def _check_members(members: Sequence[Member], opts: EnsembleOptions) -> tuple[in
 
 
 class _Loop:
-    """The batched SGD loop over members (see :func:`train_ensemble`)."""
+    """The batched SGD loop over members (see :func:`train_ensemble`).
+
+    The running members' indices, their learning rates and label-noise σ (zero for frozen
+    members) and the number of steps until the next flush are kept up to date when a member
+    stops (:meth:`refresh`) or after a flush (:meth:`schedule`), not recomputed every step.
+    """
 
     def __init__(self, members: Sequence[Member], opts: EnsembleOptions) -> None:
         self.members, self.opts = list(members), opts
         self.n, self.B, self.full = _check_members(members, opts)
         self.spe = max(1, self.n // self.B)
         self.states = [_resume(m) for m in self.members]
-        self.stack = _Stack([m.model for m in self.members])
+        self.stack = Stack([m.model for m in self.members])
         dev, dt = members[0].X_train.device, members[0].X_train.dtype
-        M = len(self.members)
-        self.X = torch.stack([m.X_train for m in self.members]).reshape(M * self.n, -1)
-        self.Y = torch.stack([m.Y_train for m in self.members]).reshape(M * self.n, -1)
+        M, self.d = len(self.members), int(members[0].X_train.shape[1])
+        # inputs and targets side by side, [M·n, d + k]: one gather per minibatch or epoch
+        self.XY = torch.stack([torch.cat([m.X_train, m.Y_train], 1) for m in self.members]
+                              ).reshape(M * self.n, -1)
         self.offset = torch.arange(M, device=dev).unsqueeze(1) * self.n
         self.lr = torch.tensor([m.lr for m in self.members], dtype=dt, device=dev)
         self.wd = torch.tensor([m.weight_decay for m in self.members], dtype=dt, device=dev)
-        self.to_measure = [set(int(s) for s in m.measure_steps) | {0, m.steps}
-                           for m in self.members]
         self.pending: list[Tensor] = []
         self.perms = torch.zeros(M, self.n, dtype=torch.long, device=dev)
         self.arange_b = torch.arange(self.B, device=dev)
-        self._lr_run: tuple[tuple[int, ...], Tensor] | None = None
+        self.no_noise = torch.zeros(self.B, int(members[0].Y_train.shape[1]), dtype=dt,
+                                    device=dev)
 
     def running(self) -> list[int]:
+        """Indices of the members still training (recomputed; the loop keeps ``run``)."""
         return [i for i, st in enumerate(self.states) if st.status == "running"]
 
+    def refresh(self) -> None:
+        """Running members, η (0 for frozen members), σ of the noisy running members, and
+        whether the running members are in step (then they share one minibatch position);
+        recomputed only when the set of running members changed."""
+        run = [i for i, st in enumerate(self.states) if st.status == "running"]
+        if run == getattr(self, "run", None):
+            return
+        self.run = run
+        on = torch.zeros_like(self.lr)
+        on[run] = 1
+        self.lr_run = self.lr * on
+        self.noisy = [i for i in run if self.members[i].label_noise]
+        sigma = [self.members[i].label_noise if i in self.noisy else 0.0
+                 for i in range(len(self.members))]
+        self.sigma = self.lr.new_tensor(sigma).view(-1, 1, 1)
+        self.aligned = len({self.states[i].step for i in run}) <= 1
+        self.data_epoch = -1   # lay out the epoch's rows again at the next batch
+        self.noise_block = -1   # and stack the members' blocks of noise again
+
+    def schedule(self) -> None:
+        """Steps until the next step at which a running member records, ends or checkpoints
+        (every running member advances one step per batched step)."""
+        until = []
+        for i in self.run:
+            m, s, ev = self.members[i], self.states[i].step, self.events[i]
+            j = bisect.bisect_right(ev, s)
+            nxt = min(ev[j], m.steps) if j < len(ev) else m.steps
+            if m.checkpoint_every:
+                nxt = min(nxt, (s // m.checkpoint_every + 1) * m.checkpoint_every)
+            until.append(nxt - s)
+        # members in the loop advance together: watch the first running member's step
+        self.due_member = self.run[0] if self.run else 0
+        self.due_step = self.states[self.due_member].step + min(until, default=1)
+
     def start(self) -> None:
-        """Record step 0 of fresh members; mark members already at their last step done."""
+        """Record step 0 of fresh members; mark members already at their last step done;
+        set up the schedule of flushes (also for subclasses with their own ``__init__``)."""
+        self.events = [sorted({int(s) for s in m.measure_steps} | {0, m.steps})
+                       for m in self.members]
         for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
             if st.step == 0 and not st.records:
                 rec = take_record(m, st, 0, self.spe, self.opts.loss, self.opts.chunk)
@@ -408,51 +299,79 @@ class _Loop:
             if st.status == "running" and st.step >= m.steps:
                 st.status = "completed"
                 save_member(m, st)
+        self.refresh()
+        self.schedule()
 
     def _diverge(self, i: int, at: int) -> None:
         st = self.states[i]
         st.status, st.diverged_at = "diverged", at
         self.stack.zero(i)
 
-    def batch(self) -> tuple[Tensor, Tensor]:
-        """Each member's minibatch at its own step: ([M, B, d], [M, B, k])."""
-        M = len(self.members)
+    def _epoch_rows(self, i: int, epoch: int) -> None:
+        """Member i's permutation of epoch ``epoch`` (``train._epoch_perm``) into ``perms``."""
+        st = self.states[i]
+        if st.perm_epoch != epoch:
+            self.perms[i] = _train._epoch_perm(self.members[i].seed, epoch, self.n)
+            st.perm_epoch = epoch
+
+    def batch(self) -> Tensor:
+        """Each member's minibatch at its own step, inputs and targets side by side
+        [M, B, d + k] (one gather). Members in step share the position in their epoch: the
+        rows of every position of the epoch are laid out once, [steps per epoch, M·B]."""
+        M, B = len(self.members), self.B
         if self.full:
-            return (self.X.view(M, self.n, -1), self.Y.view(M, self.n, -1))
-        pos = []
-        for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
-            epoch, p = divmod(st.step, self.spe)
-            if epoch != st.perm_epoch:
-                self.perms[i] = _train._epoch_perm(m.seed, epoch, self.n)
-                st.perm_epoch = epoch
-            pos.append(p)
-        if min(pos) == max(pos):   # members in step: one slice of the permutations
-            rows = self.perms[:, pos[0] * self.B:(pos[0] + 1) * self.B]
+            return self.XY.view(M, self.n, -1)
+        if self.aligned and self.run:
+            epoch, p = divmod(self.states[self.run[0]].step, self.spe)
+            if epoch != self.data_epoch:
+                for i in self.run:
+                    self._epoch_rows(i, epoch)
+                rows = (self.perms[:, :self.spe * B] + self.offset).view(M, self.spe, B)
+                self.epoch_rows = rows.transpose(0, 1).reshape(self.spe, M * B)
+                self.data_epoch = epoch
+            idx = self.epoch_rows[p]
         else:
-            start = torch.tensor(pos, device=self.X.device).unsqueeze(1) * self.B
-            rows = self.perms.gather(1, start + self.arange_b)
-        idx = (rows + self.offset).reshape(-1)
-        return (self.X.index_select(0, idx).view(M, self.B, -1),
-                self.Y.index_select(0, idx).view(M, self.B, -1))
+            pos = []
+            for i, st in enumerate(self.states):
+                epoch, p = divmod(st.step, self.spe)
+                self._epoch_rows(i, epoch)
+                pos.append(p)
+            start = torch.tensor(pos, device=self.XY.device).unsqueeze(1) * B
+            idx = (self.perms.gather(1, start + self.arange_b) + self.offset).reshape(-1)
+        return self.XY.index_select(0, idx).view(M, B, -1)
+
+    def noise(self) -> Tensor:
+        """ξ(seed_m, step_m) of every member [M, B, k] (zeros for members without noise):
+        rows of the members' blocks of ξ (:mod:`flatbook.label_noise`); members in step
+        share the row, and their blocks are stacked once per block, [M, S, B, k]."""
+        M, shape = len(self.members), tuple(self.no_noise.shape)
+        S = _noise.block_steps(shape)
+        dt, dev = self.no_noise.dtype, self.no_noise.device
+
+        def block_of(i: int, step: int) -> Tensor:
+            if i not in self.noisy:
+                return self.no_noise.expand(S, *shape)
+            return _noise.block(self.members[i].seed, step, shape, dt, dev)
+        if not self.aligned:
+            return torch.stack([_noise.xi(self.members[i].seed, self.states[i].step, shape,
+                                          dt, dev) if i in self.noisy else self.no_noise
+                                for i in range(M)])
+        block, row = divmod(self.states[self.run[0]].step, S)
+        if block != self.noise_block:
+            step = self.states[self.run[0]].step
+            self.noise_blocks = torch.stack([block_of(i, step) for i in range(M)])
+            self.noise_block = block
+        return self.noise_blocks[:, row]
 
     def step(self) -> None:
         """One batched step of every running member (frozen members: η = 0)."""
-        xb, yb = self.batch()
-        run = self.running()
-        noisy = [i for i in run if self.members[i].label_noise]
-        if noisy:   # y + σξ with each member's own ξ(seed, step), as the solo loop draws it
-            xi = torch.stack([_train._label_noise(yb[i], self.members[i].seed,
-                                                  self.states[i].step) for i in noisy])
-            sigma = torch.tensor([self.members[i].label_noise for i in noisy],
-                                 dtype=yb.dtype, device=yb.device).view(-1, 1, 1)
-            yb[noisy] = yb[noisy] + sigma * xi
-        if self._lr_run is None or self._lr_run[0] != tuple(run):
-            mask = torch.zeros_like(self.lr)
-            mask[run] = 1
-            self._lr_run = (tuple(run), self.lr * mask)
-        self.pending.append(batched_step(self.stack, xb, yb, self._lr_run[1], self.wd,
+        xy = self.batch()
+        xb, yb = xy[..., :self.d], xy[..., self.d:]
+        if self.noisy:   # y + σξ with each member's own ξ(seed, step), as the solo loop draws it
+            yb = yb + self.sigma * self.noise()   # σ = 0 for the others: y + 0 = y exactly
+        self.pending.append(batched_step(self.stack, xb, yb, self.lr_run, self.wd,
                                          self.opts.loss))
-        for i in run:
+        for i in self.run:
             self.states[i].step += 1
 
     def flush(self) -> None:
@@ -461,33 +380,31 @@ class _Loop:
         if self.pending:
             vals = torch.stack(self.pending).detach().double().cpu()
             self.pending.clear()
-            for i in self.running():
+            for i in self.run:
                 thr = self.members[i].divergence_threshold
                 bad = ~torch.isfinite(vals[:, i]) | (vals[:, i].abs() > thr)
                 if bool(bad.any()):
                     self._diverge(i, self.states[i].first_pending + int(bad.nonzero()[0, 0]))
         finite = self.stack.finite()
-        for i in self.running():
+        for i in self.run:
+            if self.states[i].status != "running":
+                continue
             if not bool(finite[i]):
                 self._diverge(i, self.states[i].step)
             self.states[i].first_pending = self.states[i].step
 
     def due(self, stop: bool) -> bool:
         """Whether this step needs a flush (a record, an end, a checkpoint, a stop, a sync)."""
-        if stop or self.opts.callback is not None or len(self.pending) >= SYNC_EVERY:
-            return True
-        for i in self.running():
-            m, st = self.members[i], self.states[i]
-            ce = m.checkpoint_every
-            if st.step in self.to_measure[i] or st.step >= m.steps or (ce and st.step % ce == 0):
-                return True
-        return False
+        return (stop or self.states[self.due_member].step >= self.due_step
+                or len(self.pending) >= SYNC_EVERY or self.opts.callback is not None)
 
     def after_flush(self) -> None:
         """Records at measurement steps, checkpoints due, members that reached their end."""
-        for i in self.running():
+        for i in self.run:
             m, st = self.members[i], self.states[i]
-            if st.step in self.to_measure[i]:
+            if st.status != "running":   # diverged in this flush
+                continue
+            if st.step in self.events[i]:
                 self.stack.load_into(i, m.model)
                 rec = take_record(m, st, st.step, self.spe, self.opts.loss, self.opts.chunk)
                 if not math.isfinite(rec["train_loss"]):
@@ -498,12 +415,16 @@ class _Loop:
                 self.save(i)
             elif m.checkpoint_every and st.step % m.checkpoint_every == 0:
                 self.save(i)
+        self.refresh()
+        self.schedule()
 
     def save(self, i: int) -> None:
+        """Checkpoint member i (its current weights, solo format)."""
         self.stack.load_into(i, self.members[i].model)
         save_member(self.members[i], self.states[i])
 
     def results(self) -> list[_train.TrainResult]:
+        """One :class:`flatbook.train.TrainResult` per member, trained weights in its model."""
         out = []
         for i, (m, st) in enumerate(zip(self.members, self.states, strict=True)):
             if st.status == "completed":
@@ -535,7 +456,7 @@ def train_ensemble(members: Sequence[Member],
     try:
         with _train._DeferredStop(opts.handle_signals) as stop:
             loop.start()
-            while loop.running():
+            while loop.run:
                 consistent = False
                 loop.step()
                 bar.update(1)
@@ -550,7 +471,7 @@ def train_ensemble(members: Sequence[Member],
                                             f"{sorted({st.step for st in loop.states})}")
     except KeyboardInterrupt:
         if consistent:
-            for i in loop.running():
+            for i in loop.run:
                 loop.save(i)
         raise
     finally:
@@ -558,5 +479,5 @@ def train_ensemble(members: Sequence[Member],
     return loop.results()
 
 
-__all__ = ["ACTIVATIONS", "EnsembleOptions", "Member", "batched_step", "mlp_layout",
+__all__ = ["ACTIVATIONS", "LOSSES", "EnsembleOptions", "Member", "batched_step", "mlp_layout",
            "take_record", "train_ensemble"]

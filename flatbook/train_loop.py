@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from flatbook import _io, losses
+from flatbook import label_noise as _noise
 from flatbook._validate import _fail, check_positive_int
 from flatbook.curvature import eval_mode
 from flatbook.runspec import TrainOptions
@@ -128,10 +129,10 @@ def epoch_perm(seed: int, epoch: int, n: int) -> Tensor:
 
 
 def label_noise_sample(yb: Tensor, seed: int, step: int) -> Tensor:
-    """ξ ~ N(0, I) of the shape of the minibatch targets [B, k], from a CPU generator seeded
-    by (seed, step): the same noise on every device and after a resume."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
-    return torch.randn(yb.shape, generator=g, dtype=torch.float64).to(yb.device, yb.dtype)
+    """ξ(seed, step) ~ N(0, I) of the shape of the minibatch targets [B, k]
+    (:func:`flatbook.label_noise.xi`: drawn in blocks of steps; the same noise on every
+    device, in both engines and after a resume)."""
+    return _noise.xi(seed, step, tuple(yb.shape), yb.dtype, yb.device)
 
 
 def make_optimizer(o: TrainOptions, params: Any) -> torch.optim.Optimizer:

@@ -35,6 +35,9 @@ def _same_records(a: E.Results, b: E.Results) -> bool:
 
 
 def test_member_agrees_with_solo_run_in_float64(tmp_path: Path) -> None:
+    """A member and the solo run of its config (float64): same run id, same record keys,
+    identical records at initialisation, records and weights equal to rounding after
+    training; the fingerprint says which engine."""
     cfgs = _cfgs()
     solo = [E.run(c, tmp_path / "solo") for c in cfgs]
     ens = R.run_ensemble(cfgs, tmp_path / "ens")
@@ -53,6 +56,7 @@ def test_member_agrees_with_solo_run_in_float64(tmp_path: Path) -> None:
 
 
 def test_member_numbers_do_not_depend_on_the_other_members(tmp_path: Path) -> None:
+    """A member's records are bit-identical whether it trains alone or beside others."""
     cfgs = _cfgs(BASE.replace(dtype="float32"))
     together = R.run_ensemble(cfgs, tmp_path / "a")
     alone = R.run_ensemble(cfgs[1:2], tmp_path / "b")
@@ -60,6 +64,8 @@ def test_member_numbers_do_not_depend_on_the_other_members(tmp_path: Path) -> No
 
 
 def test_a_diverged_member_stops_alone(tmp_path: Path) -> None:
+    """A member that diverges stops; the others' numbers are those of an ensemble without
+    it."""
     cfgs = _cfgs()
     cfgs[0] = cfgs[0].replace(lr=50.0)
     res = R.run_ensemble(cfgs, tmp_path / "a")
@@ -70,6 +76,8 @@ def test_a_diverged_member_stops_alone(tmp_path: Path) -> None:
 
 
 def test_interrupt_then_resume_gives_the_same_numbers(tmp_path: Path) -> None:
+    """An interrupt checkpoints every member; the rerun resumes them and gives the
+    uninterrupted numbers."""
     cfgs = _cfgs(BASE.replace(checkpoint_every=5, steps=60))
     ref = R.run_ensemble(cfgs, tmp_path / "ref")
 
@@ -102,6 +110,8 @@ def _cfg_kwargs(c: E.RunConfig) -> dict:
 
 
 def test_kill_9_mid_ensemble_then_rerun_is_bit_identical(tmp_path: Path) -> None:
+    """kill −9 mid-ensemble, then rerun: every member resumes from its checkpoint and ends
+    bit-identical to an uninterrupted ensemble."""
     cfgs = _cfgs(BASE.replace(checkpoint_every=10, steps=200, measure_every=50))
     script = tmp_path / "ens.py"
     script.write_text(_KILL_SCRIPT.format(cfgs=[_cfg_kwargs(c) for c in cfgs]))
@@ -122,6 +132,8 @@ def test_kill_9_mid_ensemble_then_rerun_is_bit_identical(tmp_path: Path) -> None
 
 
 def test_study_never_mixes_engines(tmp_path: Path) -> None:
+    """A solo run and an ensemble member in one study are refused (their numerics
+    fingerprints differ by engine), and a member is not resumed by the solo loop."""
     c0, c1 = _cfgs()[:2]
     solo = E.run(c0, tmp_path)
     (ens,) = R.run_ensemble([c1], tmp_path)
@@ -133,6 +145,8 @@ def test_study_never_mixes_engines(tmp_path: Path) -> None:
 
 
 def test_plan_groups_keeps_incompatible_runs_apart() -> None:
+    """Grouping: incompatible configs apart, groups capped and split for the workers,
+    unsupported configs left out."""
     a = _cfgs()
     b = [c.replace(batch_size=16) for c in a]
     adam = a[0].replace(optimizer="adam", seed=9)
@@ -143,7 +157,25 @@ def test_plan_groups_keeps_incompatible_runs_apart() -> None:
     assert R.max_members(10, available=400) == 10 and R.max_members(10**12) >= 1
 
 
+def test_obtain_shares_every_kind_of_run_among_the_workers() -> None:
+    """With 2 workers, 8 runs at B = 8 and 8 at B = 16 become 4 ensembles of 4 (each worker
+    gets a share of both batch sizes), the larger batch size first; 1 worker: 2 ensembles."""
+    from flatbook.analysis import store as ST
+
+    cfgs = [BASE.replace(seed=s, data_seed=s, batch_size=b) for b in (8, 16) for s in range(8)]
+    todo = [(i, c, False) for i, c in enumerate(cfgs)]
+    jobs = ST._jobs(todo, "ensemble", 2)
+    assert [len(j) for j in jobs] == [4, 4, 4, 4]
+    assert [j[0][1].batch_size for j in jobs] == [16, 16, 8, 8]
+    assert sorted(i for j in jobs for i, _, _ in j) == list(range(16))
+    assert all(len({c.batch_size for _, c, _ in j}) == 1 for j in jobs)
+    assert [len(j) for j in ST._jobs(todo, "ensemble", 1)] == [8, 8]
+    assert len(ST._jobs(todo, "solo", 2)) == 16
+
+
 def test_mlp_layout_rejects_what_the_step_does_not_implement() -> None:
+    """Architectures the batched step does not implement are refused with the way out
+    (engine='solo')."""
     from flatbook import models
 
     net = models.mlp([4, 3, 2], activation="gelu")
@@ -153,6 +185,8 @@ def test_mlp_layout_rejects_what_the_step_does_not_implement() -> None:
 
 
 def test_sweep_from_a_plain_script_without_main_guard(tmp_path: Path) -> None:
+    """A sweep from a plain script without a __main__ guard runs in-process and says how to
+    use workers."""
     script = tmp_path / "plain.py"
     script.write_text(textwrap.dedent("""
         import sys
@@ -171,6 +205,8 @@ def test_sweep_from_a_plain_script_without_main_guard(tmp_path: Path) -> None:
 
 
 def test_powered_digits_design_is_balanced_new_and_paired() -> None:
+    """The powered default design: balanced 3 η × 2 B × 6, new seeds, twins paired with the
+    plain runs."""
     from flatbook.analysis import settings as S
 
     plain, noisy = S.POWERED_DIGITS["digits-mlp"], S.POWERED_DIGITS["digits-mlp-label-noise"]
@@ -197,6 +233,7 @@ def test_powered_digits_design_is_balanced_new_and_paired() -> None:
 
 
 def test_curvature_profile_records_the_reports_curvature_keys() -> None:
+    """The curvature profile records the report's λ_max and tr H keys with the same values."""
     from flatbook import analysis as A
     from flatbook import models
 
@@ -211,6 +248,7 @@ def test_curvature_profile_records_the_reports_curvature_keys() -> None:
 
 
 def test_sparse_hidden_profile_is_the_same_in_both_engines(tmp_path: Path) -> None:
+    """The sparse hidden-layer profile records the same keys and values in both engines."""
     from flatbook import analysis as A
 
     cfg = BASE.replace(steps=20, measure_every=5)
@@ -227,6 +265,7 @@ def test_sparse_hidden_profile_is_the_same_in_both_engines(tmp_path: Path) -> No
 
 
 def test_starting_a_member_over_moves_its_stored_run_aside(tmp_path: Path) -> None:
+    """Starting a member over moves its stored run aside, never deletes it."""
     cfgs = _cfgs()[:2]
     R.run_ensemble(cfgs, tmp_path)
     old = (E.run_dir_for(cfgs[0], tmp_path) / "results.json").read_bytes()
@@ -236,3 +275,16 @@ def test_starting_a_member_over_moves_its_stored_run_aside(tmp_path: Path) -> No
     assert len(aside) == 1 and aside[0].read_bytes() == old   # kept byte for byte
     assert not list((tmp_path / "stale").glob(f"{cfgs[1].run_id}-*"))
     assert (E.run_dir_for(cfgs[0], tmp_path) / "results.json").is_file()   # recomputed
+
+
+def test_obtain_with_the_solo_engine_trains_by_the_solo_loop(tmp_path: Path) -> None:
+    """``obtain(..., engine="solo")`` computes a run the ensemble engine could train by the
+    solo loop (no ``engine`` in its fingerprint), not as an ensemble of one."""
+    from flatbook import analysis as A
+
+    cfg = BASE.replace(dtype="float32")
+    (solo,) = A.obtain([cfg], A.get_setting("digits-mlp-label-noise"), tmp_path / "s",
+                       workers=1, engine="solo")
+    (ens,) = A.obtain([cfg], A.get_setting("digits-mlp-label-noise"), tmp_path / "e",
+                      workers=1, engine="ensemble")
+    assert "engine" not in solo.numerics and ens.numerics.get("engine") == "ensemble"

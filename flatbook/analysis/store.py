@@ -159,17 +159,18 @@ def obtain(
         print("flatbook: " + move_store.moved_message(moved), flush=True)
     if todo:
         E.validate([c for _, c, _ in todo])   # data present, B ≤ n, … before any training
-        jobs = _jobs(todo, resolve_engine(engine, out), resolve_workers(workers, len(todo)))
+        engine = resolve_engine(engine, out)
+        jobs = _jobs(todo, engine, resolve_workers(workers, len(todo)))
         n_workers = resolve_workers(workers, len(jobs))
         if n_workers > 1 and not _can_spawn():
             n_workers = 1
         if n_workers == 1:
             for job in jobs:
-                for i, res in zip([i for i, _, _ in job], _compute_job(job, setting, store),
+                for i, res in zip([i for i, _, _ in job], _compute_job(job, setting, store, engine),
                                   strict=True):
                     out[i] = res
         else:
-            _compute_parallel(jobs, setting, store, n_workers)
+            _compute_parallel(jobs, setting, store, n_workers, engine)
             for i, c, _ in todo:
                 out[i] = E.load_results(store, c, check="code")
     E.check_numerics(out)  # one study, one numerics fingerprint (device, threads, dtype, torch)
@@ -231,19 +232,37 @@ Job = list[tuple[int, object, bool]]
 requested configs, config, stale)."""
 
 
+SHARE_MIN = 4
+"""Fewest members of an ensemble split off to share one kind of run among the workers."""
+
+
 def _jobs(todo: Sequence[tuple[int, object, bool]], engine: str, workers: int) -> list[Job]:
     """The missing runs as jobs: with the ensemble engine, compatible runs grouped
     (:func:`flatbook.ensemble_runs.plan_groups`, size by memory, ≥ one group per worker),
-    the others (and every run with ``engine="solo"``) one job each."""
+    each group split into up to ``workers`` interleaved ensembles of ≥ :data:`SHARE_MIN`
+    members (so that every worker gets a share of the slow kinds of run, e.g. the larger
+    batch size), the others (and every run with ``engine="solo"``) one job each; largest
+    and slowest jobs first, for the pool to balance (longest processing time first)."""
     if engine == "solo":
         return [[t] for t in todo]
     from flatbook import ensemble_runs as R
 
     configs = [c for _, c, _ in todo]
-    groups = R.plan_groups(configs, size=_group_size, min_groups=workers)  # type: ignore[arg-type]
+    groups = []
+    for g in R.plan_groups(configs, size=_group_size, min_groups=workers):  # type: ignore[arg-type]
+        k = max(1, min(workers, len(g) // SHARE_MIN))
+        groups += [g[j::k] for j in range(k)]
     grouped = {i for g in groups for i in g}
-    return ([[todo[i] for i in g] for g in groups]
+    jobs = ([[todo[i] for i in g] for g in groups]
             + [[t] for j, t in enumerate(todo) if j not in grouped])
+    return sorted(jobs, key=_job_cost, reverse=True)
+
+
+def _job_cost(job: Job) -> tuple[int, int]:
+    """Sort key of a job's cost: (runs, steps × batch size of its first run)."""
+    c = job[0][1]
+    B = c.batch_size if isinstance(c.batch_size, int) else (c.n_train or 60_000)  # type: ignore[attr-defined]
+    return len(job), int(c.steps or 0) * int(B)  # type: ignore[attr-defined]
 
 
 def _group_size(config: object) -> int:
@@ -290,9 +309,12 @@ def sparse_hidden(full: Callable, light: Callable, every: int) -> Callable:
     return measure
 
 
-def _compute_job(job: Job, setting: object, store: Path) -> list[object]:
-    """Train and measure one job into ``store`` (the unit of :func:`obtain`)."""
-    if len(job) == 1 and _solo(job[0][1]):
+def _compute_job(job: Job, setting: object, store: Path, engine: str = "ensemble"
+                 ) -> list[object]:
+    """Train and measure one job into ``store`` (the unit of :func:`obtain`): one run by
+    the solo loop (``engine="solo"``, or a run the ensemble engine cannot train), else the
+    job's runs as one ensemble."""
+    if len(job) == 1 and (engine == "solo" or _solo(job[0][1])):
         return [_compute(job[0][1], setting, store, job[0][2])]
     from flatbook import ensemble_runs as R
 
@@ -315,12 +337,21 @@ def _compute(config: object, setting: object, store: Path, stale: bool) -> objec
     return E.run(config, store, overwrite=stale, measure=m)  # type: ignore[arg-type]
 
 
-def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str) -> list[str]:
-    """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`."""
+def _worker(job: list[tuple[int, dict, bool]], setting: object, store: str,
+            where: tuple[dict[str, str], str] | None = None, engine: str = "ensemble"
+            ) -> list[str]:
+    """Process-pool entry point (picklable arguments only): one job of :func:`_compute_job`,
+    in the submitting process's environment variables and working directory ``where`` (a
+    worker forked from the fork server started with those of an earlier moment)."""
     from flatbook import experiment as E
 
+    if where is not None:
+        env, cwd = where
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
     runs = [(i, E.RunConfig.from_dict(c), stale) for i, c, stale in job]
-    return [str(r.status) for r in _compute_job(runs, setting, Path(store))]  # type: ignore[attr-defined]
+    return [str(r.status) for r in _compute_job(runs, setting, Path(store), engine)]  # type: ignore[attr-defined]
 
 
 def _can_spawn() -> bool:
@@ -354,20 +385,35 @@ def _can_spawn() -> bool:
     return False
 
 
-def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
-                      n_workers: int) -> None:
-    """Run the jobs on ``n_workers`` spawned processes (fresh interpreters: no forked torch
-    state), with a progress bar over finished runs. Results land in the store atomically,
-    so an interrupted sweep resumes where it stopped."""
+def _worker_context() -> object:
+    """Where workers come from: forked from a fork server (a fresh interpreter that has
+    only imported this module and the ensemble engine, no torch computation: nothing of this
+    process's torch state is forked), which starts once per process and serves every later
+    sweep without the ~2–3 s of imports per worker; ``spawn`` where there is no fork
+    server (Windows)."""
     import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["flatbook.analysis.store", "flatbook.ensemble_runs"])
+    return ctx
+
+
+def _compute_parallel(jobs: Sequence[Job], setting: object, store: Path,
+                      n_workers: int, engine: str = "ensemble") -> None:
+    """Run the jobs on ``n_workers`` worker processes (:func:`_worker_context`), with a
+    progress bar over finished runs. Results land in the store atomically, so an interrupted
+    sweep resumes where it stopped."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
-    ctx = mp.get_context("spawn")
+    ctx = _worker_context()
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        where = (dict(os.environ), os.getcwd())
         futs = {pool.submit(_worker, [(i, c.to_dict(), s) for i, c, s in job],  # type: ignore[attr-defined]
-                            setting, str(store)): len(job) for job in jobs}
+                            setting, str(store), where, engine): len(job) for job in jobs}
         with tqdm(total=sum(futs.values()), desc=f"runs ({n_workers} workers)",
                   unit="run") as bar:
             for f in as_completed(futs):
