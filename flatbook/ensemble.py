@@ -449,9 +449,16 @@ def train_ensemble(members: Sequence[Member],
     running member at the step boundary and propagate.
     """
     opts = options or EnsembleOptions()
-    loop = _Loop(members, opts)
+    return run_loop(_Loop(members, opts), opts)
+
+
+def run_loop(loop: _Loop, opts: EnsembleOptions) -> list[_train.TrainResult]:
+    """Drive ``loop`` (this engine's :class:`_Loop` or a subclass, e.g. the ``torch.func``
+    engine's) to the end: initial records, then batched steps with flushes (divergence
+    checks, records, checkpoints) when due; an interrupt checkpoints every running member at
+    a step boundary and propagates."""
     consistent = True
-    total = max(m.steps for m in members)
+    total = max(m.steps for m in loop.members)
     bar = _train._progress(total, min(st.step for st in loop.states), opts.desc, opts.progress)
     try:
         with _train._DeferredStop(opts.handle_signals) as stop:
@@ -480,4 +487,4 @@ def train_ensemble(members: Sequence[Member],
 
 
 __all__ = ["ACTIVATIONS", "LOSSES", "EnsembleOptions", "Member", "batched_step", "mlp_layout",
-           "take_record", "train_ensemble"]
+           "run_loop", "take_record", "train_ensemble"]

@@ -227,40 +227,7 @@ def train_func_ensemble(members: Sequence[_ens.Member], options: _ens.EnsembleOp
     running member at the step boundary and propagate.
     """
     opts = options or _ens.EnsembleOptions()
-    return run_loop(_FuncLoop(members, opts), opts)
-
-
-def run_loop(loop: _ens._Loop, opts: _ens.EnsembleOptions) -> list[_train.TrainResult]:
-    """Drive ``loop`` to the end: initial records, then batched steps with flushes
-    (divergence checks, records, checkpoints) when due; an interrupt checkpoints every
-    running member at a step boundary and propagates."""
-    consistent = True
-    total = max(m.steps for m in loop.members)
-    bar = _train._progress(total, min(st.step for st in loop.states), opts.desc, opts.progress)
-    try:
-        with _train._DeferredStop(opts.handle_signals) as stop:
-            loop.start()
-            while loop.running():
-                consistent = False
-                loop.step()
-                bar.update(1)
-                if loop.due(stop.requested is not None):
-                    loop.flush()
-                    loop.after_flush()
-                consistent = True
-                if opts.callback is not None:
-                    opts.callback([st.step for st in loop.states])
-                if stop.requested is not None:
-                    raise KeyboardInterrupt(f"{stop.requested} at ensemble steps "
-                                            f"{sorted({st.step for st in loop.states})}")
-    except KeyboardInterrupt:
-        if consistent:
-            for i in loop.running():
-                loop.save(i)
-        raise
-    finally:
-        bar.close()
-    return loop.results()
+    return _ens.run_loop(_FuncLoop(members, opts), opts)
 
 
 __all__ = ["STEP_NAME", "FuncStack", "activation_bytes", "func_problem", "make_step",

@@ -90,8 +90,10 @@ def _outer_gram(D: Tensor, U: Tensor) -> Tensor:
         if ghost < inst:
             out.append(_ghost_gram(Dc, Uc @ Uc.transpose(1, 2)))
         else:
-            G = torch.einsum("cbtm,btd->cbmd", Dc, Uc)  # per-sample gradients [k, b, p, d]
-            out.append(torch.einsum("cbmd,ebmd->bce", G, G))
+            # per-sample gradients [k, b, p, d] as one broadcast batched matmul (BLAS reads the
+            # transposed D in place; einsum would first copy D into a [b, k·p, T] layout)
+            G = torch.matmul(Dc.transpose(-1, -2), Uc).flatten(2)
+            out.append(torch.einsum("cbq,ebq->bce", G, G))
     return torch.cat(out)
 
 
