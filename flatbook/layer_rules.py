@@ -31,7 +31,7 @@ also used outside its module's forward, say), are left to the caller's exact ``v
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,8 +68,10 @@ def gram_costs(T: int, d: int, p: int, k: int) -> tuple[int, int]:
 
 def _ghost_gram(D: Tensor, A: Tensor) -> Tensor:
     """K_b = Σ_{t,s} A_{b,t,s} (δ_{c,b,t}·δ_{e,b,s}), [b, k, k]; D [k, b, T, p], A [b, T, T]."""
-    AD = torch.einsum("bts,ebsm->ebtm", A, D)
-    return torch.einsum("cbtm,ebtm->bce", D, AD)
+    # Σ_s A_{b,t,s} δ_{e,b,s}: one bmm per output e (no [k, b, T, T] copy of A, no permuted
+    # copy of D as einsum makes)
+    AD = torch.stack([A @ D[e] for e in range(D.shape[0])])
+    return torch.einsum("cbq,ebq->bce", D.flatten(2), AD.flatten(2))
 
 
 def _outer_gram(D: Tensor, U: Tensor) -> Tensor:
@@ -90,9 +92,10 @@ def _outer_gram(D: Tensor, U: Tensor) -> Tensor:
         if ghost < inst:
             out.append(_ghost_gram(Dc, Uc @ Uc.transpose(1, 2)))
         else:
-            # per-sample gradients [k, b, p, d] as one broadcast batched matmul (BLAS reads the
-            # transposed D in place; einsum would first copy D into a [b, k·p, T] layout)
-            G = torch.matmul(Dc.transpose(-1, -2), Uc).flatten(2)
+            # per-sample gradients [k, b, p, d]: one bmm per output c (BLAS reads the transposed
+            # D in place; einsum copies D into a [b, k·p, T] layout, a broadcast matmul copies U
+            # k times)
+            G = torch.stack([Dc[c].transpose(1, 2) @ Uc for c in range(k)]).flatten(2)
             out.append(torch.einsum("cbq,ebq->bce", G, G))
     return torch.cat(out)
 
@@ -246,7 +249,7 @@ def _affine(m: nn.Module, D: Tensor, xhat: Tensor) -> dict[str, Factor]:
     """γ, β of z = γ ⊙ x̂ + β with D [k, b, T, C] and x̂ [b, T, C]: Σ_t δ ⊙ x̂ and Σ_t δ."""
     out: dict[str, Factor] = {}
     if m.weight is not None:
-        out["weight"] = Factor("dense", torch.einsum("cbtm,btm->cbm", D, xhat))
+        out["weight"] = Factor("dense", (D * xhat).sum(2))  # Σ_t δ ⊙ x̂ (einsum copies D first)
     return _with_bias(m, out, D)
 
 
@@ -345,6 +348,24 @@ def rebuilt_matches(rebuilt: Tensor, true: Tensor) -> bool:
     return float((rebuilt - true).norm()) <= tol
 
 
+_ATTENTION = (models.Attention, nn.MultiheadAttention)
+
+
+def _output_gradients(F: Tensor, zs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
+    """δ_c = ∂f_c/∂z summed over the batch rows' own outputs, stacked [k, *z.shape] per layer
+    output z (``None`` where f does not depend on z): k reverse passes with cotangent e_c for
+    every sample, graph retained. The same numbers as one vmapped engine call
+    (:func:`flatbook._functional.batched_grad`); used for models with attention, whose
+    vmapped backward (batched products of two activations) measured 1.3–5× slower on CPU than
+    k plain passes for the small ViT, while convolutional nets (the ResNet-18-style net) are
+    faster vmapped (``bench/README.md``)."""
+    b, k = F.shape
+    eye = torch.eye(k, dtype=F.dtype, device=F.device)
+    rows = [grad_of_sum(F, eye[c].expand(b, k), zs, True) for c in range(k)]
+    return tuple(None if rows[0][i] is None else torch.stack([r[i] for r in rows])
+                 for i in range(len(zs)))
+
+
 def layer_grams(model: nn.Module, X: Tensor, params: Mapping[str, Tensor]
                 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-sample Gram blocks K_b^(name) = J_b^(name) J_b^(name)ᵀ [b, k, k] of every parameter
@@ -362,8 +383,12 @@ def layer_grams(model: nn.Module, X: Tensor, params: Mapping[str, Tensor]
         return F.detach(), {}
     b, k = F.shape
     zs = [z for cs in calls.values() for _, z in cs]
-    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
-    factors = _factors(calls, batched_grad(F, zs, eye))
+    if any(isinstance(m, _ATTENTION) for m in model.modules()):
+        grads = _output_gradients(F, zs)
+    else:
+        eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
+        grads = batched_grad(F, zs, eye)
+    factors = _factors(calls, grads)
     owned = [(by_id[id(p)], p, fac) for m, fs in factors.items() for nm, fac in fs.items()
              if id(p := getattr(m, nm)) in by_id]
     r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
