@@ -62,8 +62,17 @@ def grad_of_sum(output: Tensor, r: Tensor, inputs: Sequence[Tensor], retain_grap
                                    allow_unused=True)
 
 
+def _grad_rows(output: Tensor, ins: tuple[Tensor, ...], cotangents: Tensor,
+               retain_graph: bool) -> tuple[Tensor | None, ...]:
+    """The rows of :func:`batched_grad` one :func:`grad_of_sum` at a time (m backward passes,
+    the graph kept until the last unless ``retain_graph``), stacked per input."""
+    m = cotangents.shape[0]
+    rows = [grad_of_sum(output, cotangents[j], ins, retain_graph or j < m - 1) for j in range(m)]
+    return tuple(None if g[0] is None else torch.stack(g) for g in zip(*rows, strict=True))
+
+
 def batched_grad(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor,
-                 retain_graph: bool = True, materialize: bool = False
+                 retain_graph: bool = True, materialize: bool = False, vectorize: bool = True
                  ) -> tuple[Tensor | None, ...]:
     """Vector–Jacobian products for a batch of cotangents, one backward per row, vectorised.
 
@@ -75,12 +84,17 @@ def batched_grad(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor,
     so the engine is called directly (torch's own ``_vmap`` over ``_engine_run_backward``,
     exactly as ``torch.autograd.grad`` does after that check); where those private names are
     missing (another torch version) the public call is used. An op without a batching rule
-    falls back to one :func:`grad_of_sum` per row (same numbers, m backward passes).
+    falls back to one :func:`grad_of_sum` per row (same numbers, m backward passes), as does
+    ``vectorize=False`` (for graphs whose vmapped backward is slower than m plain passes, e.g.
+    attention's batched products of two activations; see ``flatbook.layer_rules``).
     """
     if cotangents.shape[1:] != output.shape:
         raise ValueError(f"cotangents must have shape [m, *{tuple(output.shape)}]; got "
                          f"{tuple(cotangents.shape)}")
     ins = tuple(inputs)
+    if not vectorize:
+        gs = _grad_rows(output, ins, cotangents, retain_graph)
+        return _materialized(gs, ins, cotangents.shape[0]) if materialize else gs
     try:
         from torch._vmap_internals import _vmap
         from torch.autograd.graph import _engine_run_backward
@@ -95,11 +109,12 @@ def batched_grad(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor,
         gs = torch.autograd.grad(output, ins, cotangents, retain_graph=retain_graph,
                                  is_grads_batched=True, allow_unused=True)
     except RuntimeError:  # an op without a batching rule: one backward per row
-        m = cotangents.shape[0]
-        rows = [grad_of_sum(output, cotangents[j], ins, retain_graph or j < m - 1)
-                for j in range(m)]
-        gs = tuple(None if g[0] is None else torch.stack(g) for g in zip(*rows, strict=True))
-    if materialize:
-        gs = tuple(torch.zeros(cotangents.shape[0], *t.shape, dtype=t.dtype, device=t.device)
-                   if g is None else g for g, t in zip(gs, ins, strict=True))
-    return gs
+        gs = _grad_rows(output, ins, cotangents, retain_graph)
+    return _materialized(gs, ins, cotangents.shape[0]) if materialize else gs
+
+
+def _materialized(gs: tuple[Tensor | None, ...], ins: tuple[Tensor, ...], m: int
+                  ) -> tuple[Tensor, ...]:
+    """``gs`` with every ``None`` (an input the output does not depend on) as zeros [m, *x]."""
+    return tuple(torch.zeros(m, *t.shape, dtype=t.dtype, device=t.device) if g is None else g
+                 for g, t in zip(gs, ins, strict=True))

@@ -31,7 +31,7 @@ also used outside its module's forward, say), are left to the caller's exact ``v
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -351,21 +351,6 @@ def rebuilt_matches(rebuilt: Tensor, true: Tensor) -> bool:
 _ATTENTION = (models.Attention, nn.MultiheadAttention)
 
 
-def _output_gradients(F: Tensor, zs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
-    """δ_c = ∂f_c/∂z summed over the batch rows' own outputs, stacked [k, *z.shape] per layer
-    output z (``None`` where f does not depend on z): k reverse passes with cotangent e_c for
-    every sample, graph retained. The same numbers as one vmapped engine call
-    (:func:`flatbook._functional.batched_grad`); used for models with attention, whose
-    vmapped backward (batched products of two activations) measured 1.3–5× slower on CPU than
-    k plain passes for the small ViT, while convolutional nets (the ResNet-18-style net) are
-    faster vmapped (``bench/README.md``)."""
-    b, k = F.shape
-    eye = torch.eye(k, dtype=F.dtype, device=F.device)
-    rows = [grad_of_sum(F, eye[c].expand(b, k), zs, True) for c in range(k)]
-    return tuple(None if rows[0][i] is None else torch.stack([r[i] for r in rows])
-                 for i in range(len(zs)))
-
-
 def layer_grams(model: nn.Module, X: Tensor, params: Mapping[str, Tensor]
                 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-sample Gram blocks K_b^(name) = J_b^(name) J_b^(name)ᵀ [b, k, k] of every parameter
@@ -383,12 +368,12 @@ def layer_grams(model: nn.Module, X: Tensor, params: Mapping[str, Tensor]
         return F.detach(), {}
     b, k = F.shape
     zs = [z for cs in calls.values() for _, z in cs]
-    if any(isinstance(m, _ATTENTION) for m in model.modules()):
-        grads = _output_gradients(F, zs)
-    else:
-        eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
-        grads = batched_grad(F, zs, eye)
-    factors = _factors(calls, grads)
+    eye = torch.eye(k, dtype=F.dtype, device=F.device).unsqueeze(1).expand(k, b, k)
+    # one vmapped backward, except through attention: there the vmapped backward of the batched
+    # products of two activations measured 1.3–5× slower on CPU than k plain passes (same
+    # numbers), while conv nets are faster vmapped (bench/README.md)
+    vectorize = not any(isinstance(m, _ATTENTION) for m in model.modules())
+    factors = _factors(calls, batched_grad(F, zs, eye, vectorize=vectorize))
     owned = [(by_id[id(p)], p, fac) for m, fs in factors.items() for nm, fac in fs.items()
              if id(p := getattr(m, nm)) in by_id]
     r = torch.randn(b, k, generator=torch.Generator().manual_seed(0), dtype=F.dtype).to(F.device)
